@@ -1,0 +1,36 @@
+"""``mlx-llm``: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import click
+
+import mlx_llm
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(mlx_llm.__version__, prog_name="mlx-llm")
+def main() -> None:
+    """Transformers on MLX: build, train, fine-tune, distill and run language models."""
+
+
+@main.command()
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--source-length", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--target-length", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--vocab-size", default=1000, show_default=True, type=click.IntRange(min=2))
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo(batch_size: int, source_length: int, target_length: int, vocab_size: int, dtype: str, seed: int) -> None:
+    """Build a small encoder-decoder Transformer and print its output shape."""
+    from mlx_llm.demo import run_demo
+
+    result = run_demo(batch_size, source_length, target_length, vocab_size, dtype, seed)
+    click.echo(
+        f"EncoderDecoder: {result.num_parameters:,} parameters ({result.dtype}); "
+        f"source {result.source_shape} + target {result.target_shape} -> logits {result.logits_shape}"
+    )
+    click.echo(f"forward pass: {result.seconds * 1000:.1f} ms", err=True)
+
+
+if __name__ == "__main__":
+    main()

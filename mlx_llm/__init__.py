@@ -1,0 +1,56 @@
+"""mlx_llm: Transformers on MLX, from the textbook building blocks to
+pretrained models, training, fine-tuning, distillation and generation."""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention
+from .cache import KVCache
+from .feed_forward import ACTIVATIONS, FeedForward, GatedFeedForward, SwiGLU, get_activation
+from .losses import cross_entropy
+from .masks import causal_mask, combine_masks, create_attention_mask, padding_mask
+from .positions import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    sinusoidal_table,
+)
+from .transformer import (
+    EncoderDecoder,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    make_norm,
+)
+
+try:
+    __version__ = _version("mlx-llm-kit")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ACTIVATIONS",
+    "EncoderDecoder",
+    "FeedForward",
+    "GatedFeedForward",
+    "KVCache",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "SwiGLU",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "attention_weights",
+    "causal_mask",
+    "combine_masks",
+    "create_attention_mask",
+    "cross_entropy",
+    "get_activation",
+    "make_norm",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "sinusoidal_table",
+]

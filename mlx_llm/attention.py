@@ -1,0 +1,268 @@
+"""Scaled dot-product attention and multi-head attention.
+
+The textbook formulas, for query i and keys j:
+
+    alpha_ij = softmax_j(q_i . k_j / sqrt(d_k) + mask_ij)
+    o_i      = sum_j alpha_ij v_j
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O
+
+computed by `mx.fast.scaled_dot_product_attention`, a fused kernel on Metal
+and CUDA with a plain fallback elsewhere. Every model in mlx_llm attends
+through this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import KVCache
+
+Mask = mx.array | str | None
+
+
+def _check_broadcastable(mask_shape: tuple, scores_shape: tuple) -> None:
+    if len(mask_shape) > len(scores_shape) or any(
+        m != 1 and m != s for m, s in zip(reversed(mask_shape), reversed(scores_shape))
+    ):
+        raise ValueError(
+            f"mask of shape {mask_shape} does not broadcast to the attention scores "
+            f"(batch, heads, queries, keys) = {scores_shape}"
+        )
+
+
+def _check_attention_inputs(queries: mx.array, keys: mx.array, values: mx.array, mask: Mask) -> None:
+    if queries.ndim != 4 or keys.ndim != 4 or values.ndim != 4:
+        raise ValueError(
+            "attention takes queries (B, H, L, D), keys (B, H_kv, S, D) and values "
+            f"(B, H_kv, S, D_v); got shapes {tuple(queries.shape)}, {tuple(keys.shape)}, "
+            f"{tuple(values.shape)}"
+        )
+    batch, num_heads, query_length, head_dim = queries.shape
+    if keys.shape[0] != batch or keys.shape[3] != head_dim or keys.shape[:3] != values.shape[:3]:
+        raise ValueError(
+            f"mismatched attention shapes: queries {tuple(queries.shape)}, keys "
+            f"{tuple(keys.shape)}, values {tuple(values.shape)}; batch and head_dim of queries "
+            "and keys must agree, and keys and values must agree in all but the last axis"
+        )
+    if num_heads % keys.shape[1] != 0:
+        raise ValueError(
+            f"{num_heads} query heads cannot share {keys.shape[1]} key/value heads: "
+            "the number of query heads must be a multiple of the number of key/value heads"
+        )
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"the only string mask is 'causal', got {mask!r}")
+    elif mask is not None:
+        _check_broadcastable(tuple(mask.shape), (batch, num_heads, query_length, keys.shape[2]))
+
+
+def scaled_dot_product_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    mask: Mask = None,
+    scale: float | None = None,
+) -> mx.array:
+    """Attention output ``softmax(Q K^T * scale + mask) V``.
+
+    Grouped-query and multi-query attention need no repeated keys: pass
+    ``H_kv`` key/value heads with ``H`` a multiple of it.
+
+    Args:
+        queries: ``(B, H, L, D)``.
+        keys: ``(B, H_kv, S, D)``.
+        values: ``(B, H_kv, S, D_v)``.
+        mask: ``None``; ``"causal"`` (query ``L-1`` aligned with key ``S-1``,
+            as after a KV cache); a boolean array, ``True`` where attention is
+            allowed; or an additive array added to the scores. Arrays
+            broadcast to ``(B, H, L, S)``.
+        scale: Score scale, ``1 / sqrt(D)`` when ``None``.
+
+    Returns:
+        ``(B, H, L, D_v)``. A query row whose boolean mask allows no key
+        outputs zeros (not NaN).
+    """
+    _check_attention_inputs(queries, keys, values, mask)
+    if scale is None:
+        scale = 1.0 / math.sqrt(queries.shape[-1])
+    if isinstance(mask, mx.array) and mask.dtype != mx.bool_:
+        mask = mask.astype(queries.dtype)  # additive masks must match the compute dtype
+    output = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+    if isinstance(mask, mx.array) and mask.dtype == mx.bool_:
+        # Backends disagree on rows with nothing to attend to; define them as 0.
+        output = mx.where(mask.any(axis=-1, keepdims=True), output, mx.zeros((), output.dtype))
+    return output
+
+
+def attention_weights(
+    queries: mx.array,
+    keys: mx.array,
+    mask: Mask = None,
+    scale: float | None = None,
+) -> mx.array:
+    """The attention probabilities ``alpha`` themselves, ``(B, H, L, S)``.
+
+    Materializes the score matrix, so use it for inspection and distillation,
+    not in the forward pass. Masked positions get exactly zero weight and a
+    row with no allowed key is all zeros.
+    """
+    values = mx.zeros(keys.shape[:3] + (1,), keys.dtype)
+    _check_attention_inputs(queries, keys, values, mask)
+    if scale is None:
+        scale = 1.0 / math.sqrt(queries.shape[-1])
+    repeats = queries.shape[1] // keys.shape[1]
+    if repeats > 1:
+        keys = mx.repeat(keys, repeats, axis=1)
+    scores = (queries * scale) @ keys.swapaxes(-1, -2)
+    query_length, key_length = scores.shape[-2:]
+    if isinstance(mask, str):
+        query_positions = mx.arange(key_length - query_length, key_length)[:, None]
+        mask = mx.arange(key_length)[None] <= query_positions
+    if mask is not None and mask.dtype != mx.bool_:
+        scores = scores + mask.astype(scores.dtype)
+        mask = None
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+    weights = mx.softmax(scores.astype(mx.float32), axis=-1, precise=True)
+    weights = mx.where(mx.isnan(weights), 0.0, weights)  # rows with no allowed key
+    return weights.astype(queries.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self- or cross-attention, with grouped-query heads, rotary
+    positions and a KV cache.
+
+    ``num_kv_heads`` below ``num_heads`` gives grouped-query attention
+    (``num_kv_heads == 1``: multi-query attention). Parameter names follow
+    the most common Hugging Face layout (``q_proj``, ``k_proj``, ``v_proj``,
+    ``o_proj``), so checkpoint converters are short key maps.
+
+    Args:
+        hidden_size: Model width, the size of queries in and outputs out.
+        num_heads: Number of query heads ``h``.
+        num_kv_heads: Number of key/value heads; ``num_heads`` if ``None``.
+        head_dim: Per-head width; ``hidden_size // num_heads`` if ``None``.
+        bias: Whether the query, key and value projections have biases.
+        output_bias: Whether ``W^O`` has a bias; same as ``bias`` if ``None``.
+        key_value_size: Width of the key/value input for cross-attention, if
+            it differs from ``hidden_size``.
+        rope: Optional rotary embedding applied to queries and keys.
+        scale: Score scale, ``1 / sqrt(head_dim)`` if ``None`` (T5 uses 1).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = False,
+        output_bias: bool | None = None,
+        key_value_size: int | None = None,
+        rope: nn.Module | None = None,
+        scale: float | None = None,
+    ):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if hidden_size < 1 or num_heads < 1 or num_kv_heads < 1:
+            raise ValueError(
+                f"hidden_size, num_heads and num_kv_heads must be positive, got "
+                f"hidden_size={hidden_size}, num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+            )
+        if head_dim is None:
+            if hidden_size % num_heads != 0:
+                raise ValueError(
+                    f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; "
+                    "choose a multiple of num_heads or pass head_dim explicitly"
+                )
+            head_dim = hidden_size // num_heads
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}; "
+                "each key/value head must serve the same number of query heads"
+            )
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+        key_value_size = hidden_size if key_value_size is None else key_value_size
+        self.key_value_size = key_value_size
+        output_bias = bias if output_bias is None else output_bias
+
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=output_bias)
+        self.rope = rope
+
+    def _split_heads(self, projected: mx.array, num_heads: int) -> mx.array:
+        batch, length, _ = projected.shape
+        # (B, L, H * D) -> (B, H, L, D)
+        return projected.reshape(batch, length, num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        key_value_states: mx.array | None = None,
+        mask: Mask = None,
+        cache: KVCache | None = None,
+    ) -> mx.array:
+        """Attend from ``hidden_states`` to itself or to ``key_value_states``.
+
+        Args:
+            hidden_states: ``(B, L, hidden_size)`` queries (and, for
+                self-attention, keys and values).
+            key_value_states: ``(B, S, key_value_size)`` for cross-attention,
+                e.g. the encoder output; ``None`` for self-attention.
+            mask: See `scaled_dot_product_attention`; broadcasts to
+                ``(B, num_heads, L, S)`` where ``S`` counts cached positions.
+            cache: Self-attention: new keys and values are appended and all
+                are attended to. Cross-attention: the projected
+                ``key_value_states`` are stored on the first call and reused
+                afterwards.
+
+        Returns:
+            ``(B, L, hidden_size)``.
+        """
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"MultiHeadAttention expects hidden_states of shape (batch, length, "
+                f"{self.hidden_size}), got {tuple(hidden_states.shape)}"
+            )
+        batch, length, _ = hidden_states.shape
+        queries = self._split_heads(self.q_proj(hidden_states), self.num_heads)
+
+        if key_value_states is None:
+            offset = 0 if cache is None else cache.offset
+            keys = self._split_heads(self.k_proj(hidden_states), self.num_kv_heads)
+            values = self._split_heads(self.v_proj(hidden_states), self.num_kv_heads)
+            if self.rope is not None:
+                queries = self.rope(queries, offset=offset)
+                keys = self.rope(keys, offset=offset)
+            if cache is not None:
+                keys, values = cache.update_and_fetch(keys, values)
+        elif cache is not None and cache.offset > 0:
+            keys, values = cache.state  # encoder keys/values projected on an earlier step
+        else:
+            if (
+                key_value_states.ndim != 3
+                or key_value_states.shape[0] != batch
+                or key_value_states.shape[2] != self.key_value_size
+            ):
+                raise ValueError(
+                    f"cross-attention expects key_value_states of shape ({batch}, length, "
+                    f"{self.key_value_size}), got {tuple(key_value_states.shape)}"
+                )
+            keys = self._split_heads(self.k_proj(key_value_states), self.num_kv_heads)
+            values = self._split_heads(self.v_proj(key_value_states), self.num_kv_heads)
+            if cache is not None:
+                keys, values = cache.update_and_fetch(keys, values)
+
+        output = scaled_dot_product_attention(queries, keys, values, mask=mask, scale=self.scale)
+        # (B, H, L, D) -> (B, L, H * D), i.e. Concat(head_1..head_h), then W^O.
+        output = output.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.o_proj(output)

@@ -1,0 +1,67 @@
+"""Position-wise feed-forward networks: FFN(x) = act(x W1 + b1) W2 + b2."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
+    "relu": nn.relu,  # the original Transformer; cheapest on CPU
+    "gelu": nn.gelu,  # exact, x * Phi(x) (BERT)
+    "gelu_tanh": nn.gelu_approx,  # tanh approximation (GPT-2's "gelu_new", T5 v1.1)
+    "silu": nn.silu,  # a.k.a. swish (SwiGLU in Llama)
+}
+
+
+def get_activation(name: str) -> Callable[[mx.array], mx.array]:
+    """Look up an activation by name (one of `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class FeedForward(nn.Module):
+    """Two linear layers with an activation between them (the textbook FFN).
+
+    Args:
+        hidden_size: Input and output width.
+        intermediate_size: Inner width (4 x hidden_size in most models).
+        activation: ``"relu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"silu"``.
+        bias: Whether both layers have biases.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "relu", bias: bool = True):
+        super().__init__()
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    def __call__(self, hidden_states: mx.array) -> mx.array:
+        return self.down_proj(self.activation(self.up_proj(hidden_states)))
+
+
+class GatedFeedForward(nn.Module):
+    """Gated linear unit FFN: ``down(act(gate(x)) * up(x))``.
+
+    With ``activation="silu"`` this is SwiGLU (Llama, Mistral, Qwen2); with
+    ``"gelu_tanh"`` it is the gated-GELU of T5 v1.1 and FLAN-T5.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False):
+        super().__init__()
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    def __call__(self, hidden_states: mx.array) -> mx.array:
+        return self.down_proj(self.activation(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+
+
+def SwiGLU(hidden_size: int, intermediate_size: int, bias: bool = False) -> GatedFeedForward:
+    """The SwiGLU feed-forward of Llama: ``down(silu(gate(x)) * up(x))``."""
+    return GatedFeedForward(hidden_size, intermediate_size, activation="silu", bias=bias)

@@ -1,0 +1,125 @@
+"""Position information: learned absolute, sinusoidal and rotary."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def _check_positions(length: int, offset: int, max_positions: int, what: str) -> None:
+    if length < 0 or offset < 0:
+        raise ValueError(f"{what}: length and offset must be >= 0, got {length} and {offset}")
+    if offset + length > max_positions:
+        raise ValueError(
+            f"{what} covers {max_positions} positions, but positions up to "
+            f"{offset + length - 1} were asked for; shorten the input or use a model with a "
+            "longer context"
+        )
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """A trained vector per absolute position (GPT-2, BERT).
+
+    Args:
+        max_positions: Number of positions (the context length).
+        dims: Embedding width.
+    """
+
+    def __init__(self, max_positions: int, dims: int):
+        super().__init__()
+        self.max_positions = max_positions
+        self.embedding = nn.Embedding(max_positions, dims)
+
+    def __call__(self, length: int, offset: int = 0, position_ids: mx.array | None = None) -> mx.array:
+        """Embeddings ``(length, dims)`` of positions ``offset .. offset + length - 1``,
+        or of explicit ``position_ids`` (any shape) when given."""
+        if position_ids is not None:
+            return self.embedding(position_ids)
+        _check_positions(length, offset, self.max_positions, "LearnedPositionalEmbedding")
+        return self.embedding(mx.arange(offset, offset + length))
+
+
+def sinusoidal_table(num_positions: int, dims: int, base: float = 10000.0) -> mx.array:
+    """The original Transformer's encoding, ``(num_positions, dims)`` float32:
+    ``PE[p, 2i] = sin(p / base^(2i/dims))``, ``PE[p, 2i+1] = cos(p / base^(2i/dims))``."""
+    if dims % 2 != 0:
+        raise ValueError(f"sinusoidal positions need an even width, got dims={dims}")
+    positions = mx.arange(num_positions, dtype=mx.float32)[:, None]
+    frequencies = mx.exp(-math.log(base) * mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+    angles = positions * frequencies  # (P, dims / 2)
+    # Interleave: even columns sin, odd columns cos.
+    return mx.stack([mx.sin(angles), mx.cos(angles)], axis=-1).reshape(num_positions, dims)
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sinusoidal positions of "Attention Is All You Need" (no parameters).
+
+    Args:
+        dims: Encoding width (even).
+        max_positions: Positions precomputed.
+        base: Wavelength base (10000 in the paper).
+    """
+
+    def __init__(self, dims: int, max_positions: int = 4096, base: float = 10000.0):
+        super().__init__()
+        self.dims = dims
+        self.max_positions = max_positions
+        self._table = sinusoidal_table(max_positions, dims, base)  # underscore: not a parameter
+
+    def __call__(self, length: int, offset: int = 0) -> mx.array:
+        """Encodings ``(length, dims)`` of positions ``offset .. offset + length - 1``."""
+        _check_positions(length, offset, self.max_positions, "SinusoidalPositionalEncoding")
+        return self._table[offset : offset + length]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) applied to queries and keys.
+
+    Rotates feature pairs by an angle proportional to the position, so that
+    ``q_i . k_j`` depends on ``i - j`` only. Runs as `mx.fast.rope`.
+
+    Args:
+        dims: Number of leading features per head to rotate (the head width
+            for most models; fewer for partial rotary).
+        base: Frequency base (``rope_theta``), ignored when ``freqs`` is given.
+        traditional: Rotate adjacent pairs ``(x0, x1)`` (original RoFormer)
+            instead of the two halves ``(x_i, x_{i + d/2})`` (Llama/GPT-NeoX
+            layout, used by Hugging Face checkpoints).
+        scale: Position scale (linear rope scaling uses ``1 / factor``).
+        freqs: Optional explicit inverse frequencies ``(dims / 2,)`` used in
+            place of ``base`` (e.g. Llama 3 rope scaling).
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        base: float = 10000.0,
+        traditional: bool = False,
+        scale: float = 1.0,
+        freqs: mx.array | None = None,
+    ):
+        super().__init__()
+        if dims % 2 != 0:
+            raise ValueError(f"rotary embedding needs an even number of dims, got {dims}")
+        if freqs is not None and freqs.shape != (dims // 2,):
+            raise ValueError(f"rotary freqs must have shape ({dims // 2},), got {tuple(freqs.shape)}")
+        self.dims = dims
+        self.base = base
+        self.traditional = traditional
+        self.scale = scale
+        # mx.fast.rope takes periods (1 / inverse frequency) in `freqs`.
+        self._periods = None if freqs is None else 1.0 / freqs
+
+    def __call__(self, hidden_states: mx.array, offset: int | mx.array = 0) -> mx.array:
+        """Rotate ``(B, H, L, D)`` queries or keys sitting at positions ``offset + 0 .. L - 1``."""
+        return mx.fast.rope(
+            hidden_states,
+            self.dims,
+            traditional=self.traditional,
+            base=None if self._periods is not None else self.base,
+            scale=self.scale,
+            offset=offset,
+            freqs=self._periods,
+        )

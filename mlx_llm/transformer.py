@@ -1,0 +1,340 @@
+"""Transformer layers, stacks and the original encoder-decoder model.
+
+A layer wraps each sublayer (attention, feed-forward) in a residual
+connection with layer normalization, either after the residual
+(post-LN: ``LayerNorm(x + Sublayer(x))``, the textbook and BERT) or before
+the sublayer (pre-LN: ``x + Sublayer(LayerNorm(x))``, GPT-2 and Llama).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .attention import Mask, MultiHeadAttention
+from .cache import KVCache
+from .feed_forward import FeedForward, GatedFeedForward
+from .masks import create_attention_mask, padding_mask
+from .positions import SinusoidalPositionalEncoding
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dims: int, eps: float) -> nn.Module:
+    """``nn.LayerNorm`` or ``nn.RMSNorm`` (both run as `mx.fast` kernels)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dims, eps=eps)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dims, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
+
+
+def _final_norm(layer: "TransformerEncoderLayer", hidden_size: int) -> nn.Module | None:
+    # Pre-LN stacks normalize their output once more; post-LN layers already end in a norm.
+    return make_norm(layer.norm_kind, hidden_size, layer.norm_eps) if layer.norm_first else None
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention and a feed-forward network, each with residual + norm.
+
+    With a bidirectional (padding) mask this is an encoder layer (BERT);
+    with a causal mask it is a decoder-only block (GPT-2, Llama).
+
+    Args:
+        hidden_size: Model width ``d_model``.
+        num_heads: Attention heads.
+        intermediate_size: Feed-forward inner width ``d_ff``.
+        num_kv_heads: Key/value heads for grouped-query attention.
+        head_dim: Per-head width if not ``hidden_size // num_heads``.
+        activation: Feed-forward activation (see `feed_forward.ACTIVATIONS`).
+        gated: Use a gated feed-forward (SwiGLU with ``"silu"``).
+        bias: Biases in the attention and feed-forward projections.
+        attention_output_bias: Bias in ``W^O``; ``bias`` if ``None``.
+        norm: ``"layernorm"`` or ``"rmsnorm"``.
+        norm_eps: Normalization epsilon.
+        norm_first: Pre-LN if ``True``, post-LN (the textbook) if ``False``.
+        dropout: Dropout on each sublayer's output before the residual add.
+        rope: Optional rotary embedding for queries and keys.
+        attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        activation: str = "relu",
+        gated: bool = False,
+        bias: bool = True,
+        attention_output_bias: bool | None = None,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        dropout: float = 0.0,
+        rope: nn.Module | None = None,
+        attention_scale: float | None = None,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.norm_kind = norm
+        self.norm_eps = norm_eps
+        self.self_attn = MultiHeadAttention(
+            hidden_size,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            bias=bias,
+            output_bias=attention_output_bias,
+            rope=rope,
+            scale=attention_scale,
+        )
+        self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
+        feed_forward = GatedFeedForward if gated else FeedForward
+        self.feed_forward = feed_forward(hidden_size, intermediate_size, activation=activation, bias=bias)
+        self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[[mx.array], mx.array]) -> mx.array:
+        if self.norm_first:
+            return hidden_states + self.dropout(sublayer(norm(hidden_states)))
+        return norm(hidden_states + self.dropout(sublayer(hidden_states)))
+
+    def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
+        """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""
+        hidden_states = self._residual(
+            hidden_states, self.self_attn_norm, lambda x: self.self_attn(x, mask=mask, cache=cache)
+        )
+        return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
+
+
+class TransformerDecoderLayer(TransformerEncoderLayer):
+    """Masked self-attention, cross-attention to the encoder output, and a
+    feed-forward network, each with residual + norm (the textbook decoder).
+
+    Takes the arguments of `TransformerEncoderLayer`, plus ``memory_size``,
+    the width of the encoder output if it differs from ``hidden_size``.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, memory_size: int | None = None, **options):
+        super().__init__(hidden_size, num_heads, intermediate_size, **options)
+        self_attn = self.self_attn
+        # Same heads, widths and biases as self-attention; no rotary positions across sequences.
+        self.cross_attn = MultiHeadAttention(
+            hidden_size,
+            num_heads,
+            num_kv_heads=self_attn.num_kv_heads,
+            head_dim=self_attn.head_dim,
+            bias="bias" in self_attn.q_proj,
+            output_bias="bias" in self_attn.o_proj,
+            key_value_size=memory_size,
+            scale=self_attn.scale,
+        )
+        self.cross_attn_norm = make_norm(self.norm_kind, hidden_size, self.norm_eps)
+
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        memory: mx.array,
+        mask: Mask = None,
+        memory_mask: Mask = None,
+        cache: tuple[KVCache, KVCache] | None = None,
+    ) -> mx.array:
+        """Decode ``(B, L, hidden_size)`` target states against ``memory``.
+
+        Args:
+            hidden_states: Target-side states ``(B, L, hidden_size)``.
+            memory: Encoder output ``(B, S, memory_size)``.
+            mask: Self-attention mask (causal, usually).
+            memory_mask: Cross-attention mask over encoder positions, e.g.
+                `padding_mask` of the source.
+            cache: ``(self_attention_cache, cross_attention_cache)`` for
+                incremental decoding.
+        """
+        self_cache, cross_cache = (None, None) if cache is None else cache
+        hidden_states = self._residual(
+            hidden_states, self.self_attn_norm, lambda x: self.self_attn(x, mask=mask, cache=self_cache)
+        )
+        hidden_states = self._residual(
+            hidden_states,
+            self.cross_attn_norm,
+            lambda x: self.cross_attn(x, key_value_states=memory, mask=memory_mask, cache=cross_cache),
+        )
+        return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of `TransformerEncoderLayer`; with pre-LN a final norm follows.
+
+    Args:
+        num_layers: Number of layers.
+        hidden_size, num_heads, intermediate_size, **options: As for
+            `TransformerEncoderLayer`.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.layers = [
+            TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)
+        ]
+        self.norm = _final_norm(self.layers[-1], hidden_size)
+
+    def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: list[KVCache] | None = None) -> mx.array:
+        """``(B, L, hidden_size)`` in and out; ``cache`` holds one `KVCache` per layer."""
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
+        return hidden_states if self.norm is None else self.norm(hidden_states)
+
+    def make_cache(self) -> list[KVCache]:
+        """One empty `KVCache` per layer."""
+        return [KVCache() for _ in self.layers]
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of `TransformerDecoderLayer`; with pre-LN a final norm follows."""
+
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.layers = [
+            TransformerDecoderLayer(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)
+        ]
+        self.norm = _final_norm(self.layers[-1], hidden_size)
+
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        memory: mx.array,
+        mask: Mask = None,
+        memory_mask: Mask = None,
+        cache: list[tuple[KVCache, KVCache]] | None = None,
+    ) -> mx.array:
+        """``(B, L, hidden_size)`` target states in and out (see `TransformerDecoderLayer`)."""
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(
+                hidden_states,
+                memory,
+                mask=mask,
+                memory_mask=memory_mask,
+                cache=None if cache is None else cache[index],
+            )
+        return hidden_states if self.norm is None else self.norm(hidden_states)
+
+    def make_cache(self) -> list[tuple[KVCache, KVCache]]:
+        """One ``(self_attention, cross_attention)`` cache pair per layer."""
+        return [(KVCache(), KVCache()) for _ in self.layers]
+
+
+class EncoderDecoder(nn.Module):
+    """The original Transformer (Vaswani et al., 2017) for sequence to sequence.
+
+    Token embeddings scaled by ``sqrt(d_model)`` plus sinusoidal positions,
+    an encoder, a decoder with masked self-attention and cross-attention,
+    and a linear layer to target-vocabulary logits.
+
+    Args:
+        source_vocab_size: Source vocabulary size.
+        target_vocab_size: Target vocabulary size.
+        hidden_size: ``d_model``.
+        num_heads: Attention heads.
+        num_encoder_layers: Encoder depth.
+        num_decoder_layers: Decoder depth.
+        intermediate_size: Feed-forward width ``d_ff``; ``4 * hidden_size`` if ``None``.
+        dropout: Dropout on embeddings and sublayer outputs.
+        max_positions: Longest source or target sequence.
+        **options: Further layer options (``activation``, ``norm_first``, ...),
+            see `TransformerEncoderLayer`.
+    """
+
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        hidden_size: int = 512,
+        num_heads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        intermediate_size: int | None = None,
+        dropout: float = 0.1,
+        max_positions: int = 1024,
+        **options,
+    ):
+        super().__init__()
+        intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.hidden_size = hidden_size
+        self.source_embed = nn.Embedding(source_vocab_size, hidden_size)
+        self.target_embed = nn.Embedding(target_vocab_size, hidden_size)
+        self.positions = SinusoidalPositionalEncoding(hidden_size, max_positions)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = TransformerEncoder(
+            num_encoder_layers, hidden_size, num_heads, intermediate_size, dropout=dropout, **options
+        )
+        self.decoder = TransformerDecoder(
+            num_decoder_layers, hidden_size, num_heads, intermediate_size, dropout=dropout, **options
+        )
+        self.output_proj = nn.Linear(hidden_size, target_vocab_size, bias=False)
+
+    def _embed(self, embedding: nn.Embedding, token_ids: mx.array, offset: int = 0) -> mx.array:
+        if token_ids.ndim != 2:
+            raise ValueError(f"token ids must have shape (batch, length), got {tuple(token_ids.shape)}")
+        hidden_states = embedding(token_ids) * math.sqrt(self.hidden_size)
+        positions = self.positions(token_ids.shape[1], offset).astype(hidden_states.dtype)
+        return self.dropout(hidden_states + positions)
+
+    def encode(self, source_ids: mx.array, source_mask: mx.array | None = None) -> mx.array:
+        """Encoder output ``(B, S, hidden_size)`` for ``(B, S)`` source ids.
+
+        ``source_mask`` is the ``(B, S)`` 1/0 padding mask of the source.
+        """
+        mask = None if source_mask is None else padding_mask(source_mask)
+        return self.encoder(self._embed(self.source_embed, source_ids), mask=mask)
+
+    def decode(
+        self,
+        target_ids: mx.array,
+        memory: mx.array,
+        source_mask: mx.array | None = None,
+        target_mask: mx.array | None = None,
+        cache: list[tuple[KVCache, KVCache]] | None = None,
+    ) -> mx.array:
+        """Next-token logits ``(B, L, target_vocab_size)`` for ``(B, L)`` target ids.
+
+        Args:
+            target_ids: Target ids; with a ``cache``, only the new ones.
+            memory: `encode` output.
+            source_mask: ``(B, S)`` 1/0 padding mask of the source.
+            target_mask: ``(B, offset + L)`` 1/0 padding mask of the target.
+            cache: From `make_cache`, for incremental decoding.
+        """
+        offset = 0 if cache is None else cache[0][0].offset
+        mask = create_attention_mask(target_ids.shape[1], target_mask, causal=True, offset=offset)
+        memory_mask = None if source_mask is None else padding_mask(source_mask)
+        hidden_states = self._embed(self.target_embed, target_ids, offset)
+        hidden_states = self.decoder(hidden_states, memory, mask=mask, memory_mask=memory_mask, cache=cache)
+        return self.output_proj(hidden_states)
+
+    def __call__(
+        self,
+        source_ids: mx.array,
+        target_ids: mx.array,
+        source_mask: mx.array | None = None,
+        target_mask: mx.array | None = None,
+    ) -> mx.array:
+        """Teacher-forced logits ``(B, L, target_vocab_size)``."""
+        memory = self.encode(source_ids, source_mask)
+        return self.decode(target_ids, memory, source_mask, target_mask)
+
+    def make_cache(self) -> list[tuple[KVCache, KVCache]]:
+        """Empty decoder caches for incremental decoding."""
+        return self.decoder.make_cache()
