@@ -53,6 +53,7 @@ class TransformerEncoderLayer(nn.Module):
         gated: Use a gated feed-forward (SwiGLU with ``"silu"``).
         bias: Biases in the attention and feed-forward projections.
         attention_output_bias: Bias in ``W^O``; ``bias`` if ``None``.
+        feed_forward_bias: Biases in the feed-forward layers; ``bias`` if ``None``.
         norm: ``"layernorm"`` or ``"rmsnorm"``.
         norm_eps: Normalization epsilon.
         norm_first: Pre-LN if ``True``, post-LN (the textbook) if ``False``.
@@ -72,6 +73,7 @@ class TransformerEncoderLayer(nn.Module):
         gated: bool = False,
         bias: bool = True,
         attention_output_bias: bool | None = None,
+        feed_forward_bias: bool | None = None,
         norm: str = "layernorm",
         norm_eps: float = 1e-5,
         norm_first: bool = False,
@@ -95,7 +97,9 @@ class TransformerEncoderLayer(nn.Module):
         )
         self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
         feed_forward = GatedFeedForward if gated else FeedForward
-        self.feed_forward = feed_forward(hidden_size, intermediate_size, activation=activation, bias=bias)
+        self.feed_forward = feed_forward(
+            hidden_size, intermediate_size, activation=activation, bias=bias if feed_forward_bias is None else feed_forward_bias
+        )
         self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)
         self.dropout = nn.Dropout(dropout)
 

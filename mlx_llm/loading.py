@@ -1,0 +1,214 @@
+"""Load, convert and quantize checkpoints: a local folder or a Hub repository in,
+an MLX model (and tokenizer) out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .hub import (
+    atomic_output_dir,
+    copy_tokenizer_files,
+    find_weight_files,
+    load_safetensors,
+    read_json,
+    resolve_model_path,
+    save_safetensors,
+    write_json,
+)
+from .models import get_family
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+QUANTIZATION_BITS = (4, 8)
+# Marks a folder written by `convert`: weights already carry mlx_llm's names.
+FORMAT_KEY = "mlx_llm"
+FORMAT_VERSION = 1
+
+
+def _dtype(name: str | None) -> mx.Dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def read_config(folder: Path) -> dict:
+    """The ``config.json`` of a model folder."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json; a model folder needs config.json and safetensors weights "
+            "(a Hugging Face checkpoint or the output of `mlx-llm convert`)"
+        )
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return config
+
+
+def check_weights(model: nn.Module, weights: dict[str, mx.array], source: str) -> None:
+    """Raise a ``ValueError`` naming missing, unexpected and mis-shaped tensors."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    mismatched = [
+        f"{name}: expected {tuple(expected[name].shape)}, found {tuple(weights[name].shape)}"
+        for name in sorted(set(expected) & set(weights))
+        if expected[name].shape != weights[name].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
+    if mismatched:
+        problems.append("tensors of the wrong shape: " + "; ".join(mismatched[:10]))
+    if problems:
+        raise ValueError(
+            f"the weights in {source} do not fit the model its config.json describes ("
+            + "; ".join(problems)
+            + "); check that config.json belongs to these weights"
+        )
+
+
+def _quantization_predicate(group_size: int):
+    def predicate(path: str, module: nn.Module) -> bool:
+        # Linear and embedding layers whose rows split into whole groups.
+        return hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size == 0
+
+    return predicate
+
+
+def load_model(
+    path_or_repo: str | Path,
+    dtype: str | None = None,
+    revision: str | None = None,
+) -> tuple[nn.Module, dict]:
+    """Build the model a checkpoint describes and load its weights.
+
+    Args:
+        path_or_repo: A local folder (Hugging Face layout or `convert` output)
+            or a Hub repository id.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` to cast floating
+            weights; the checkpoint's own types if ``None``.
+        revision: Hub branch, tag or commit.
+
+    Returns:
+        ``(model, config)``, the model in eval mode.
+    """
+    target_dtype = _dtype(dtype)
+    folder = resolve_model_path(path_or_repo, revision=revision)
+    config = read_config(folder)
+    family = get_family(config.get("model_type"))
+    args = family.ModelArgs.from_config(config)
+    model = family.Model(args)
+    weights = load_safetensors(find_weight_files(folder))
+    if FORMAT_KEY not in config:
+        weights = family.convert_hf_weights(weights, args)
+    quantization = config.get("quantization")
+    if quantization is not None:
+        nn.quantize(
+            model,
+            group_size=quantization["group_size"],
+            bits=quantization["bits"],
+            class_predicate=lambda path, module: f"{path}.scales" in weights,
+        )
+    check_weights(model, weights, str(folder))
+    model.load_weights(list(weights.items()))
+    if target_dtype is not None:
+        model.set_dtype(target_dtype)
+    model.eval()
+    mx.eval(model.parameters())
+    return model, config
+
+
+def load(path_or_repo: str | Path, dtype: str | None = None, revision: str | None = None):
+    """Load a model and its tokenizer.
+
+    Args: as for `load_model`.
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    from .tokenizer import Tokenizer
+
+    folder = resolve_model_path(path_or_repo, revision=revision)
+    model, _ = load_model(folder, dtype=dtype)
+    return model, Tokenizer.from_pretrained(folder)
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    num_parameters: int
+    bytes_written: int
+    seconds: float
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes_written / 1e6 / max(self.seconds, 1e-9)
+
+
+def convert(
+    source: str | Path,
+    out: str | Path,
+    dtype: str | None = None,
+    quantize: bool = False,
+    bits: int = 4,
+    group_size: int = 64,
+    revision: str | None = None,
+    overwrite: bool = False,
+    max_shard_size: int = 5 * 2**30,
+) -> ConversionReport:
+    """Convert a checkpoint to an MLX folder that `load` reads with no network.
+
+    Writes MLX safetensors (sharded with an index past ``max_shard_size``),
+    ``config.json`` (recording dtype and quantization) and the tokenizer
+    files, into a temporary folder renamed to ``out`` only on success.
+
+    Args:
+        source: Local folder or Hub repository id.
+        out: Output folder; must not exist (or be empty) unless ``overwrite``.
+        dtype: Cast floating weights to this type.
+        quantize: Quantize linear and embedding layers.
+        bits: 4 or 8.
+        group_size: Elements per quantization group (32, 64 or 128).
+        revision: Hub revision of ``source``.
+        overwrite: Replace an existing ``out``.
+    """
+    if quantize and bits not in QUANTIZATION_BITS:
+        raise ValueError(f"quantization bits must be one of {QUANTIZATION_BITS}, got {bits}")
+    if quantize and group_size not in (32, 64, 128):
+        raise ValueError(f"quantization group size must be 32, 64 or 128, got {group_size}")
+    start = time.perf_counter()
+    folder = resolve_model_path(source, revision=revision)
+    model, config = load_model(folder, dtype=dtype)
+    config = dict(config)
+    if quantize:
+        if "quantization" in config:
+            raise ValueError(f"{source} is already quantized ({config['quantization']})")
+        nn.quantize(model, group_size=group_size, bits=bits, class_predicate=_quantization_predicate(group_size))
+        config["quantization"] = {"group_size": group_size, "bits": bits}
+    weights = dict(tree_flatten(model.parameters()))
+    floating = [w.dtype for w in weights.values() if mx.issubdtype(w.dtype, mx.floating)]
+    if floating:
+        dtype_name = next(name for name, value in DTYPES.items() if value == floating[0])
+        config["torch_dtype"] = config["dtype"] = dtype_name
+    config[FORMAT_KEY] = {"format_version": FORMAT_VERSION, "converted_from": str(source)}
+    with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
+        files = save_safetensors(weights, staging, max_shard_size=max_shard_size)
+        write_json(config, staging / "config.json")
+        copy_tokenizer_files(folder, staging)
+        bytes_written = sum(file.stat().st_size for file in files)
+    return ConversionReport(
+        out=Path(out),
+        num_parameters=sum(w.size for w in weights.values()),
+        bytes_written=bytes_written,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,175 @@
+"""GPT-2 (and distilgpt2): learned positions, pre-LayerNorm decoder blocks, tied LM head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..cache import KVCache
+from ..masks import create_attention_mask
+from ..positions import LearnedPositionalEmbedding
+from ..transformer import TransformerEncoderLayer
+
+# Hugging Face activation_function -> mlx_llm activation.
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int
+    max_positions: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    activation: str = "gelu_tanh"
+    layer_norm_eps: float = 1e-5
+    scale_attention: bool = True
+    tie_word_embeddings: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        activation = config.get("activation_function", "gelu_new")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"GPT-2 config has activation_function={activation!r}; supported: {sorted(ACTIVATIONS)}"
+            )
+        hidden_size = config["n_embd"]
+        if config.get("scale_attn_by_inverse_layer_idx") or config.get("reorder_and_upcast_attn"):
+            raise ValueError(
+                "GPT-2 configs with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn are not supported"
+            )
+        return cls(
+            vocab_size=config["vocab_size"],
+            max_positions=config["n_positions"],
+            hidden_size=hidden_size,
+            num_layers=config["n_layer"],
+            num_heads=config["n_head"],
+            intermediate_size=config.get("n_inner") or 4 * hidden_size,
+            activation=ACTIVATIONS[activation],
+            layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
+            scale_attention=config.get("scale_attn_weights", True),
+            tie_word_embeddings=config.get("tie_word_embeddings", True),
+        )
+
+
+class GPT2Model(nn.Module):
+    """Token + position embeddings, pre-LN blocks with causal self-attention, final LayerNorm."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.wte = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.wpe = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
+        self.layers = [
+            TransformerEncoderLayer(
+                args.hidden_size,
+                args.num_heads,
+                args.intermediate_size,
+                activation=args.activation,
+                bias=True,
+                norm="layernorm",
+                norm_eps=args.layer_norm_eps,
+                norm_first=True,
+                attention_scale=None if args.scale_attention else 1.0,
+            )
+            for _ in range(args.num_layers)
+        ]
+        self.ln_f = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+        position_ids: mx.array | None = None,
+    ) -> mx.array:
+        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
+        length = input_ids.shape[1]
+        offset = 0 if cache is None else cache[0].offset
+        positions = self.wpe(length, offset, position_ids=position_ids)
+        hidden_states = self.wte(input_ids) + positions
+        mask = create_attention_mask(length, attention_mask, causal=True, offset=offset)
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
+        return self.ln_f(hidden_states)
+
+
+class Model(nn.Module):
+    """GPT-2 language model: ``logits = LMHead(GPT2Model(input_ids))``."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = GPT2Model(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+        position_ids: mx.array | None = None,
+    ) -> mx.array:
+        """Next-token logits ``(B, L, vocab_size)``."""
+        hidden_states = self.model(input_ids, attention_mask, cache, position_ids)
+        if self.args.tie_word_embeddings:
+            return self.model.wte.as_linear(hidden_states)
+        return self.lm_head(hidden_states)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.model.layers
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.model.layers]
+
+
+# --- Hugging Face weights -----------------------------------------------------------------
+
+_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
+
+
+def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """Map ``transformer.h.N.attn.c_attn`` & co. to this file's modules.
+
+    GPT-2 stores its projections as ``Conv1D`` with ``(in, out)`` weights:
+    they are transposed, and the fused ``c_attn`` is split into q, k and v.
+    """
+    converted: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        if name.endswith(_BUFFERS):
+            continue
+        if name == "lm_head.weight":
+            if not args.tie_word_embeddings:
+                converted["lm_head.weight"] = tensor
+            continue
+        key = name.removeprefix("transformer.")
+        parts = key.split(".")
+        if key in ("wte.weight", "ln_f.weight", "ln_f.bias"):
+            converted[f"model.{key}"] = tensor
+        elif key == "wpe.weight":
+            converted["model.wpe.embedding.weight"] = tensor
+        elif parts[0] == "h" and len(parts) == 5:
+            prefix = f"model.layers.{parts[1]}"
+            module, kind = ".".join(parts[2:4]), parts[4]
+            if module == "attn.c_attn":
+                for projection, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(tensor, 3, axis=-1)):
+                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = piece.T if kind == "weight" else piece
+                continue
+            target = {
+                "attn.c_proj": "self_attn.o_proj",
+                "mlp.c_fc": "feed_forward.up_proj",
+                "mlp.c_proj": "feed_forward.down_proj",
+            }.get(module)
+            if target is None:
+                raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
+            converted[f"{prefix}.{target}.{kind}"] = tensor.T if kind == "weight" else tensor
+        elif parts[0] == "h" and len(parts) == 4 and parts[2] in ("ln_1", "ln_2"):
+            norm = "self_attn_norm" if parts[2] == "ln_1" else "feed_forward_norm"
+            converted[f"model.layers.{parts[1]}.{norm}.{parts[3]}"] = tensor
+        else:
+            raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
+    return converted

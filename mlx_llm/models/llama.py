@@ -1,0 +1,218 @@
+"""The Llama family: Llama 1-3, Mistral, Qwen2/Qwen2.5, SmolLM/SmolLM2, TinyLlama.
+
+Pre-RMSNorm decoder blocks with rotary positions, grouped-query attention and
+a SwiGLU feed-forward. The variants differ only in configuration: key/value
+heads, attention biases (Qwen2), tied embeddings, RMSNorm epsilon, rope
+theta and rope scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..cache import KVCache
+from ..masks import create_attention_mask
+from ..positions import RotaryEmbedding
+from ..transformer import TransformerEncoderLayer
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class ModelArgs:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_positions: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    attention_bias: bool = False  # biases on q, k, v
+    attention_output_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        model_type = config.get("model_type", "llama")
+        if config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{model_type} config has hidden_act={config['hidden_act']!r}; only 'silu' is supported")
+        num_heads = config["num_attention_heads"]
+        hidden_size = config["hidden_size"]
+        # transformers 5 writes rope_parameters; 4.x writes rope_theta and rope_scaling.
+        rope = dict(config.get("rope_parameters") or {})
+        rope_theta = rope.pop("rope_theta", None) or config.get("rope_theta", 10000.0)
+        scaling = rope or config.get("rope_scaling") or None
+        if scaling is not None:
+            scaling = dict(scaling)
+            rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+            if rope_type not in ROPE_TYPES:
+                raise ValueError(
+                    f"{model_type} config has rope type {rope_type!r}; supported rope types: {ROPE_TYPES}"
+                )
+            scaling["rope_type"] = rope_type
+            if rope_type == "default":
+                scaling = None
+        qwen2 = model_type == "qwen2"  # Qwen2 always has q/k/v biases and no flag for them
+        return cls(
+            model_type=model_type,
+            vocab_size=config["vocab_size"],
+            hidden_size=hidden_size,
+            num_layers=config["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=config.get("num_key_value_heads") or num_heads,
+            head_dim=config.get("head_dim") or hidden_size // num_heads,
+            intermediate_size=config["intermediate_size"],
+            max_positions=config.get("max_position_embeddings", 2048),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=scaling,
+            attention_bias=qwen2 or config.get("attention_bias", False),
+            attention_output_bias=(not qwen2) and config.get("attention_bias", False),
+            mlp_bias=config.get("mlp_bias", False),
+            tie_word_embeddings=config.get("tie_word_embeddings", False),
+        )
+
+
+def llama3_inverse_frequencies(head_dim: int, base: float, scaling: dict) -> mx.array:
+    """Llama 3.1 rope scaling: low frequencies slowed by ``factor``, high ones kept,
+    and a smooth blend between the two wavelength thresholds."""
+    inverse = 1.0 / base ** (mx.arange(0, head_dim, 2, dtype=mx.float32) / head_dim)
+    factor = scaling["factor"]
+    low_factor = scaling.get("low_freq_factor", 1.0)
+    high_factor = scaling.get("high_freq_factor", 4.0)
+    old_context = scaling.get("original_max_position_embeddings", 8192)
+    wavelength = 2 * math.pi / inverse
+    scaled = mx.where(wavelength > old_context / low_factor, inverse / factor, inverse)
+    smooth = (old_context / wavelength - low_factor) / (high_factor - low_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= old_context / high_factor) & (wavelength <= old_context / low_factor)
+    return mx.where(medium, blended, scaled)
+
+
+def make_rope(args: ModelArgs) -> RotaryEmbedding:
+    scaling = args.rope_scaling
+    if scaling is None:
+        return RotaryEmbedding(args.head_dim, base=args.rope_theta)
+    if scaling["rope_type"] == "linear":
+        return RotaryEmbedding(args.head_dim, base=args.rope_theta, scale=1.0 / scaling["factor"])
+    return RotaryEmbedding(args.head_dim, freqs=llama3_inverse_frequencies(args.head_dim, args.rope_theta, scaling))
+
+
+class LlamaModel(nn.Module):
+    """Token embeddings, pre-RMSNorm blocks with rotary causal self-attention, final RMSNorm."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        rope = make_rope(args)  # shared by every layer; it has no parameters
+        self.layers = [
+            TransformerEncoderLayer(
+                args.hidden_size,
+                args.num_heads,
+                args.intermediate_size,
+                num_kv_heads=args.num_kv_heads,
+                head_dim=args.head_dim,
+                activation="silu",
+                gated=True,
+                bias=args.attention_bias,
+                attention_output_bias=args.attention_output_bias,
+                feed_forward_bias=args.mlp_bias,
+                norm="rmsnorm",
+                norm_eps=args.rms_norm_eps,
+                norm_first=True,
+                rope=rope,
+            )
+            for _ in range(args.num_layers)
+        ]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> mx.array:
+        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
+        offset = 0 if cache is None else cache[0].offset
+        hidden_states = self.embed_tokens(input_ids)
+        mask = create_attention_mask(input_ids.shape[1], attention_mask, causal=True, offset=offset)
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
+        return self.norm(hidden_states)
+
+
+class Model(nn.Module):
+    """Llama-family causal language model."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = LlamaModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> mx.array:
+        """Next-token logits ``(B, L, vocab_size)``."""
+        hidden_states = self.model(input_ids, attention_mask, cache)
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(hidden_states)
+        return self.lm_head(hidden_states)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.model.layers
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.model.layers]
+
+
+# --- Hugging Face weights -----------------------------------------------------------------
+
+_RENAMES = {
+    "mlp.": "feed_forward.",
+    "input_layernorm.": "self_attn_norm.",
+    "post_attention_layernorm.": "feed_forward_norm.",
+}
+_KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
+          "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.", "input_layernorm.", "post_attention_layernorm.")
+
+
+def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """Hugging Face ``LlamaForCausalLM`` names to this file's: the layer modules
+    are renamed (``mlp`` -> ``feed_forward``, the two norms), the rest kept."""
+    converted: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        if "rotary_emb.inv_freq" in name:
+            continue
+        if name == "lm_head.weight":
+            if not args.tie_word_embeddings:
+                converted[name] = tensor
+            continue
+        if name in ("model.embed_tokens.weight", "model.norm.weight"):
+            converted[name] = tensor
+            continue
+        parts = name.split(".", 3)
+        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3].startswith(_KNOWN):
+            rest = parts[3]
+            for old, new in _RENAMES.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+            converted[f"model.layers.{parts[2]}.{rest}"] = tensor
+            continue
+        raise ValueError(f"unknown {args.model_type} tensor {name!r} in checkpoint")
+    return converted
