@@ -6,6 +6,8 @@ import click
 
 import mlx_llm
 
+from .models import convert, info
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(mlx_llm.__version__, prog_name="mlx-llm")
@@ -31,6 +33,9 @@ def demo(batch_size: int, source_length: int, target_length: int, vocab_size: in
     )
     click.echo(f"forward pass: {result.seconds * 1000:.1f} ms", err=True)
 
+
+main.add_command(convert)
+main.add_command(info)
 
 if __name__ == "__main__":
     main()

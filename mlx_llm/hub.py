@@ -673,3 +673,29 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
             shutil.copyfile(src / name, temporary)
             os.replace(temporary, dst / name)
     return sorted(names)
+
+
+def read_safetensors_header(file: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor names with their stored dtype and shape, read from the file header
+    only (no tensor data is loaded).
+
+    Returns:
+        ``{name: (dtype, shape)}`` with safetensors dtype names (``"F32"``, ``"BF16"``, ``"U32"``...).
+    """
+    file = Path(file)
+    try:
+        with open(file, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if header_length <= 0 or header_length > file.stat().st_size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(header_length))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{file} is damaged or incomplete and cannot be read as safetensors ({error}); "
+            "download it again or convert the model again"
+        ) from None
+    return {
+        name: (entry["dtype"], tuple(entry["shape"]))
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }

@@ -17,6 +17,7 @@ from .hub import (
     find_weight_files,
     load_safetensors,
     read_json,
+    read_safetensors_header,
     resolve_model_path,
     save_safetensors,
     write_json,
@@ -190,6 +191,7 @@ def convert(
     folder = resolve_model_path(source, revision=revision)
     model, config = load_model(folder, dtype=dtype)
     config = dict(config)
+    num_parameters = sum(w.size for _, w in tree_flatten(model.parameters()))
     if quantize:
         if "quantization" in config:
             raise ValueError(f"{source} is already quantized ({config['quantization']})")
@@ -208,7 +210,79 @@ def convert(
         bytes_written = sum(file.stat().st_size for file in files)
     return ConversionReport(
         out=Path(out),
-        num_parameters=sum(w.size for w in weights.values()),
+        num_parameters=num_parameters,
         bytes_written=bytes_written,
         seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class ModelInfo:
+    """What `describe` reports about a checkpoint."""
+
+    path: Path
+    model_type: str
+    architecture: str
+    num_parameters: int
+    dtype: str
+    quantization: dict | None
+    context_length: int | None
+    size_bytes: int
+    converted: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "model_type": self.model_type,
+            "architecture": self.architecture,
+            "parameters": self.num_parameters,
+            "dtype": self.dtype,
+            "quantization": self.quantization,
+            "context_length": self.context_length,
+            "size_bytes": self.size_bytes,
+            "mlx_llm_format": self.converted,
+        }
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo:
+    """Architecture, parameter count, dtype, quantization and context length of
+    a checkpoint, read from its config and safetensors headers without loading
+    the weights."""
+    folder = resolve_model_path(path_or_repo, revision=revision)
+    config = read_config(folder)
+    get_family(config.get("model_type"))  # unsupported types fail here, with the list
+    files = find_weight_files(folder)
+    quantization = config.get("quantization")
+    bits = quantization["bits"] if quantization else None
+    num_parameters = 0
+    dtype_counts: dict[str, int] = {}
+    for file in files:
+        for name, (dtype, shape) in read_safetensors_header(file).items():
+            size = 1
+            for dim in shape:
+                size *= dim
+            if quantization and (name.endswith(".scales") or name.endswith(".biases")):
+                continue  # quantization bookkeeping, not parameters
+            if dtype == "U32" and bits:
+                size = size * 32 // bits  # packed quantized weights
+            num_parameters += size
+            if dtype in _SAFETENSORS_DTYPES:
+                dtype_counts[_SAFETENSORS_DTYPES[dtype]] = dtype_counts.get(_SAFETENSORS_DTYPES[dtype], 0) + size
+    dtype = max(dtype_counts, key=dtype_counts.get) if dtype_counts else "unknown"
+    context = next((config[key] for key in _CONTEXT_KEYS if key in config), None)
+    architectures = config.get("architectures") or [config["model_type"]]
+    return ModelInfo(
+        path=folder,
+        model_type=config["model_type"],
+        architecture=architectures[0],
+        num_parameters=num_parameters,
+        dtype=dtype,
+        quantization=quantization,
+        context_length=context,
+        size_bytes=sum(file.stat().st_size for file in files),
+        converted=FORMAT_KEY in config,
     )
