@@ -1,0 +1,145 @@
+"""Choosing the next token: logits processors and samplers.
+
+Every function takes logits of shape ``(B, V)`` and returns arrays of the
+same shape (processors) or token ids ``(B,)`` (samplers). Filters set
+removed tokens to ``-inf``, so they get exactly zero probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+NEG_INF = float("-inf")
+
+
+def _check_logits(logits: mx.array) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"sampling takes logits of shape (batch, vocab), got {tuple(logits.shape)}")
+
+
+def apply_repetition_penalty(logits: mx.array, previous_tokens: mx.array, penalty: float) -> mx.array:
+    """CTRL's repetition penalty as Hugging Face applies it: for every token
+    already seen, a positive logit is divided by ``penalty`` and a negative
+    one multiplied by it.
+
+    Args:
+        logits: ``(B, V)``.
+        previous_tokens: ``(B, T)`` ids generated (or in the prompt) so far.
+        penalty: ``> 0``; ``1`` changes nothing, ``> 1`` discourages repeats.
+    """
+    if penalty <= 0:
+        raise ValueError(f"repetition penalty must be > 0, got {penalty}")
+    _check_logits(logits)
+    if previous_tokens.size == 0 or penalty == 1.0:
+        return logits
+    seen = mx.take_along_axis(logits, previous_tokens, axis=-1)
+    penalized = mx.where(seen > 0, seen / penalty, seen * penalty)
+    return mx.put_along_axis(logits, previous_tokens, penalized, axis=-1)
+
+
+def apply_top_k(logits: mx.array, k: int) -> mx.array:
+    """Keep the ``k`` largest logits of each row (ties at the k-th value are kept)."""
+    _check_logits(logits)
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = mx.sort(logits, axis=-1)[:, -k][:, None]
+    return mx.where(logits >= kth, logits, NEG_INF)
+
+
+def apply_top_p(logits: mx.array, p: float) -> mx.array:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose
+    probability reaches ``p`` (the token that crosses ``p`` is kept)."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    _check_logits(logits)
+    if p == 1.0:
+        return logits
+    probabilities = mx.softmax(logits.astype(mx.float32), axis=-1)
+    order = mx.argsort(-probabilities, axis=-1)
+    sorted_probabilities = mx.take_along_axis(probabilities, order, axis=-1)
+    # Probability mass strictly before each token in descending order.
+    mass_before = mx.cumsum(sorted_probabilities, axis=-1) - sorted_probabilities
+    keep_sorted = mass_before < p
+    keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
+    return mx.where(keep, logits, NEG_INF)
+
+
+def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
+    """Keep tokens whose probability is at least ``min_p`` times the top token's."""
+    if not 0.0 <= min_p < 1.0:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+    _check_logits(logits)
+    if min_p == 0.0:
+        return logits
+    log_probabilities = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    threshold = log_probabilities.max(axis=-1, keepdims=True) + mx.log(mx.array(min_p, mx.float32))
+    return mx.where(log_probabilities >= threshold, logits, NEG_INF)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick the next token.
+
+    Attributes:
+        temperature: 0 for greedy (argmax); otherwise logits are divided by it.
+        top_k: Keep the k most likely tokens (0 = off).
+        top_p: Nucleus probability (1 = off).
+        min_p: Relative probability floor (0 = off).
+        repetition_penalty: CTRL penalty on tokens seen in the last
+            ``repetition_context_size`` tokens (1 = off).
+        repetition_context_size: How many recent tokens the penalty looks at.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_context_size: int = 20
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.repetition_context_size < 1:
+            raise ValueError(f"repetition_context_size must be >= 1, got {self.repetition_context_size}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def process_logits(logits: mx.array, config: SamplingConfig, previous_tokens: mx.array | None = None) -> mx.array:
+    """Apply the repetition penalty, temperature and the top-k / top-p / min-p filters.
+
+    Returns:
+        Float32 logits ``(B, V)``; filtered tokens are ``-inf``.
+    """
+    logits = logits.astype(mx.float32)
+    if config.repetition_penalty != 1.0 and previous_tokens is not None:
+        logits = apply_repetition_penalty(
+            logits, previous_tokens[:, -config.repetition_context_size :], config.repetition_penalty
+        )
+    if config.greedy:
+        return logits
+    logits = logits / config.temperature
+    logits = apply_top_k(logits, config.top_k)
+    logits = apply_top_p(logits, config.top_p)
+    return apply_min_p(logits, config.min_p)
+
+
+def sample(logits: mx.array, config: SamplingConfig, key: mx.array | None = None) -> mx.array:
+    """Token ids ``(B,)`` from processed logits: argmax when greedy, otherwise a
+    draw from ``softmax(logits)`` (with ``key`` for reproducible draws)."""
+    if config.greedy:
+        return mx.argmax(logits, axis=-1)
+    return mx.random.categorical(logits, axis=-1, key=key)
