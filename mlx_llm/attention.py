@@ -237,7 +237,7 @@ class MultiHeadAttention(nn.Module):
         queries = self._split_heads(self.q_proj(hidden_states), self.num_heads)
 
         if key_value_states is None:
-            offset = 0 if cache is None else cache.offset
+            offset = 0 if cache is None else cache.position_offset
             keys = self._split_heads(self.k_proj(hidden_states), self.num_kv_heads)
             values = self._split_heads(self.v_proj(hidden_states), self.num_kv_heads)
             if self.rope is not None:

@@ -14,15 +14,27 @@ class KVCache:
     Attributes:
         offset: Number of positions held (the absolute position of the next
             token).
+        left_padding: Optional ``(B,)`` count of padding positions at the
+            start of each row of a left-padded batch; positions of a row are
+            counted from its first real token (see `position_offset`).
     """
 
-    def __init__(self, step: int = 256):
+    def __init__(self, step: int = 256, left_padding: mx.array | None = None):
         if step < 1:
             raise ValueError(f"KVCache step must be >= 1, got {step}")
         self.step = step
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
+        self.left_padding = left_padding
+
+    @property
+    def position_offset(self) -> int | mx.array:
+        """Position of the next token: ``offset``, or per row ``(B,)``
+        ``offset - left_padding`` in a left-padded batch."""
+        if self.left_padding is None:
+            return self.offset
+        return self.offset - self.left_padding
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append new positions and return everything held.

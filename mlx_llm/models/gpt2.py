@@ -88,6 +88,9 @@ class GPT2Model(nn.Module):
         """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
         length = input_ids.shape[1]
         offset = 0 if cache is None else cache[0].offset
+        if position_ids is None and cache is not None and cache[0].left_padding is not None:
+            # Left-padded batch: each row counts positions from its first real token.
+            position_ids = mx.maximum(cache[0].position_offset[:, None] + mx.arange(length), 0)
         positions = self.wpe(length, offset, position_ids=position_ids)
         hidden_states = self.wte(input_ids) + positions
         mask = create_attention_mask(length, attention_mask, causal=True, offset=offset)
@@ -123,8 +126,9 @@ class Model(nn.Module):
     def layers(self) -> list[nn.Module]:
         return self.model.layers
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.model.layers]
+    def make_cache(self, left_padding: mx.array | None = None) -> list[KVCache]:
+        """One `KVCache` per layer; ``left_padding`` ``(B,)`` for a left-padded batch."""
+        return [KVCache(left_padding=left_padding) for _ in self.model.layers]
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

@@ -177,8 +177,9 @@ class Model(nn.Module):
     def layers(self) -> list[nn.Module]:
         return self.model.layers
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.model.layers]
+    def make_cache(self, left_padding: mx.array | None = None) -> list[KVCache]:
+        """One `KVCache` per layer; ``left_padding`` ``(B,)`` for a left-padded batch."""
+        return [KVCache(left_padding=left_padding) for _ in self.model.layers]
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

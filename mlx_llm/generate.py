@@ -1,0 +1,409 @@
+"""Text generation: streaming, sampling, stop conditions and statistics.
+
+`stream_generate` yields a `GenerationResponse` per token with the newly
+final text; `generate` returns the whole completion; `batch_generate` runs
+several prompts at once (left-padded, with masks) and returns what each
+prompt gives alone. Decoder-only models and encoder-decoders (T5) go through
+the same functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .sampling import SamplingConfig, process_logits, sample
+
+FINISH_REASONS = ("eos", "stop", "length")
+
+
+@dataclass
+class GenerationResponse:
+    """One step of `stream_generate`.
+
+    Attributes:
+        text: Text that became final with this token (may be empty).
+        token: The generated token id.
+        logprob: Its log-probability under the model's distribution.
+        prompt_tokens: Length of the prompt in tokens.
+        prompt_tps: Prompt tokens processed per second.
+        generation_tokens: Tokens generated so far.
+        generation_tps: Tokens generated per second after the first.
+        time_to_first_token: Seconds from the call to the first token.
+        peak_memory: Peak memory MLX allocated, in GB.
+        finish_reason: ``None`` while generating; then ``"eos"`` (an end
+            token, not emitted as text), ``"stop"`` (a stop string, not
+            emitted) or ``"length"`` (``max_tokens`` or the context limit).
+    """
+
+    text: str
+    token: int
+    logprob: float
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    time_to_first_token: float
+    peak_memory: float
+    finish_reason: str | None = None
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return hasattr(model, "encode") and hasattr(model, "decode")
+
+
+def context_length(model: nn.Module) -> int | None:
+    """Longest sequence the model's positions cover, if it has such a limit."""
+    return getattr(getattr(model, "args", None), "max_positions", None)
+
+
+def _prompt_ids(tokenizer, prompt: str | Sequence[int] | mx.array, add_special_tokens: bool) -> list[int]:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("the prompt is empty; give some text to continue")
+        ids = tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+    else:
+        ids = [int(token) for token in (prompt.tolist() if isinstance(prompt, mx.array) else prompt)]
+    if not ids:
+        raise ValueError("the prompt has no tokens; give some text to continue")
+    return ids
+
+
+def _fit_prompt(ids: list[int], limit: int | None, truncate: bool) -> list[int]:
+    if limit is None or len(ids) < limit:
+        return ids
+    if not truncate:
+        raise ValueError(
+            f"the prompt has {len(ids)} tokens but the model's context holds {limit}; shorten it, or ask for "
+            "truncation (truncate_prompt=True, --truncate-prompt) to keep its last tokens"
+        )
+    return ids[-(limit - 1):]  # room for at least one generated token
+
+
+def _prefill(model: nn.Module, tokens: mx.array, cache: list, step_size: int, **model_inputs) -> mx.array:
+    """Run ``(B, L)`` prompt tokens through the model in chunks of ``step_size``
+    so activations stay bounded; returns the last position's logits ``(B, V)``."""
+    while tokens.shape[1] > step_size:
+        model(tokens[:, :step_size], cache=cache, **_slice_mask(model_inputs, cache, step_size))
+        mx.eval([c.state for c in cache])
+        tokens = tokens[:, step_size:]
+    return model(tokens, cache=cache, **_slice_mask(model_inputs, cache, tokens.shape[1]))[:, -1, :]
+
+
+def _slice_mask(model_inputs: dict, cache: list, length: int) -> dict:
+    # The attention mask must cover the cached keys and the new ones, no more.
+    mask = model_inputs.get("attention_mask")
+    if mask is None:
+        return {}
+    return {"attention_mask": mask[:, : cache[0].offset + length]}
+
+
+def generate_step(
+    model: nn.Module,
+    prompt: mx.array,
+    sampling: SamplingConfig,
+    max_tokens: int,
+    prefill_step_size: int = 512,
+    cache: list | None = None,
+) -> Iterator[tuple[mx.array, mx.array]]:
+    """Yield ``(token, logprob)`` pairs, ``(1,)`` arrays, for a decoder-only model.
+
+    The next step is queued (``mx.async_eval``) before the current token is
+    handed out, so the model computes while the caller decodes text.
+
+    Args:
+        model: A causal LM taking ``(input_ids, cache=...)``.
+        prompt: ``(L,)`` prompt ids.
+        sampling: How to choose tokens.
+        max_tokens: Most tokens to generate.
+        prefill_step_size: Prompt tokens per forward pass.
+        cache: Existing KV cache to extend (a chat session); new if ``None``.
+    """
+    cache = model.make_cache() if cache is None else cache
+    history = prompt[None, -sampling.repetition_context_size :]
+
+    def choose(logits: mx.array) -> tuple[mx.array, mx.array]:
+        nonlocal history
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = sample(process_logits(logits, sampling, history), sampling)
+        if sampling.repetition_penalty != 1.0:
+            history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
+        return token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+
+    token, logprob = choose(_prefill(model, prompt[None], cache, prefill_step_size))
+    mx.async_eval(token, logprob)
+    for count in range(max_tokens):
+        if count + 1 < max_tokens:
+            next_token, next_logprob = choose(model(token[:, None], cache=cache)[:, -1, :])
+            mx.async_eval(next_token, next_logprob)
+        yield token, logprob
+        if count + 1 < max_tokens:
+            token, logprob = next_token, next_logprob
+
+
+def _encoder_decoder_step(
+    model: nn.Module,
+    prompt: mx.array,
+    sampling: SamplingConfig,
+    max_tokens: int,
+) -> Iterator[tuple[mx.array, mx.array]]:
+    """Like `generate_step` for an encoder-decoder: encode once, then decode with a cache."""
+    memory = model.encode(prompt[None])
+    cache = model.make_cache()
+    token = mx.array([model.args.decoder_start_token_id])
+    history = token[None]
+    for _ in range(max_tokens):
+        logits = model.decode(token[:, None], memory, cache=cache)[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = sample(process_logits(logits, sampling, history), sampling)
+        history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
+        yield token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+
+
+class _StopStrings:
+    """Holds back text that could be the start of a stop string."""
+
+    def __init__(self, stop: Sequence[str]):
+        if any(not text for text in stop):
+            raise ValueError("stop strings must not be empty")
+        self.stop = list(stop)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return ``(text safe to emit, whether a stop string appeared)``."""
+        self.pending += text
+        found = [self.pending.find(stop) for stop in self.stop if stop in self.pending]
+        if found:
+            emitted = self.pending[: min(found)]
+            self.pending = ""
+            return emitted, True
+        held = 0
+        for stop in self.stop:
+            for size in range(min(len(stop) - 1, len(self.pending)), held, -1):
+                if self.pending.endswith(stop[:size]):
+                    held = size
+                    break
+        emitted = self.pending[: len(self.pending) - held]
+        self.pending = self.pending[len(emitted):]
+        return emitted, False
+
+    def flush(self) -> str:
+        emitted, self.pending = self.pending, ""
+        return emitted
+
+
+def stream_generate(
+    model: nn.Module,
+    tokenizer,
+    prompt: str | Sequence[int] | mx.array,
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    repetition_context_size: int = 20,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    prefill_step_size: int = 512,
+    add_special_tokens: bool = True,
+    truncate_prompt: bool = False,
+    cache: list | None = None,
+    eos_token_ids: Sequence[int] | None = None,
+) -> Iterator[GenerationResponse]:
+    """Generate from ``prompt``, yielding each token with its final text.
+
+    Args:
+        model: A loaded model (decoder-only or encoder-decoder).
+        tokenizer: Its `Tokenizer`.
+        prompt: Text, or token ids.
+        max_tokens: Most tokens to generate.
+        temperature, top_k, top_p, min_p, repetition_penalty,
+            repetition_context_size: See `SamplingConfig`.
+        seed: Seed for sampling; the same seed gives the same text.
+        stop: Strings that end generation; they are not emitted.
+        prefill_step_size: Prompt tokens per forward pass.
+        add_special_tokens: Let the tokenizer add BOS (or EOS for T5).
+        truncate_prompt: Keep the end of a prompt longer than the context
+            instead of raising an error.
+        cache: A decoder-only KV cache holding earlier turns (chat); the
+            prompt then holds only the new tokens.
+        eos_token_ids: Tokens that end generation; the tokenizer's end
+            tokens if ``None`` (pass ``()`` to ignore them).
+
+    Yields:
+        `GenerationResponse`; the last one has ``finish_reason`` set.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if prefill_step_size < 1:
+        raise ValueError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
+    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
+    ids = _prompt_ids(tokenizer, prompt, add_special_tokens)
+    limit = context_length(model)
+    held = 0 if cache is None else cache[0].offset
+    if is_encoder_decoder(model):
+        ids = _fit_prompt(ids, limit, truncate_prompt)
+        steps = _encoder_decoder_step(model, mx.array(ids), sampling, max_tokens)
+    else:
+        if limit is not None:
+            ids = _fit_prompt(ids, limit - held, truncate_prompt)
+            max_tokens = min(max_tokens, limit - held - len(ids))
+        steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache)
+    if seed is not None:
+        mx.random.seed(seed)
+
+    detokenizer = tokenizer.detokenizer()
+    stops = _StopStrings(stop)
+    eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    start = time.perf_counter()
+    first_token_time = prompt_tps = 0.0
+    count = 0
+    for token_array, logprob_array in steps:
+        token, logprob = int(token_array.item()), float(logprob_array.item())
+        count += 1
+        now = time.perf_counter()
+        if count == 1:
+            first_token_time = now - start
+            prompt_tps = len(ids) / first_token_time
+        finish = None
+        text = ""
+        if token in eos_ids:
+            finish = "eos"
+        else:
+            detokenizer.add_token(token)
+            text, stopped = stops.feed(detokenizer.last_segment)
+            if stopped:
+                finish = "stop"
+        if finish is None and count == max_tokens:
+            finish = "length"
+        if finish in ("eos", "length"):
+            detokenizer.finalize()
+            text += stops.feed(detokenizer.last_segment)[0] + stops.flush()
+        elapsed = now - start - first_token_time
+        yield GenerationResponse(
+            text=text,
+            token=token,
+            logprob=logprob,
+            prompt_tokens=len(ids),
+            prompt_tps=prompt_tps,
+            generation_tokens=count,
+            generation_tps=(count - 1) / elapsed if count > 1 and elapsed > 0 else 0.0,
+            time_to_first_token=first_token_time,
+            peak_memory=mx.get_peak_memory() / 1e9,
+            finish_reason=finish,
+        )
+        if finish is not None:
+            break
+
+
+def generate(model: nn.Module, tokenizer, prompt: str | Sequence[int] | mx.array, **options) -> str:
+    """The completion of ``prompt`` as one string (options as for `stream_generate`)."""
+    return "".join(response.text for response in stream_generate(model, tokenizer, prompt, **options))
+
+
+def batch_generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str | Sequence[int]],
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    repetition_context_size: int = 20,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    prefill_step_size: int = 512,
+    add_special_tokens: bool = True,
+    eos_token_ids: Sequence[int] | None = None,
+) -> list[str]:
+    """Complete several prompts in one batch.
+
+    Decoder-only prompts are left-padded, with an attention mask and per-row
+    positions, so each completion is the one the prompt gives alone (greedy
+    decoding gives the same tokens). Each row stops on its own.
+
+    Args: as for `stream_generate`, with a list of prompts.
+
+    Returns:
+        The completions, in prompt order.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not prompts:
+        raise ValueError("no prompts given")
+    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
+    rows = [_prompt_ids(tokenizer, prompt, add_special_tokens) for prompt in prompts]
+    limit = context_length(model)
+    longest = max(len(ids) for ids in rows)
+    if limit is not None:
+        if longest >= limit:
+            raise ValueError(f"a prompt has {longest} tokens but the model's context holds {limit}; shorten it")
+        if not is_encoder_decoder(model):
+            max_tokens = min(max_tokens, limit - longest)
+    if seed is not None:
+        mx.random.seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Repetition history per row, left-filled with the row's first token (a repeat changes nothing).
+    context = repetition_context_size
+
+    if is_encoder_decoder(model):
+        source = mx.array([ids + [pad] * (longest - len(ids)) for ids in rows])
+        source_mask = mx.array([[1] * len(ids) + [0] * (longest - len(ids)) for ids in rows])
+        memory = model.encode(source, source_mask)
+        cache = model.make_cache()
+        token = mx.full((len(rows),), model.args.decoder_start_token_id)
+        history = token[:, None]
+
+        def next_logits(token: mx.array) -> mx.array:
+            return model.decode(token[:, None], memory, attention_mask=source_mask, cache=cache)[:, -1, :]
+
+        logits = next_logits(token)
+    else:
+        left_padding = [longest - len(ids) for ids in rows]
+        tokens = mx.array([[pad] * gap + ids for gap, ids in zip(left_padding, rows)])
+        mask = mx.array([[0] * gap + [1] * len(ids) for gap, ids in zip(left_padding, rows)])
+        history = mx.array([[ids[0]] * max(0, context - len(ids)) + ids[-context:] for ids in rows])
+        cache = model.make_cache(left_padding=mx.array(left_padding))
+        logits = _prefill(model, tokens, cache, prefill_step_size, attention_mask=mask)
+
+        def next_logits(token: mx.array) -> mx.array:
+            nonlocal mask
+            mask = mx.concatenate([mask, mx.ones((len(rows), 1), mask.dtype)], axis=1)
+            return model(token[:, None], attention_mask=mask, cache=cache)[:, -1, :]
+
+    detokenizers = [tokenizer.detokenizer() for _ in rows]
+    stops = [_StopStrings(stop) for _ in rows]
+    texts = [""] * len(rows)
+    reasons: list[str | None] = [None] * len(rows)
+    eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    for count in range(max_tokens):
+        token = sample(process_logits(logits, sampling, history), sampling)
+        history = mx.concatenate([history, token[:, None]], axis=1)[:, -context:]
+        if count + 1 < max_tokens:
+            logits = next_logits(token)
+            mx.async_eval(logits, history)
+        for row, token_id in enumerate(token.tolist()):
+            if reasons[row] is not None:
+                continue
+            if token_id in eos_ids:
+                reasons[row] = "eos"
+                continue
+            detokenizers[row].add_token(token_id)
+            text, stopped = stops[row].feed(detokenizers[row].last_segment)
+            texts[row] += text
+            if stopped:
+                reasons[row] = "stop"
+        if all(reason is not None for reason in reasons):
+            break
+    for row, reason in enumerate(reasons):
+        if reason != "stop":  # text held back for a stop string or an unfinished character
+            detokenizers[row].finalize()
+            texts[row] += stops[row].feed(detokenizers[row].last_segment)[0] + stops[row].flush()
+    return texts

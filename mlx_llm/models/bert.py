@@ -1,0 +1,664 @@
+"""BERT, RoBERTa and DistilBERT: bidirectional post-LayerNorm encoders with task heads.
+
+All three are the same network: token (+ segment) + learned position
+embeddings, LayerNorm, then post-LN `TransformerEncoderLayer`s attending
+under a padding mask. They differ in details that live in `ModelArgs`:
+
+- BERT: positions ``0 .. L-1``, two token types, a tanh pooler over ``[CLS]``.
+- RoBERTa: positions count non-padding tokens from ``pad_token_id + 1``,
+  one token type, its own classification head on ``<s>``.
+- DistilBERT: no token types, no pooler, LayerNorm eps fixed at 1e-12.
+
+Which heads exist follows the checkpoint's ``architectures`` the way
+`transformers` builds them (see `ARCHITECTURES` and `POOLER_TASKS`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..feed_forward import ACTIVATIONS, get_activation
+from ..masks import create_attention_mask
+from ..positions import LearnedPositionalEmbedding, sinusoidal_table
+from ..transformer import TransformerEncoderLayer
+
+MODEL_TYPES = ("bert", "roberta", "distilbert")
+
+# Hugging Face activation name (``hidden_act`` / ``activation``) -> mlx_llm activation.
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+# ModelArgs field -> (config.json key, default of the transformers config class).
+BERT_KEYS: dict[str, tuple[str, object]] = {
+    "vocab_size": ("vocab_size", 30522),
+    "hidden_size": ("hidden_size", 768),
+    "num_layers": ("num_hidden_layers", 12),
+    "num_heads": ("num_attention_heads", 12),
+    "intermediate_size": ("intermediate_size", 3072),
+    "activation": ("hidden_act", "gelu"),
+    "max_positions": ("max_position_embeddings", 512),
+    "type_vocab_size": ("type_vocab_size", 2),
+    "layer_norm_eps": ("layer_norm_eps", 1e-12),
+    "pad_token_id": ("pad_token_id", 0),
+    "dropout": ("hidden_dropout_prob", 0.1),
+    "tie_word_embeddings": ("tie_word_embeddings", True),
+}
+ROBERTA_KEYS = {**BERT_KEYS, "vocab_size": ("vocab_size", 50265), "pad_token_id": ("pad_token_id", 1)}
+DISTILBERT_KEYS: dict[str, tuple[str, object]] = {
+    "vocab_size": ("vocab_size", 30522),
+    "hidden_size": ("dim", 768),
+    "num_layers": ("n_layers", 6),
+    "num_heads": ("n_heads", 12),
+    "intermediate_size": ("hidden_dim", 3072),
+    "activation": ("activation", "gelu"),
+    "max_positions": ("max_position_embeddings", 512),
+    "pad_token_id": ("pad_token_id", 0),
+    "dropout": ("dropout", 0.1),
+    "sinusoidal_positions": ("sinusoidal_pos_embds", False),
+    "tie_word_embeddings": ("tie_word_embeddings", True),
+}
+KEY_MAPS = {"bert": BERT_KEYS, "roberta": ROBERTA_KEYS, "distilbert": DISTILBERT_KEYS}
+
+TASKS = (
+    "base",
+    "pretraining",
+    "masked_lm",
+    "next_sentence",
+    "sequence_classification",
+    "token_classification",
+)
+
+# Hugging Face architecture -> (model_type, task).
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "BertModel": ("bert", "base"),
+    "BertForPreTraining": ("bert", "pretraining"),
+    "BertForMaskedLM": ("bert", "masked_lm"),
+    "BertForNextSentencePrediction": ("bert", "next_sentence"),
+    "BertForSequenceClassification": ("bert", "sequence_classification"),
+    "BertForTokenClassification": ("bert", "token_classification"),
+    "RobertaModel": ("roberta", "base"),
+    "RobertaForMaskedLM": ("roberta", "masked_lm"),
+    "RobertaForSequenceClassification": ("roberta", "sequence_classification"),
+    "RobertaForTokenClassification": ("roberta", "token_classification"),
+    "DistilBertModel": ("distilbert", "base"),
+    "DistilBertForMaskedLM": ("distilbert", "masked_lm"),
+    "DistilBertForSequenceClassification": ("distilbert", "sequence_classification"),
+    "DistilBertForTokenClassification": ("distilbert", "token_classification"),
+}
+
+# Tasks whose transformers model builds the pooler (``add_pooling_layer=True``).
+POOLER_TASKS: dict[str, frozenset[str]] = {
+    "bert": frozenset({"base", "pretraining", "next_sentence", "sequence_classification"}),
+    "roberta": frozenset({"base"}),
+    "distilbert": frozenset(),
+}
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelArgs:
+    """What a BERT-family model needs to know.
+
+    ``task`` picks the heads: ``"base"`` (backbone only), ``"pretraining"``
+    (MLM + next-sentence), ``"masked_lm"``, ``"next_sentence"``,
+    ``"sequence_classification"`` or ``"token_classification"`` (``num_labels``
+    outputs). ``activation`` and ``head_activation`` are mlx_llm activation
+    names (see `feed_forward.ACTIVATIONS`); ``head_activation`` is the one in
+    the MLM transform (RoBERTa always uses exact GELU there). ``dtype`` is the
+    checkpoint's dtype as written in config.json, for the loader.
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    activation: str = "gelu"
+    head_activation: str = "gelu"
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    sinusoidal_positions: bool = False
+    task: str = "base"
+    add_pooling_layer: bool = True
+    num_labels: int = 2
+    tie_word_embeddings: bool = True
+    dropout: float = 0.0
+    classifier_dropout: float = 0.0
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"unknown model_type {self.model_type!r}; this family implements {MODEL_TYPES}")
+        sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
+        for name in (*sizes, "num_labels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        for name in ("activation", "head_activation"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.model_type == "distilbert" and self.type_vocab_size != 0:
+            raise ValueError(f"DistilBERT has no token types; type_vocab_size must be 0, got {self.type_vocab_size}")
+        if self.model_type != "distilbert" and self.type_vocab_size < 1:
+            raise ValueError(f"type_vocab_size must be >= 1 for {self.model_type}, got {self.type_vocab_size}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
+        if self.model_type == "roberta" and self.max_positions <= self.pad_token_id + 1:
+            raise ValueError(
+                f"RoBERTa positions start at pad_token_id + 1 = {self.pad_token_id + 1}, which leaves no "
+                f"room in max_positions={self.max_positions}"
+            )
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        for name in ("dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.task in ("pretraining", "next_sentence") and self.model_type != "bert":
+            raise ValueError(f"task {self.task!r} exists for BERT only, not {self.model_type}")
+        if self.needs_pooler and not self.add_pooling_layer:
+            raise ValueError(f"task {self.task!r} of {self.model_type} reads the pooler; set add_pooling_layer=True")
+        if self.model_type == "distilbert" and self.add_pooling_layer:
+            raise ValueError("DistilBERT has no pooler; set add_pooling_layer=False")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {DTYPES}")
+
+    @property
+    def has_mlm_head(self) -> bool:
+        return self.task in ("pretraining", "masked_lm")
+
+    @property
+    def has_nsp_head(self) -> bool:
+        return self.task in ("pretraining", "next_sentence")
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.task in ("sequence_classification", "token_classification")
+
+    @property
+    def needs_pooler(self) -> bool:
+        """Whether a head reads the pooler output (NSP; BERT sequence classification)."""
+        return self.has_nsp_head or (self.task == "sequence_classification" and self.model_type == "bert")
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        """Read a Hugging Face ``config.json`` dict (``model_type`` bert, roberta or distilbert).
+
+        Raises:
+            ValueError: naming an unsupported model type, architecture,
+                activation or option, or an invalid value.
+        """
+        model_type = config.get("model_type")
+        if model_type not in KEY_MAPS:
+            raise ValueError(f"model_type {model_type!r} is not a BERT-family model; expected one of {MODEL_TYPES}")
+        values: dict[str, object] = {}
+        for field, (key, default) in KEY_MAPS[model_type].items():
+            value = config.get(key)
+            values[field] = default if value is None else value
+
+        activation_key = KEY_MAPS[model_type]["activation"][0]
+        if values["activation"] not in HF_ACTIVATIONS:
+            raise ValueError(
+                f"unsupported {activation_key}={values['activation']!r} in {model_type} config.json; "
+                f"supported: {sorted(HF_ACTIVATIONS)}"
+            )
+        values["activation"] = HF_ACTIVATIONS[values["activation"]]
+        # RobertaLMHead hard-codes exact GELU; BERT and DistilBERT reuse the encoder's activation.
+        values["head_activation"] = "gelu" if model_type == "roberta" else values["activation"]
+
+        if model_type == "distilbert":
+            values["type_vocab_size"] = 0
+            values["layer_norm_eps"] = 1e-12  # hard-coded in transformers' DistilBERT
+        else:
+            position_type = config.get("position_embedding_type") or "absolute"
+            if position_type != "absolute":
+                raise ValueError(
+                    f"position_embedding_type={position_type!r} in {model_type} config.json is not "
+                    "supported; only 'absolute' positions are"
+                )
+            for flag in ("is_decoder", "add_cross_attention"):
+                if config.get(flag):
+                    raise ValueError(f"{flag}=true in {model_type} config.json is not supported: encoders only")
+
+        architectures = config.get("architectures") or []
+        if architectures:
+            architecture = architectures[0]
+            if architecture not in ARCHITECTURES:
+                raise ValueError(
+                    f"unsupported architecture {architecture!r} in config.json; supported: {sorted(ARCHITECTURES)}"
+                )
+            architecture_type, task = ARCHITECTURES[architecture]
+            if architecture_type != model_type:
+                raise ValueError(f"architecture {architecture!r} does not match model_type {model_type!r}")
+        else:
+            task = "base"
+        values["task"] = task
+        values["add_pooling_layer"] = task in POOLER_TASKS[model_type]
+
+        if "id2label" in config:
+            values["num_labels"] = len(config["id2label"])
+        elif config.get("num_labels") is not None:
+            values["num_labels"] = config["num_labels"]
+
+        # Dropout on classifier inputs, as each transformers task class picks it.
+        if model_type == "distilbert":
+            key = "seq_classif_dropout" if task == "sequence_classification" else "dropout"
+            values["classifier_dropout"] = config.get(key, 0.2 if key == "seq_classif_dropout" else 0.1)
+        else:
+            classifier_dropout = config.get("classifier_dropout")
+            values["classifier_dropout"] = values["dropout"] if classifier_dropout is None else classifier_dropout
+
+        dtype = config.get("dtype") or config.get("torch_dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r} in config.json; supported: {DTYPES}")
+        values["dtype"] = dtype
+        return cls(model_type=model_type, **values)
+
+
+@dataclass
+class BertOutput:
+    """What `Model` returns; heads the model does not have give ``None``.
+
+    Attributes:
+        last_hidden_state: ``(B, L, hidden_size)``.
+        pooler_output: ``(B, hidden_size)``, tanh(dense(first token)).
+        mlm_logits: ``(B, L, vocab_size)`` masked-LM logits.
+        nsp_logits: ``(B, 2)`` next-sentence logits.
+        logits: classification logits, ``(B, num_labels)`` for sequences or
+            ``(B, L, num_labels)`` for tokens.
+    """
+
+    last_hidden_state: mx.array
+    pooler_output: mx.array | None = None
+    mlm_logits: mx.array | None = None
+    nsp_logits: mx.array | None = None
+    logits: mx.array | None = None
+
+
+class Embeddings(nn.Module):
+    """Token + position (+ token type) embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.model_type = args.model_type
+        self.pad_token_id = args.pad_token_id
+        self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.position_embeddings = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
+        if args.sinusoidal_positions:
+            # DistilBERT's option: start from the fixed table (the checkpoint stores it anyway).
+            self.position_embeddings.embedding.weight = sinusoidal_table(args.max_positions, args.hidden_size)
+        if args.type_vocab_size > 0:
+            self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.dropout = nn.Dropout(args.dropout)
+        # RoBERTa's positions run pad_token_id + 1 .. pad_token_id + L.
+        first_position = args.pad_token_id + 1 if args.model_type == "roberta" else 0
+        self.max_length = args.max_positions - first_position
+
+    def __call__(self, input_ids: mx.array, token_type_ids: mx.array | None = None) -> mx.array:
+        """``(B, L)`` ids to ``(B, L, hidden_size)`` embeddings."""
+        length = input_ids.shape[1]
+        if length > self.max_length:
+            raise ValueError(
+                f"input of {length} tokens is longer than this {self.model_type} model's "
+                f"{self.max_length} positions; truncate it"
+            )
+        hidden_states = self.word_embeddings(input_ids)
+        if "token_type_embeddings" in self:
+            if token_type_ids is None:
+                token_type_ids = mx.zeros_like(input_ids)
+            hidden_states = hidden_states + self.token_type_embeddings(token_type_ids)
+        if self.model_type == "roberta":
+            # transformers' create_position_ids_from_input_ids: count real tokens; padding keeps pad_token_id.
+            is_token = (input_ids != self.pad_token_id).astype(mx.int32)
+            position_ids = mx.cumsum(is_token, axis=1) * is_token + self.pad_token_id  # (B, L)
+            positions = self.position_embeddings(length, position_ids=position_ids)  # (B, L, H)
+        else:
+            positions = self.position_embeddings(length)  # (L, H)
+        return self.dropout(self.norm(hidden_states + positions))
+
+
+class Pooler(nn.Module):
+    """``tanh(dense(h_0))``: the first token's state as a sequence summary."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def __call__(self, hidden_states: mx.array) -> mx.array:
+        return mx.tanh(self.dense(hidden_states[:, 0]))  # (B, H)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder (tied to the word embeddings) + bias."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.activation = get_activation(args.head_activation)
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        if not args.tie_word_embeddings:
+            self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.bias = mx.zeros((args.vocab_size,))
+
+    def __call__(self, hidden_states: mx.array, word_embeddings: nn.Embedding) -> mx.array:
+        """``(B, L, H)`` states to ``(B, L, vocab_size)`` logits."""
+        hidden_states = self.norm(self.activation(self.dense(hidden_states)))
+        if "decoder" in self:
+            return self.decoder(hidden_states) + self.bias
+        return word_embeddings.as_linear(hidden_states) + self.bias
+
+
+class ClassificationHead(nn.Module):
+    """RoBERTa's and DistilBERT's sentence classifier on the first token's state:
+    ``out_proj(dropout(activation(dense(dropout_in(h_0)))))``.
+
+    Args:
+        hidden_size: Model width.
+        num_labels: Number of outputs.
+        activation: tanh (RoBERTa) or ReLU (DistilBERT).
+        dropout: Dropout before ``out_proj``.
+        input_dropout: Dropout on ``h_0`` (RoBERTa applies it, DistilBERT does not).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        activation: Callable[[mx.array], mx.array],
+        dropout: float,
+        input_dropout: float,
+    ):
+        super().__init__()
+        self.activation = activation
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def __call__(self, hidden_states: mx.array) -> mx.array:
+        """``(B, L, H)`` states to ``(B, num_labels)`` logits."""
+        features = self.activation(self.dense(self.input_dropout(hidden_states[:, 0])))
+        return self.out_proj(self.dropout(features))
+
+
+class BertModel(nn.Module):
+    """The backbone: embeddings, post-LN encoder layers and (optionally) the pooler."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embeddings = Embeddings(args)
+        self.layers = [
+            TransformerEncoderLayer(
+                args.hidden_size,
+                args.num_heads,
+                args.intermediate_size,
+                activation=args.activation,
+                bias=True,
+                norm="layernorm",
+                norm_eps=args.layer_norm_eps,
+                norm_first=False,
+                dropout=args.dropout,
+            )
+            for _ in range(args.num_layers)
+        ]
+        if args.add_pooling_layer:
+            self.pooler = Pooler(args.hidden_size)
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array | None]:
+        """Hidden states ``(B, L, H)`` and the pooler output ``(B, H)`` (``None`` without a pooler)."""
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        mask = create_attention_mask(input_ids.shape[1], attention_mask)  # (B, 1, 1, L) or None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask=mask)
+        pooler_output = self.pooler(hidden_states) if "pooler" in self else None
+        return hidden_states, pooler_output
+
+
+class Model(nn.Module):
+    """A BERT-family backbone with the heads ``args.task`` asks for.
+
+    Padding is ignored: a padded row gives the same outputs on its real tokens
+    as the row alone. Like every MLX module it starts in training mode, where
+    dropout is active; call ``model.eval()`` for inference.
+    """
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = BertModel(args)
+        if args.has_mlm_head:
+            self.mlm_head = MaskedLMHead(args)
+        if args.has_nsp_head:
+            self.nsp_head = nn.Linear(args.hidden_size, 2)
+        if args.task == "sequence_classification" and args.model_type != "bert":
+            roberta = args.model_type == "roberta"
+            self.classifier = ClassificationHead(
+                args.hidden_size,
+                args.num_labels,
+                activation=mx.tanh if roberta else nn.relu,
+                dropout=args.classifier_dropout,
+                input_dropout=args.classifier_dropout if roberta else 0.0,
+            )
+        elif args.has_classifier:
+            # BERT sequence classification (on the pooler output) and every token classifier.
+            self.classifier = nn.Linear(args.hidden_size, args.num_labels)
+        self.classifier_dropout = nn.Dropout(args.classifier_dropout)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.model.layers
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> BertOutput:
+        """Run the backbone and every head.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 for tokens and 0 for padding.
+            token_type_ids: ``(B, L)`` segment ids (BERT, RoBERTa); zeros if ``None``.
+
+        Returns:
+            `BertOutput`.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        for name, array in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if array is not None and array.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} of shape {tuple(array.shape)} does not match input_ids of shape {tuple(input_ids.shape)}"
+                )
+        if token_type_ids is not None and self.args.type_vocab_size == 0:
+            raise ValueError(f"{self.args.model_type} has no token type embeddings; do not pass token_type_ids")
+
+        hidden_states, pooler_output = self.model(input_ids, attention_mask, token_type_ids)
+        output = BertOutput(last_hidden_state=hidden_states, pooler_output=pooler_output)
+        if self.args.has_mlm_head:
+            output.mlm_logits = self.mlm_head(hidden_states, self.model.embeddings.word_embeddings)
+        if self.args.has_nsp_head:
+            output.nsp_logits = self.nsp_head(pooler_output)
+        if self.args.task == "sequence_classification":
+            if isinstance(self.classifier, ClassificationHead):
+                output.logits = self.classifier(hidden_states)
+            else:
+                output.logits = self.classifier(self.classifier_dropout(pooler_output))
+        elif self.args.task == "token_classification":
+            output.logits = self.classifier(self.classifier_dropout(hidden_states))
+        return output
+
+
+# --- Hugging Face weights -----------------------------------------------------------------
+
+# Per-layer modules, relative to ``encoder.layer.N.`` (BERT, RoBERTa) or ``transformer.layer.N.`` (DistilBERT).
+BERT_LAYER_NAMES = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.o_proj",
+    "attention.output.LayerNorm": "self_attn_norm",
+    "intermediate.dense": "feed_forward.up_proj",
+    "output.dense": "feed_forward.down_proj",
+    "output.LayerNorm": "feed_forward_norm",
+}
+DISTILBERT_LAYER_NAMES = {
+    "attention.q_lin": "self_attn.q_proj",
+    "attention.k_lin": "self_attn.k_proj",
+    "attention.v_lin": "self_attn.v_proj",
+    "attention.out_lin": "self_attn.o_proj",
+    "sa_layer_norm": "self_attn_norm",
+    "ffn.lin1": "feed_forward.up_proj",
+    "ffn.lin2": "feed_forward.down_proj",
+    "output_layer_norm": "feed_forward_norm",
+}
+
+# Backbone modules, after the ``bert.`` / ``roberta.`` / ``distilbert.`` prefix is removed.
+EMBEDDING_NAMES = {
+    "embeddings.word_embeddings": "model.embeddings.word_embeddings",
+    "embeddings.position_embeddings": "model.embeddings.position_embeddings.embedding",
+    "embeddings.token_type_embeddings": "model.embeddings.token_type_embeddings",
+    "embeddings.LayerNorm": "model.embeddings.norm",
+    "pooler.dense": "model.pooler.dense",
+}
+
+# Head modules. "DECODER" marks the MLM output projection: its weight is the tied
+# word embedding (dropped) unless untied, and its bias is the head's bias.
+HEAD_NAMES = {
+    "bert": {
+        "cls.predictions.transform.dense": "mlm_head.dense",
+        "cls.predictions.transform.LayerNorm": "mlm_head.norm",
+        "cls.predictions": "mlm_head",
+        "cls.predictions.decoder": "DECODER",
+        "cls.seq_relationship": "nsp_head",
+        "classifier": "classifier",
+    },
+    "roberta": {
+        "lm_head.dense": "mlm_head.dense",
+        "lm_head.layer_norm": "mlm_head.norm",
+        "lm_head": "mlm_head",
+        "lm_head.decoder": "DECODER",
+        "classifier": "classifier",
+        "classifier.dense": "classifier.dense",
+        "classifier.out_proj": "classifier.out_proj",
+    },
+    "distilbert": {
+        "vocab_transform": "mlm_head.dense",
+        "vocab_layer_norm": "mlm_head.norm",
+        "vocab_projector": "DECODER",
+        "pre_classifier": "classifier.dense",
+        "classifier": "classifier",
+    },
+}
+
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+LAYER_PATTERN = re.compile(r"(?:encoder|transformer)\.layer\.(\d+)\.(.+)")
+
+
+def _built_modules(args: ModelArgs) -> tuple[str, ...]:
+    """Name prefixes of the parameters `Model(args)` has."""
+    modules = ["model.embeddings.", "model.layers."]
+    if args.add_pooling_layer:
+        modules.append("model.pooler.")
+    if args.has_mlm_head:
+        modules.append("mlm_head.")
+    if args.has_nsp_head:
+        modules.append("nsp_head.")
+    if args.has_classifier:
+        modules.append("classifier.")
+    return tuple(modules)
+
+
+def _target_name(name: str, module: str, kind: str, args: ModelArgs) -> str | None:
+    """This file's name for the HF tensor ``name`` (``module`` + ``.kind``), ``None`` to drop it.
+
+    Raises:
+        ValueError: naming a tensor this family does not know.
+    """
+    unknown = ValueError(
+        f"unknown {args.model_type} tensor {name!r} in checkpoint; it matches no module of a "
+        f"{args.model_type} model (task {args.task!r})"
+    )
+    if kind not in ("weight", "bias"):
+        raise unknown
+    if module in EMBEDDING_NAMES:
+        return f"{EMBEDDING_NAMES[module]}.{kind}"
+    layer = LAYER_PATTERN.fullmatch(module)
+    if layer is not None:
+        distilbert = args.model_type == "distilbert"
+        names = DISTILBERT_LAYER_NAMES if distilbert else BERT_LAYER_NAMES
+        if module.startswith("transformer.") != distilbert or layer[2] not in names:
+            raise unknown
+        return f"model.layers.{layer[1]}.{names[layer[2]]}.{kind}"
+    target = HEAD_NAMES[args.model_type].get(module)
+    if target is None or target == "mlm_head" and kind != "bias":
+        raise unknown
+    if target == "DECODER":
+        if kind == "bias":
+            return "mlm_head.bias"
+        return None if args.tie_word_embeddings else "mlm_head.decoder.weight"
+    if module == "classifier" and args.model_type == "distilbert" and args.task == "sequence_classification":
+        target = "classifier.out_proj"  # DistilBERT's pre_classifier + classifier form one head here
+    return f"{target}.{kind}"
+
+
+def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """Map Hugging Face BERT / RoBERTa / DistilBERT tensors to this file's modules.
+
+    Accepts checkpoints of task models (``bert.``, ``roberta.``,
+    ``distilbert.`` prefixes) and of bare backbones (no prefix), and old
+    LayerNorm names ``gamma`` / ``beta``. Buffers (``position_ids``), the
+    tied MLM decoder weight, and tensors of heads ``args`` does not build
+    (e.g. the pooler and NSP head of a pretraining checkpoint loaded for
+    masked LM, as transformers does) are dropped. No transposes: HF linear
+    weights are ``(out, in)`` like MLX's.
+
+    Raises:
+        ValueError: naming a tensor this family does not know.
+    """
+    prefix = f"{args.model_type}."
+    built = _built_modules(args)
+    converted: dict[str, mx.array] = {}
+    decoder_biases: dict[str, mx.array] = {}  # older checkpoints also store the tied decoder bias
+    for name, tensor in weights.items():
+        key = name.removeprefix(prefix)
+        if key in BUFFERS:
+            continue
+        module, _, kind = key.rpartition(".")
+        kind = {"gamma": "weight", "beta": "bias"}.get(kind, kind)
+        target = _target_name(name, module, kind, args)
+        if target is None or not target.startswith(built):
+            continue
+        if kind == "bias" and module.endswith(".decoder"):
+            decoder_biases[target] = tensor
+            continue
+        converted[target] = tensor
+    for target, tensor in decoder_biases.items():
+        converted.setdefault(target, tensor)
+    return converted
