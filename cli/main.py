@@ -6,7 +6,8 @@ import click
 
 import mlx_llm
 
-from .models import convert, info
+from .generate import chat, generate
+from .models import convert, embed, info
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,6 +37,9 @@ def demo(batch_size: int, source_length: int, target_length: int, vocab_size: in
 
 main.add_command(convert)
 main.add_command(info)
+main.add_command(embed)
+main.add_command(generate)
+main.add_command(chat)
 
 if __name__ == "__main__":
     main()

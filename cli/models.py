@@ -69,3 +69,32 @@ def info(model: str, revision: str | None, as_json: bool) -> None:
     ]
     for name, value in rows:
         click.echo(f"{name:<15} {value}")
+
+
+@click.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_file", type=click.File("r"), help="Read texts from FILE, one per line ('-' for stdin).")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["mean", "cls", "last"]))
+@click.option("--normalize/--no-normalize", default=True, show_default=True, help="Unit-length embeddings.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-length", type=click.IntRange(min=1), help="Truncate longer inputs (tokens).")
+@click.option("--revision", help="Hub branch, tag or commit.")
+@library_errors
+def embed(model: str, texts: tuple[str, ...], input_file, pooling: str, normalize: bool, batch_size: int,
+          max_length: int | None, revision: str | None) -> None:
+    """Embed TEXTS (or lines of --input) with MODEL; prints one JSON object per input:
+    {"text": ..., "embedding": [...]}."""
+    from mlx_llm.embeddings import embed as embed_texts
+    from mlx_llm.loading import load
+
+    inputs = list(texts)
+    if input_file is not None:
+        inputs += [line.rstrip("\n") for line in input_file if line.strip()]
+    if not inputs:
+        raise click.UsageError("give TEXTS or --input FILE")
+    loaded_model, tokenizer = load(model, revision=revision)
+    vectors = embed_texts(loaded_model, tokenizer, inputs, pooling=pooling, normalize=normalize,
+                          batch_size=batch_size, max_length=max_length)
+    for text, vector in zip(inputs, vectors.tolist()):
+        click.echo(json.dumps({"text": text, "embedding": [round(value, 7) for value in vector]}))

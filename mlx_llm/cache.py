@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from .masks import create_attention_mask
+
 
 class KVCache:
     """Keys and values of past positions, for one attention layer.
@@ -80,6 +82,11 @@ class KVCache:
         self.values[..., previous : self.offset, :] = values
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
+    def make_mask(self, query_length: int, attention_mask: mx.array | None = None) -> mx.array | str | None:
+        """The causal (and padding) mask for ``query_length`` new queries against
+        the held and new keys; ``attention_mask`` is ``(B, offset + L)`` 1/0."""
+        return create_attention_mask(query_length, attention_mask, causal=True, offset=self.offset)
+
     @property
     def state(self) -> tuple[mx.array, mx.array] | tuple[None, None]:
         """The held keys and values, ``(B, H_kv, offset, D)`` each."""
@@ -111,3 +118,148 @@ class KVCache:
 
     def __repr__(self) -> str:
         return f"KVCache(offset={self.offset}, step={self.step})"
+
+
+class RotatingKVCache:
+    """A KV cache bounded to ``max_size`` positions, for long generations in
+    fixed memory.
+
+    It keeps the first ``keep`` positions (attention sinks) and the most
+    recent ``max_size - keep``; each query attends to exactly those (see
+    `make_mask`). Keys are stored after rotary embedding, so evicting old
+    positions needs no re-rotation. Left-padded batches are not supported.
+    """
+
+    def __init__(self, max_size: int, keep: int = 0, step: int = 256):
+        if max_size < 2 or not 0 <= keep < max_size - 1:
+            raise ValueError(
+                f"RotatingKVCache needs max_size >= 2 and 0 <= keep < max_size - 1, got max_size={max_size}, keep={keep}"
+            )
+        self.max_size = max_size
+        self.keep = keep
+        self.step = step
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0  # positions seen in total
+        self.left_padding = None
+        self._size = 0  # positions held
+        self._next = 0  # buffer slot of the next single-token write once full
+
+    @property
+    def position_offset(self) -> int:
+        return self.offset
+
+    def _held_positions(self) -> mx.array:
+        """Absolute positions of the held keys, in time order."""
+        sinks = min(self.keep, self._size)
+        recent = self._size - sinks
+        return mx.concatenate([mx.arange(sinks), mx.arange(self.offset - recent, self.offset)])
+
+    def _in_time_order(self, array: mx.array) -> mx.array:
+        if self._size < self.max_size or self._next == self.keep:
+            return array[..., : self._size, :]
+        return mx.concatenate(
+            [array[..., : self.keep, :], array[..., self._next :, :], array[..., self.keep : self._next, :]], axis=2
+        )
+
+    def make_mask(self, query_length: int, attention_mask: mx.array | None = None) -> mx.array | None:
+        """The mask for ``query_length`` new queries against held + new keys:
+        causal, and within the sinks or the recent window."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("a rotating KV cache (max_kv_size) cannot hold padded batches; generate one prompt at a time")
+        if query_length == 1:
+            return None  # the held keys are exactly what the new position may see
+        key_positions = mx.concatenate([self._held_positions(), mx.arange(self.offset, self.offset + query_length)])
+        query_positions = mx.arange(self.offset, self.offset + query_length)[:, None]
+        window = self.max_size - self.keep
+        visible = (key_positions[None] < self.keep) | (key_positions[None] > query_positions - window)
+        return visible & (key_positions[None] <= query_positions)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Append ``(B, H_kv, L, D)`` keys and values; return what the new
+        queries attend to (held positions, then the new ones)."""
+        new_length = keys.shape[2]
+        if new_length == 1 and self._size == self.max_size:
+            # Full: overwrite the oldest recent position in place.
+            self.keys[..., self._next : self._next + 1, :] = keys
+            self.values[..., self._next : self._next + 1, :] = values
+            self._next = self.keep + (self._next - self.keep + 1) % (self.max_size - self.keep)
+            self.offset += 1
+            return self.keys, self.values
+        if new_length == 1 and self.keys is not None and self._size < self.keys.shape[2]:
+            self.keys[..., self._size : self._size + 1, :] = keys
+            self.values[..., self._size : self._size + 1, :] = values
+            self._size += 1
+            self.offset += 1
+            return self.keys[..., : self._size, :], self.values[..., : self._size, :]
+        # Several tokens (or growth): attend over everything, then keep the sinks and the window.
+        if self.keys is None:
+            all_keys, all_values = keys, values
+        else:
+            all_keys = mx.concatenate([self._in_time_order(self.keys), keys], axis=2)
+            all_values = mx.concatenate([self._in_time_order(self.values), values], axis=2)
+        self.offset += new_length
+        total = all_keys.shape[2]
+        if total > self.max_size:
+            recent = self.max_size - self.keep
+            stored_keys = mx.concatenate([all_keys[..., : self.keep, :], all_keys[..., total - recent :, :]], axis=2)
+            stored_values = mx.concatenate([all_values[..., : self.keep, :], all_values[..., total - recent :, :]], axis=2)
+            self._size, self._next = self.max_size, self.keep
+        else:
+            # Room to grow: leave up to `step` free slots for single-token writes.
+            capacity = min(self.max_size, total + self.step)
+            pad = capacity - total
+            shape = all_keys.shape[:2]
+            stored_keys = mx.concatenate([all_keys, mx.zeros((*shape, pad, all_keys.shape[3]), all_keys.dtype)], axis=2)
+            stored_values = mx.concatenate(
+                [all_values, mx.zeros((*shape, pad, all_values.shape[3]), all_values.dtype)], axis=2
+            )
+            self._size, self._next = total, self.keep
+        self.keys, self.values = stored_keys, stored_values
+        return all_keys, all_values
+
+    @property
+    def state(self) -> tuple[mx.array, mx.array] | tuple[None, None]:
+        if self.keys is None:
+            return None, None
+        return self._in_time_order(self.keys), self._in_time_order(self.values)
+
+    def trim(self, num_positions: int) -> int:
+        """Drop the last positions; possible only before anything was evicted."""
+        if num_positions < 0:
+            raise ValueError(f"trim takes a non-negative count, got {num_positions}")
+        if self.offset > self._size:
+            return 0  # evicted positions cannot come back
+        dropped = min(self._size, num_positions)
+        self._size -= dropped
+        self.offset -= dropped
+        return dropped
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.offset = self._size = self._next = 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    def __repr__(self) -> str:
+        return f"RotatingKVCache(offset={self.offset}, max_size={self.max_size}, keep={self.keep})"
+
+
+def make_decoder_cache(
+    num_layers: int, left_padding: mx.array | None = None, max_kv_size: int | None = None, keep: int = 4
+) -> list[KVCache] | list[RotatingKVCache]:
+    """Caches for the layers of a decoder-only model.
+
+    Args:
+        num_layers: One cache per layer.
+        left_padding: ``(B,)`` padding counts of a left-padded batch.
+        max_kv_size: Bound the cache to this many positions (a `RotatingKVCache`
+            keeping ``keep`` initial positions as attention sinks).
+    """
+    if max_kv_size is None:
+        return [KVCache(left_padding=left_padding) for _ in range(num_layers)]
+    if left_padding is not None:
+        raise ValueError("a rotating KV cache (max_kv_size) cannot hold padded batches; generate one prompt at a time")
+    return [RotatingKVCache(max_kv_size, keep=min(keep, max_kv_size - 2)) for _ in range(num_layers)]

@@ -109,6 +109,7 @@ def generate_step(
     max_tokens: int,
     prefill_step_size: int = 512,
     cache: list | None = None,
+    max_kv_size: int | None = None,
 ) -> Iterator[tuple[mx.array, mx.array]]:
     """Yield ``(token, logprob)`` pairs, ``(1,)`` arrays, for a decoder-only model.
 
@@ -122,8 +123,9 @@ def generate_step(
         max_tokens: Most tokens to generate.
         prefill_step_size: Prompt tokens per forward pass.
         cache: Existing KV cache to extend (a chat session); new if ``None``.
+        max_kv_size: Bound a new cache to this many positions (rotating).
     """
-    cache = model.make_cache() if cache is None else cache
+    cache = model.make_cache(max_kv_size=max_kv_size) if cache is None else cache
     history = prompt[None, -sampling.repetition_context_size :]
 
     def choose(logits: mx.array) -> tuple[mx.array, mx.array]:
@@ -214,6 +216,7 @@ def stream_generate(
     truncate_prompt: bool = False,
     cache: list | None = None,
     eos_token_ids: Sequence[int] | None = None,
+    max_kv_size: int | None = None,
 ) -> Iterator[GenerationResponse]:
     """Generate from ``prompt``, yielding each token with its final text.
 
@@ -234,6 +237,8 @@ def stream_generate(
             prompt then holds only the new tokens.
         eos_token_ids: Tokens that end generation; the tokenizer's end
             tokens if ``None`` (pass ``()`` to ignore them).
+        max_kv_size: Keep at most this many positions in the KV cache (the
+            first 4 and the most recent), so memory stays bounded.
 
     Yields:
         `GenerationResponse`; the last one has ``finish_reason`` set.
@@ -247,13 +252,15 @@ def stream_generate(
     limit = context_length(model)
     held = 0 if cache is None else cache[0].offset
     if is_encoder_decoder(model):
+        if max_kv_size is not None or cache is not None:
+            raise ValueError("max_kv_size and cache apply to decoder-only models, not encoder-decoders")
         ids = _fit_prompt(ids, limit, truncate_prompt)
         steps = _encoder_decoder_step(model, mx.array(ids), sampling, max_tokens)
     else:
         if limit is not None:
             ids = _fit_prompt(ids, limit - held, truncate_prompt)
             max_tokens = min(max_tokens, limit - held - len(ids))
-        steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache)
+        steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache, max_kv_size)
     if seed is not None:
         mx.random.seed(seed)
 

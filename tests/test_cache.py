@@ -49,8 +49,9 @@ def test_cache_rejects_mismatched_shapes():
 @pytest.mark.parametrize("kv_heads", [4, 1])
 def test_incremental_attention_equals_full_causal_attention(rope, kv_heads):
     hidden, length = 16, 9
-    mha = MultiHeadAttention(hidden, 4, num_kv_heads=kv_heads, bias=True,
-                             rope=RotaryEmbedding(4) if rope else None)
+    mha = MultiHeadAttention(
+        hidden, 4, num_kv_heads=kv_heads, bias=True, rope=RotaryEmbedding(4) if rope else None
+    )
     x = mx.random.normal((2, length, hidden))
     full = np.array(mha(x, mask="causal"))
     cache = KVCache(step=4)  # several growth steps within the sequence
@@ -88,7 +89,55 @@ def test_decoder_stack_incremental_equals_full_with_cross_attention_cache():
     x = mx.random.normal((2, length, hidden))
     full = np.array(decoder(x, memory, mask="causal", memory_mask=memory_mask))
     cache = decoder.make_cache()
-    steps = [np.array(decoder(x[:, t : t + 1], memory, memory_mask=memory_mask, cache=cache)) for t in range(length)]
+    steps = [
+        np.array(decoder(x[:, t : t + 1], memory, memory_mask=memory_mask, cache=cache))
+        for t in range(length)
+    ]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     self_cache, cross_cache = cache[0]
     assert self_cache.offset == length and cross_cache.offset == 5  # encoder K/V projected once
+
+
+def sink_window_mask(length: int, max_size: int, keep: int) -> np.ndarray:
+    """Causal, and each query sees the first `keep` positions plus the last max_size - keep up to itself."""
+    query = np.arange(length)[:, None]
+    key = np.arange(length)[None, :]
+    return (key <= query) & ((key < keep) | (key > query - (max_size - keep)))
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+@pytest.mark.parametrize("chunks", [[1] * 20, [5] + [1] * 15, [3, 1, 1, 6, 1, 1, 4, 1, 1, 1]])
+def test_rotating_cache_equals_sink_and_window_attention(keep, chunks):
+    from mlx_llm.cache import RotatingKVCache
+
+    hidden, max_size = 16, 7
+    length = sum(chunks)
+    mha = MultiHeadAttention(hidden, 4, num_kv_heads=2, rope=RotaryEmbedding(4))
+    x = mx.random.normal((1, length, hidden))
+    expected = np.array(mha(x, mask=mx.array(sink_window_mask(length, max_size, keep))))
+    cache = RotatingKVCache(max_size, keep=keep, step=3)
+    outputs, start = [], 0
+    for size in chunks:
+        mask = cache.make_mask(size)
+        outputs.append(np.array(mha(x[:, start : start + size], mask=mask, cache=cache)))
+        start += size
+    np.testing.assert_allclose(np.concatenate(outputs, axis=1), expected, atol=1e-5)
+    assert cache.offset == length and cache.keys.shape[2] == max_size  # memory stays bounded
+    assert cache.trim(1) == 0  # evicted positions cannot come back
+
+
+def test_rotating_cache_without_eviction_equals_plain_cache():
+    from mlx_llm.cache import RotatingKVCache
+
+    encoder = TransformerEncoder(2, 8, 2, 16, norm_first=True)
+    x = mx.random.normal((1, 6, 8))
+    full = np.array(encoder(x, mask="causal"))
+    cache = [RotatingKVCache(32) for _ in range(2)]
+    steps = [np.array(encoder(x[:, :2], mask=cache[0].make_mask(2), cache=cache))]
+    steps += [np.array(encoder(x[:, t : t + 1], mask=cache[0].make_mask(1), cache=cache)) for t in range(2, 6)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    assert cache[0].trim(2) == 2 and cache[0].offset == 4
+    with pytest.raises(ValueError, match="cannot hold padded batches"):
+        cache[0].make_mask(1, mx.array([[1, 0, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="max_size >= 2"):
+        RotatingKVCache(1)

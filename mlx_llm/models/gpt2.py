@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache
+from ..cache import KVCache, make_decoder_cache
 from ..masks import create_attention_mask
 from ..positions import LearnedPositionalEmbedding
 from ..transformer import TransformerEncoderLayer
@@ -93,7 +93,10 @@ class GPT2Model(nn.Module):
             position_ids = mx.maximum(cache[0].position_offset[:, None] + mx.arange(length), 0)
         positions = self.wpe(length, offset, position_ids=position_ids)
         hidden_states = self.wte(input_ids) + positions
-        mask = create_attention_mask(length, attention_mask, causal=True, offset=offset)
+        if cache is None:
+            mask = create_attention_mask(length, attention_mask, causal=True)
+        else:
+            mask = cache[0].make_mask(length, attention_mask)
         for index, layer in enumerate(self.layers):
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
         return self.ln_f(hidden_states)
@@ -126,9 +129,10 @@ class Model(nn.Module):
     def layers(self) -> list[nn.Module]:
         return self.model.layers
 
-    def make_cache(self, left_padding: mx.array | None = None) -> list[KVCache]:
-        """One `KVCache` per layer; ``left_padding`` ``(B,)`` for a left-padded batch."""
-        return [KVCache(left_padding=left_padding) for _ in self.model.layers]
+    def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
+        """One cache per layer: a `KVCache` (``left_padding`` ``(B,)`` for a
+        left-padded batch), or a `RotatingKVCache` bounded to ``max_kv_size``."""
+        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size)
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Multi-turn chat that keeps the KV cache between turns."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import mlx.nn as nn
+
+from .generate import GenerationResponse, is_encoder_decoder, stream_generate
+
+
+class ChatSession:
+    """A conversation with a model, rendered with its chat template.
+
+    Each turn renders the whole conversation, finds how much of it the KV
+    cache already holds (the longest common prefix of token ids) and runs
+    only the rest through the model, so earlier turns are not processed
+    again.
+
+    Args:
+        model: A decoder-only model.
+        tokenizer: Its tokenizer, with a chat template.
+        system: Optional system message.
+        max_kv_size: Bound the KV cache (rotating); older turns are then
+            re-processed when the cache cannot be reused.
+        **sampling: Options for `stream_generate` (``max_tokens``,
+            ``temperature``, ``top_p``, ...).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, system: str | None = None, max_kv_size: int | None = None,
+                 **sampling):
+        if is_encoder_decoder(model):
+            raise ValueError("chat needs a decoder-only model; encoder-decoders have no conversation cache")
+        if tokenizer.chat_template is None:
+            raise ValueError("this model's tokenizer has no chat template, so it cannot chat; use generate instead")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_kv_size = max_kv_size
+        self.sampling = sampling
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation and empty the cache."""
+        self.messages: list[dict[str, str]] = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.cache = self.model.make_cache(max_kv_size=self.max_kv_size)
+        self._cached_ids: list[int] = []  # the token ids whose keys/values the cache holds
+
+    def _reuse_cache(self, prompt_ids: list[int]) -> list[int]:
+        """Trim the cache to its common prefix with ``prompt_ids``; return the ids still to run."""
+        common = 0
+        for cached, new in zip(self._cached_ids, prompt_ids):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(prompt_ids) - 1)  # at least one token must run to get logits
+        excess = self.cache[0].offset - common
+        if excess > 0 and any(layer.trim(excess) != excess for layer in self.cache):
+            self.cache = self.model.make_cache(max_kv_size=self.max_kv_size)  # could not trim: start over
+            common = 0
+        self._cached_ids = self._cached_ids[:common]
+        return prompt_ids[common:]
+
+    def send(self, message: str) -> Iterator[GenerationResponse]:
+        """Add a user message and stream the assistant's answer.
+
+        Stopping early (closing the iterator, e.g. on Ctrl-C) keeps what was
+        generated so far as the answer.
+        """
+        if not message.strip():
+            raise ValueError("the message is empty")
+        self.messages.append({"role": "user", "content": message})
+        prompt_ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
+        new_ids = self._reuse_cache(prompt_ids)
+        answer: list[str] = []
+        generated: list[int] = []
+        try:
+            for response in stream_generate(self.model, self.tokenizer, new_ids, cache=self.cache, **self.sampling):
+                answer.append(response.text)
+                generated.append(response.token)
+                yield response
+        finally:
+            # The cache holds the prompt and the generated tokens that were fed back in.
+            self._cached_ids = (self._cached_ids + new_ids + generated)[: self.cache[0].offset]
+            self.messages.append({"role": "assistant", "content": "".join(answer)})
