@@ -14,6 +14,11 @@ from .positions import (
     SinusoidalPositionalEncoding,
     sinusoidal_table,
 )
+from .chat import ChatSession
+from .embeddings import embed
+from .generate import GenerationResponse, batch_generate, generate, stream_generate
+from .loading import convert, describe, load, load_model
+from .tokenizer import Tokenizer
 from .transformer import (
     EncoderDecoder,
     TransformerDecoder,
@@ -30,6 +35,17 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "ACTIVATIONS",
+    "ChatSession",
+    "GenerationResponse",
+    "Tokenizer",
+    "batch_generate",
+    "convert",
+    "describe",
+    "embed",
+    "generate",
+    "load",
+    "load_model",
+    "stream_generate",
     "EncoderDecoder",
     "FeedForward",
     "GatedFeedForward",

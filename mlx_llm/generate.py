@@ -86,12 +86,17 @@ def _fit_prompt(ids: list[int], limit: int | None, truncate: bool) -> list[int]:
 
 def _prefill(model: nn.Module, tokens: mx.array, cache: list, step_size: int, **model_inputs) -> mx.array:
     """Run ``(B, L)`` prompt tokens through the model in chunks of ``step_size``
-    so activations stay bounded; returns the last position's logits ``(B, V)``."""
-    while tokens.shape[1] > step_size:
-        model(tokens[:, :step_size], cache=cache, **_slice_mask(model_inputs, cache, step_size))
+    so activations stay bounded; returns the last position's logits ``(B, V)``.
+
+    Only the cache is evaluated for all but the last token, so the output
+    layer (``hidden x vocab`` per position) runs for that token alone.
+    """
+    while tokens.shape[1] > 1:
+        chunk = min(step_size, tokens.shape[1] - 1)
+        model(tokens[:, :chunk], cache=cache, **_slice_mask(model_inputs, cache, chunk))
         mx.eval([c.state for c in cache])
-        tokens = tokens[:, step_size:]
-    return model(tokens, cache=cache, **_slice_mask(model_inputs, cache, tokens.shape[1]))[:, -1, :]
+        tokens = tokens[:, chunk:]
+    return model(tokens, cache=cache, **_slice_mask(model_inputs, cache, 1))[:, -1, :]
 
 
 def _slice_mask(model_inputs: dict, cache: list, length: int) -> dict:
