@@ -101,12 +101,14 @@ class TransformerEncoderLayer(nn.Module):
             hidden_size, intermediate_size, activation=activation, bias=bias if feed_forward_bias is None else feed_forward_bias
         )
         self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # no call at all when off
 
     def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[[mx.array], mx.array]) -> mx.array:
         if self.norm_first:
-            return hidden_states + self.dropout(sublayer(norm(hidden_states)))
-        return norm(hidden_states + self.dropout(sublayer(hidden_states)))
+            output = sublayer(norm(hidden_states))
+            return hidden_states + (output if self.dropout is None else self.dropout(output))
+        output = sublayer(hidden_states)
+        return norm(hidden_states + (output if self.dropout is None else self.dropout(output)))
 
     def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""
