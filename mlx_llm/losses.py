@@ -41,3 +41,43 @@ def cross_entropy(
     if reduction == "sum":
         return total
     return total / mx.maximum(keep.sum(), 1)
+
+
+def causal_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = -100, reduction: str = "mean") -> mx.array:
+    """Next-token loss: position ``t`` predicts ``labels[t + 1]``.
+
+    The shift is done here, as in Hugging Face, so ``labels`` are the input
+    ids themselves (with ``ignore_index`` at padding or prompt positions).
+
+    Args:
+        logits: ``(B, L, V)``.
+        labels: ``(B, L)``.
+        ignore_index: Label value that contributes nothing.
+        reduction: ``"mean"`` over predicted tokens, ``"sum"`` or ``"none"``.
+    """
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"causal_lm_loss takes logits (B, L, V) and labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    return cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=ignore_index, reduction=reduction)
+
+
+def masked_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = -100, reduction: str = "mean") -> mx.array:
+    """Masked-LM loss: cross-entropy at the masked positions only (labels elsewhere
+    are ``ignore_index``); the mean is over masked positions."""
+    return cross_entropy(logits, labels, ignore_index=ignore_index, reduction=reduction)
+
+
+def next_sentence_loss(logits: mx.array, labels: mx.array, reduction: str = "mean") -> mx.array:
+    """Next-sentence prediction: two-class cross-entropy on BERT's ``(B, 2)`` head
+    (label 0 = B follows A, 1 = B is random, as in Hugging Face)."""
+    if logits.ndim != 2 or logits.shape[-1] != 2:
+        raise ValueError(f"next_sentence_loss takes (batch, 2) logits, got {tuple(logits.shape)}")
+    return cross_entropy(logits, labels, reduction=reduction)
+
+
+def bert_pretraining_loss(
+    mlm_logits: mx.array, mlm_labels: mx.array, nsp_logits: mx.array, nsp_labels: mx.array
+) -> mx.array:
+    """BERT's pretraining objective: masked-LM loss + next-sentence loss."""
+    return masked_lm_loss(mlm_logits, mlm_labels) + next_sentence_loss(nsp_logits, nsp_labels)

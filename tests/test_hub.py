@@ -488,3 +488,43 @@ def test_read_json_errors(tmp_path: Path) -> None:
         read_json(bad)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         read_json(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------
+# End to end: a real (tiny) checkpoint from the loopback Hub through mlx_llm.load and convert
+
+
+def test_load_and_convert_from_the_hub(tmp_path: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import transformers
+    from tokenizer_fixtures import build_byte_level_bpe
+
+    import mlx_llm
+    from mlx_llm.loading import convert
+
+    source = tmp_path / "source"
+    build_byte_level_bpe(source)
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)).eval()
+    reference.save_pretrained(source, safe_serialization=True)
+    files = {path.name: path.read_bytes() for path in source.iterdir() if path.is_file()}
+    files["pytorch_model.bin"] = b"never fetched"
+    with FakeHub({"org/gpt2-tiny": {"main": files}}, lifetime_s=60) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        model, tokenizer = mlx_llm.load("org/gpt2-tiny")
+        ids = tokenizer.encode("hello world")
+        with torch.no_grad():
+            expected = reference(torch.tensor([ids])).logits.numpy()
+        np.testing.assert_allclose(np.array(model(mx.array([ids]))), expected, atol=1e-4)
+        assert not any("pytorch_model.bin" in path for path in hub.paths_requested())
+        convert("org/gpt2-tiny", tmp_path / "converted")
+    # Offline: the cached snapshot and the converted folder both load with no server.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_model, _ = mlx_llm.load("org/gpt2-tiny")
+    converted_model, converted_tokenizer = mlx_llm.load(tmp_path / "converted")
+    assert converted_tokenizer.encode("hello world") == ids
+    np.testing.assert_allclose(np.array(converted_model(mx.array([ids]))), expected, atol=1e-4)
+    np.testing.assert_allclose(np.array(offline_model(mx.array([ids]))), expected, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="org/not-cached"):
+        mlx_llm.load("org/not-cached")

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm import cross_entropy
+from mlx_llm.losses import bert_pretraining_loss, causal_lm_loss, cross_entropy, masked_lm_loss, next_sentence_loss
 
 
 def numpy_cross_entropy(logits, targets):
@@ -39,3 +39,50 @@ def test_cross_entropy_golden_value_and_edge_cases():
         cross_entropy(mx.zeros((2, 4)), mx.array([0, 1, 2]))
     with pytest.raises(ValueError, match="unknown reduction 'avg'"):
         cross_entropy(mx.zeros((2, 4)), mx.array([0, 1]), reduction="avg")
+
+
+def test_causal_lm_loss_shifts_like_transformers():
+    import torch
+
+    logits = mx.random.normal((2, 5, 11))
+    labels = np.array([[1, 2, 3, 4, 5], [6, 7, -100, -100, -100]])
+    ours = float(causal_lm_loss(logits, mx.array(labels)))
+    reference = torch.nn.functional.cross_entropy(
+        torch.tensor(np.array(logits))[:, :-1].reshape(-1, 11), torch.tensor(labels)[:, 1:].reshape(-1),
+        ignore_index=-100)
+    assert ours == pytest.approx(float(reference), abs=1e-5)
+    with pytest.raises(ValueError, match=r"logits \(B, L, V\) and labels \(B, L\)"):
+        causal_lm_loss(logits, mx.array(labels[:, :4]))
+
+
+def test_bert_pretraining_loss_equals_transformers(tmp_path):
+    import torch
+    import transformers
+
+    from mlx_llm.loading import load_model
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16)
+    reference = transformers.BertForPreTraining(config).eval()
+    input_ids = torch.tensor([[2, 5, 6, 3, 7, 8, 3], [2, 9, 3, 10, 3, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    token_type_ids = torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 0, 0]])
+    mlm_labels = torch.full_like(input_ids, -100)
+    mlm_labels[0, 1], mlm_labels[0, 5], mlm_labels[1, 3] = 11, 12, 13
+    nsp_labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        out = reference(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        labels=mlm_labels, next_sentence_label=nsp_labels)
+    # The same weights in MLX, the same batch: our model's heads and our losses.
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    model, _ = load_model(tmp_path)
+    output = model(mx.array(input_ids.numpy()), mx.array(attention_mask.numpy()), mx.array(token_type_ids.numpy()))
+    ours = bert_pretraining_loss(output.mlm_logits, mx.array(mlm_labels.numpy()), output.nsp_logits,
+                                 mx.array(nsp_labels.numpy()))
+    assert float(ours) == pytest.approx(float(out.loss), abs=1e-5)
+    nsp = float(next_sentence_loss(mx.array(out.seq_relationship_logits.numpy()), mx.array(nsp_labels.numpy())))
+    mlm = float(masked_lm_loss(mx.array(out.prediction_logits.numpy()), mx.array(mlm_labels.numpy())))
+    assert mlm + nsp == pytest.approx(float(ours), abs=1e-6)
+    with pytest.raises(ValueError, match=r"\(batch, 2\) logits"):
+        next_sentence_loss(mx.zeros((2, 3)), mx.array([0, 1]))

@@ -1,0 +1,460 @@
+"""The trainer shared by pretraining, fine-tuning and distillation.
+
+A training objective says, for a batch, which loss terms it has and how
+many predictions each term averages over. The trainer normalizes every term
+by its count over the whole accumulation window (and over all processes),
+so k micro-batches give exactly the gradient of one batch k times larger.
+
+Features: AdamW with weight decay on matrices only, warmup then cosine or
+linear decay, gradient accumulation, global-norm clipping, a compiled step,
+evaluation every N steps, a progress bar (loss, tokens/s, ETA), metrics as
+JSON lines, a loss-curve PNG, atomic checkpoints with exact resume, a stop
+on NaN/inf, and data parallelism over `mx.distributed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from .hub import atomic_output_dir, read_json, write_json
+
+Batch = dict[str, mx.array]
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class Objective(Protocol):
+    """What the trainer optimizes.
+
+    ``counts(batch)`` gives, per loss term, the number of predictions in the
+    batch (e.g. non-ignored targets); ``sums(model, batch)`` the summed
+    per-prediction losses. The loss is ``sum_k sums_k / counts_k``.
+    ``evaluate(model, batch)`` gives ``{metric: (numerator, denominator)}``
+    pairs summed over the validation set.
+    """
+
+    def counts(self, batch: Batch) -> dict[str, mx.array]: ...
+
+    def sums(self, model: nn.Module, batch: Batch) -> dict[str, mx.array]: ...
+
+    def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, tuple[mx.array, mx.array]]: ...
+
+
+class BatchSource(Protocol):
+    """A resumable iterator of batches (dicts of arrays with a leading batch axis)."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of a run (all recorded in checkpoints; resuming needs the same).
+
+    Attributes:
+        steps: Optimizer steps.
+        grad_accum: Micro-batches per optimizer step.
+        learning_rate: Peak learning rate.
+        min_learning_rate: Learning rate at the end of the decay.
+        warmup_steps: Linear warmup from 0.
+        schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` after warmup.
+        weight_decay: Decoupled decay, applied to parameters with 2+ dimensions only.
+        betas, eps: AdamW moments.
+        max_grad_norm: Clip the global gradient norm (0 = off).
+        eval_every: Evaluate every N steps (0 = only at the end).
+        eval_batches: Validation batches per evaluation (0 = all).
+        save_every: Checkpoint every N steps (0 = only at the end).
+        keep_checkpoints: Keep the newest K checkpoints.
+        log_every: Write a metrics line every N steps.
+        seed: Seeds dropout (per step, so that a resumed run draws the same masks).
+    """
+
+    steps: int
+    grad_accum: int = 1
+    learning_rate: float = 3e-4
+    min_learning_rate: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    eval_batches: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        self.betas = tuple(self.betas)
+
+
+class AdamWMatrixDecay(optim.AdamW):
+    """AdamW whose weight decay skips vectors (biases, norm scales)."""
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.ndim < 2:
+            return optim.Adam.apply_single(self, gradient, parameter, state)
+        return super().apply_single(gradient, parameter, state)
+
+
+def learning_rate_schedule(config: TrainingConfig) -> Callable[[mx.array], mx.array]:
+    """Linear warmup from 0 to the peak, then the chosen decay to ``min_learning_rate``."""
+    decay_steps = max(config.steps - config.warmup_steps, 1)
+    if config.schedule == "cosine":
+        decay = optim.cosine_decay(config.learning_rate, decay_steps, config.min_learning_rate)
+    elif config.schedule == "linear":
+        decay = optim.linear_schedule(config.learning_rate, config.min_learning_rate, decay_steps)
+    else:
+        decay = lambda step: mx.array(config.learning_rate)  # noqa: E731
+    if config.warmup_steps == 0:
+        return decay
+    warmup = optim.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+    return optim.join_schedules([warmup, decay], [config.warmup_steps])
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    tokens: int
+    seconds: float
+    evaluations: list[dict] = field(default_factory=list)
+
+
+def _fingerprint(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """Trains ``model`` on ``objective`` over batches from ``train_data``.
+
+    Args:
+        model: Any MLX module.
+        objective: The loss terms (see `Objective`).
+        train_data: Resumable source of micro-batches for the whole job
+            (with several processes, each takes its share of the rows).
+        config: `TrainingConfig`.
+        out_dir: Run folder: ``metrics.jsonl``, ``loss_curve.png``, ``checkpoints/``.
+        eval_data: Callable returning a fresh iterator of validation batches.
+        run_config: Extra settings that must match on resume (model shape, data).
+        tokens_key: Batch entry counted for tokens/s (``"input_ids"``).
+        progress: Show a progress bar on stderr.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        train_data: BatchSource,
+        config: TrainingConfig,
+        out_dir: str | Path,
+        eval_data: Callable[[], Iterator[Batch]] | None = None,
+        run_config: dict | None = None,
+        tokens_key: str = "input_ids",
+        progress: bool = True,
+    ):
+        self.model = model
+        self.objective = objective
+        self.train_data = train_data
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.eval_data = eval_data
+        self.tokens_key = tokens_key
+        self.progress = progress
+        self.world = mx.distributed.init()
+        self.fingerprint_values = {"training": asdict(config), "run": run_config or {},
+                                   "world_size": self.world.size()}
+        self.schedule = learning_rate_schedule(config)
+        self.optimizer = AdamWMatrixDecay(
+            learning_rate=self.schedule, betas=list(config.betas), eps=config.eps, weight_decay=config.weight_decay
+        )
+        self.optimizer.init(model.trainable_parameters())
+        self.step = 0
+        self.tokens_seen = 0
+        self.history: list[dict] = []
+        self._build_steps()
+
+    # --- the compiled computation ----------------------------------------------------------
+
+    def _build_steps(self) -> None:
+        model, objective, optimizer = self.model, self.objective, self.optimizer
+
+        def loss_of(batch: Batch, totals: dict[str, mx.array]) -> tuple[mx.array, dict]:
+            sums = objective.sums(model, batch)
+            return sum(sums[name] / totals[name] for name in sums), sums
+
+        loss_and_grad = nn.value_and_grad(model, loss_of)
+
+        def micro_step(batch: Batch, totals: dict[str, mx.array]):
+            (loss, sums), grads = loss_and_grad(batch, totals)
+            return loss, grads
+
+        def apply(grads):
+            if self.config.max_grad_norm > 0:
+                grads, norm = optim.clip_grad_norm(grads, self.config.max_grad_norm)
+            else:
+                norm = mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
+            optimizer.update(model, grads)
+            return norm
+
+        state = [model.state, mx.random.state]
+        self._micro_step = mx.compile(micro_step, inputs=state, outputs=state)
+        self._apply = mx.compile(apply, inputs=[model.state, optimizer.state], outputs=[model.state, optimizer.state])
+
+    def _shard(self, batch: Batch) -> Batch:
+        """This process's rows of a job-wide micro-batch."""
+        size, rank = self.world.size(), self.world.rank()
+        if size == 1:
+            return batch
+        rows = next(iter(batch.values())).shape[0]
+        if rows % size != 0:
+            raise ValueError(f"batch size {rows} does not split evenly over {size} processes")
+        share = rows // size
+        return {key: value[rank * share : (rank + 1) * share] for key, value in batch.items()}
+
+    def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[mx.array, dict]:
+        """Loss and summed gradients of a window of job-wide micro-batches, each
+        loss term normalized by its count over the whole window (and all processes)."""
+        totals: dict[str, mx.array] = {}
+        for batch in micro_batches:
+            for name, count in self.objective.counts(batch).items():
+                totals[name] = totals.get(name, 0) + count
+        totals = {name: mx.maximum(count, 1).astype(mx.float32) for name, count in totals.items()}
+        mx.random.seed(self.config.seed * 1_000_003 + self.step)  # dropout depends on the step only
+        accumulated = None
+        loss = mx.array(0.0)
+        for batch in micro_batches:
+            micro_loss, grads = self._micro_step(self._shard(batch), totals)
+            loss = loss + micro_loss
+            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+        if self.world.size() > 1:  # every process holds the sums of its rows: add them up
+            loss = mx.distributed.all_sum(loss, group=self.world)
+            accumulated = tree_map(lambda g: mx.distributed.all_sum(g, group=self.world), accumulated)
+        return loss, accumulated
+
+    def train_step(self, micro_batches: list[Batch]) -> tuple[float, float]:
+        """One optimizer step over ``grad_accum`` job-wide micro-batches.
+
+        Returns:
+            ``(loss, grad_norm)``; the loss is the whole window's, every term
+            averaged over all its predictions; the norm is before clipping.
+        """
+        loss, gradients = self.accumulate_gradients(micro_batches)
+        norm = self._apply(gradients)
+        mx.eval(loss, norm, self.model.state, self.optimizer.state)
+        return float(loss), float(norm)
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics: each ``numerator / denominator`` summed over the set."""
+        if self.eval_data is None:
+            return {}
+        self.model.eval()
+        sums: dict[str, list[mx.array]] = {}
+        for index, batch in enumerate(self.eval_data()):
+            if self.config.eval_batches and index >= self.config.eval_batches:
+                break
+            for name, (numerator, denominator) in self.objective.evaluate(self.model, batch).items():
+                pair = sums.setdefault(name, [mx.array(0.0), mx.array(0.0)])
+                pair[0] = pair[0] + numerator
+                pair[1] = pair[1] + denominator
+            mx.eval([pair for pair in sums.values()])
+        self.model.train()
+        metrics = {name: float(numerator / mx.maximum(denominator, 1)) for name, (numerator, denominator) in sums.items()}
+        if "loss" in metrics:
+            metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Write model, optimizer, data position and step to ``checkpoints/step-NNNNNNN`` atomically."""
+        target = self.checkpoint_dir / f"step-{self.step:07d}"
+        if self.world.rank() == 0:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_output_dir(target, overwrite=True) as staging:
+                mx.save_safetensors(str(staging / "model.safetensors"), dict(tree_flatten(self.model.parameters())))
+                mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state)))
+                write_json({
+                    "step": self.step,
+                    "tokens_seen": self.tokens_seen,
+                    "data": self.train_data.state(),
+                    "fingerprint": _fingerprint(self.fingerprint_values),
+                    "settings": self.fingerprint_values,
+                    "history": self.history,
+                }, staging / "trainer_state.json")
+            for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        return target
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(path for path in self.checkpoint_dir.glob("step-*") if (path / "trainer_state.json").is_file())
+        return found[-1] if found else None
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue exactly from ``checkpoint``; refuses a checkpoint of a different configuration."""
+        state = read_json(checkpoint / "trainer_state.json")
+        if state["fingerprint"] != _fingerprint(self.fingerprint_values):
+            saved, current = state["settings"], json.loads(json.dumps(self.fingerprint_values, default=str))
+            differences = [
+                f"{section}.{key}: checkpoint {saved.get(section, {}).get(key)!r}, now {current[section].get(key)!r}"
+                for section in current if isinstance(current[section], dict)
+                for key in sorted(set(current[section]) | set(saved.get(section, {})))
+                if saved.get(section, {}).get(key) != current[section].get(key)
+            ] or ["world_size"]
+            raise ValueError(
+                f"cannot resume from {checkpoint}: the run's settings differ ({'; '.join(differences)}); "
+                "resume with the same settings, or start a new run in another folder"
+            )
+        self.model.load_weights(str(checkpoint / "model.safetensors"))
+        self.optimizer.state = tree_unflatten(list(mx.load(str(checkpoint / "optimizer.safetensors")).items()))
+        self.train_data.restore(state["data"])
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.history = state["history"]
+        mx.eval(self.model.parameters(), self.optimizer.state)
+        self._build_steps()  # the compiled step captured the replaced optimizer state
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.world.rank() == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``config.steps``, from the latest checkpoint if ``resume``.
+
+        Raises:
+            TrainingDiverged: The loss became NaN or infinite; the last good
+                checkpoint is kept.
+        """
+        if resume:
+            checkpoint = self.latest_checkpoint()
+            if checkpoint is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+            self.restore(checkpoint)
+        self.model.train()
+        config = self.config
+        batches = iter(self.train_data)
+        bar = None
+        if self.progress and self.world.rank() == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, initial=self.step, file=sys.stderr, unit="step", dynamic_ncols=True)
+        start = time.perf_counter()
+        window_start, window_tokens = start, 0
+        loss = float("nan")
+        evaluations = []
+        while self.step < config.steps:
+            micro_batches = [next(batches) for _ in range(config.grad_accum)]
+            loss, norm = self.train_step(micro_batches)
+            tokens = sum(int(batch[self.tokens_key].size) for batch in micro_batches)
+            self.step += 1
+            self.tokens_seen += tokens
+            window_tokens += tokens
+            if not math.isfinite(loss):
+                last = self.latest_checkpoint()
+                raise TrainingDiverged(
+                    f"the loss became {loss} at step {self.step}; training stopped and the last good checkpoint "
+                    f"({last if last else 'none was written yet'}) is kept. Lower the learning rate, raise warmup, "
+                    "or check the data"
+                )
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_second = window_tokens / max(elapsed, 1e-9)
+                self._log({"step": self.step, "loss": loss, "learning_rate": float(self.schedule(mx.array(self.step))),
+                           "grad_norm": norm, "tokens_per_second": tokens_per_second, "tokens": self.tokens_seen,
+                           "elapsed": time.perf_counter() - start})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+                window_start, window_tokens = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+            if (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps:
+                metrics = self.evaluate()
+                if metrics:
+                    record = {"step": self.step, **{f"eval_{name}": value for name, value in metrics.items()}}
+                    evaluations.append(record)
+                    self._log(record)
+                    if bar is not None:
+                        bar.write(" ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
+                    self.write_loss_curve()
+            if (config.save_every and self.step % config.save_every == 0) or self.step == config.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self.write_loss_curve()
+        return TrainResult(self.step, loss, self.tokens_seen, time.perf_counter() - start, evaluations)
+
+    def write_loss_curve(self) -> Path | None:
+        """``loss_curve.png``: training loss and validation loss against steps."""
+        if self.world.rank() != 0:
+            return None
+        train = [(r["step"], r["loss"]) for r in self.history if "loss" in r]
+        evals = [(r["step"], r["eval_loss"]) for r in self.history if "eval_loss" in r]
+        if not train:
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+        axis.plot(*zip(*train), label="training loss")
+        if evals:
+            axis.plot(*zip(*evals), marker="o", label="validation loss")
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss (nats per token)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        path = self.out_dir / "loss_curve.png"
+        temporary = path.with_name(".loss_curve.png.tmp")
+        figure.savefig(temporary, format="png")
+        plt.close(figure)
+        temporary.replace(path)
+        return path
+

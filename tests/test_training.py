@@ -1,0 +1,206 @@
+"""The trainer: schedules, weight decay, accumulation, clipping, exact resume,
+NaN handling, and data parallelism over two processes."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_llm.models.gpt2 import Model as GPT2, ModelArgs as GPT2Args
+from mlx_llm.objectives import CausalLMObjective
+from mlx_llm.training import (
+    AdamWMatrixDecay,
+    Trainer,
+    TrainingConfig,
+    TrainingDiverged,
+    learning_rate_schedule,
+)
+
+VOCAB, SEQ = 32, 8
+
+
+class ArrayBatches:
+    """A resumable source of fixed batches built from a seed (targets may contain -100)."""
+
+    def __init__(self, batch_size=4, seed=0, ignore_fraction=0.25):
+        rng = np.random.default_rng(seed)
+        self.data = rng.integers(0, VOCAB, (64, SEQ + 1))
+        self.ignore = rng.random((64, SEQ)) < ignore_fraction
+        self.batch_size = batch_size
+        self.position = 0
+
+    def __iter__(self):
+        while True:
+            rows = [(self.position + i) % len(self.data) for i in range(self.batch_size)]
+            self.position += self.batch_size
+            block = self.data[rows]
+            targets = np.where(self.ignore[rows], -100, block[:, 1:])
+            yield {"input_ids": mx.array(block[:, :-1]), "targets": mx.array(targets)}
+
+    def state(self):
+        return {"position": self.position}
+
+    def restore(self, state):
+        self.position = state["position"]
+
+
+def tiny_gpt(seed=0, dropout_free=True):
+    mx.random.seed(seed)
+    return GPT2(GPT2Args(vocab_size=VOCAB, max_positions=SEQ, hidden_size=16, num_layers=2, num_heads=2,
+                         intermediate_size=32, activation="relu"))
+
+
+def make_trainer(tmp_path, model=None, batch_size=4, **options):
+    config = TrainingConfig(**{"steps": 6, "learning_rate": 1e-2, "warmup_steps": 2, "log_every": 1, **options})
+    return Trainer(model or tiny_gpt(), CausalLMObjective(), ArrayBatches(batch_size), config, tmp_path,
+                   progress=False)
+
+
+def test_schedule_values():
+    config = TrainingConfig(steps=10, learning_rate=1.0, min_learning_rate=0.1, warmup_steps=4, schedule="cosine")
+    schedule = learning_rate_schedule(config)
+    values = [float(schedule(mx.array(step))) for step in range(11)]
+    np.testing.assert_allclose(values[:5], [0.0, 0.25, 0.5, 0.75, 1.0], atol=1e-6)
+    # Cosine from 1.0 at step 4 to 0.1 at step 10.
+    for step in range(4, 11):
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 4) / 6))
+        assert values[step] == pytest.approx(expected, abs=1e-6)
+    linear = learning_rate_schedule(TrainingConfig(steps=10, learning_rate=1.0, warmup_steps=0, schedule="linear"))
+    assert float(linear(mx.array(5))) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        TrainingConfig(steps=10, schedule="step")
+    with pytest.raises(ValueError, match=r"warmup_steps must be in \[0, steps=10\]"):
+        TrainingConfig(steps=10, warmup_steps=11)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    layer = nn.Linear(3, 2)
+    optimizer = AdamWMatrixDecay(learning_rate=0.1, weight_decay=0.5)
+    before = {name: np.array(value) for name, value in [("weight", layer.weight), ("bias", layer.bias)]}
+    zero = {"weight": mx.zeros_like(layer.weight), "bias": mx.zeros_like(layer.bias)}
+    optimizer.update(layer, zero)  # a zero gradient: only decay can move parameters
+    np.testing.assert_allclose(np.array(layer.weight), before["weight"] * (1 - 0.1 * 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(np.array(layer.bias), before["bias"])
+
+
+def parameters_of(model):
+    from mlx.utils import tree_flatten
+
+    return {name: np.array(value) for name, value in tree_flatten(model.parameters())}
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    # 4 micro-batches of 2 == 1 batch of 8, with uneven numbers of ignored targets per micro-batch.
+    small = make_trainer(tmp_path / "a", model=tiny_gpt(), batch_size=2, grad_accum=4, steps=1, warmup_steps=0)
+    big = make_trainer(tmp_path / "b", model=tiny_gpt(), batch_size=8, grad_accum=1, steps=1, warmup_steps=0)
+    small_batches, big_batches = iter(small.train_data), iter(big.train_data)
+    window = [next(small_batches) for _ in range(4)]
+    loss_small, grads_small = small.accumulate_gradients(window)
+    loss_big, grads_big = big.accumulate_gradients([next(big_batches)])
+    assert float(loss_small) == pytest.approx(float(loss_big), rel=1e-6)
+    from mlx.utils import tree_flatten
+
+    for (name, small_grad), (_, big_grad) in zip(tree_flatten(grads_small), tree_flatten(grads_big)):
+        np.testing.assert_allclose(np.array(small_grad), np.array(big_grad), rtol=1e-4, atol=1e-7, err_msg=name)
+    # Normalizing per micro-batch instead would give a different loss: the test can tell.
+    per_micro = np.mean([float(small.accumulate_gradients([batch])[0]) for batch in window])
+    assert abs(per_micro - float(loss_big)) > 1e-4
+
+
+def test_clipping_bounds_the_update(tmp_path):
+    clipped = make_trainer(tmp_path / "a", model=tiny_gpt(), max_grad_norm=1e-3, steps=1, warmup_steps=0,
+                           learning_rate=1.0, weight_decay=0.0, betas=(0.0, 0.0))
+    free = make_trainer(tmp_path / "b", model=tiny_gpt(), max_grad_norm=0.0, steps=1, warmup_steps=0,
+                        learning_rate=1.0, weight_decay=0.0, betas=(0.0, 0.0))
+    batch = next(iter(ArrayBatches()))
+    _, norm_clipped = clipped.train_step([batch])
+    _, norm_free = free.train_step([batch])
+    assert norm_clipped == pytest.approx(norm_free, rel=1e-5) and norm_free > 1e-3  # the norm before clipping
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = make_trainer(tmp_path / "straight", model=tiny_gpt())
+    straight.fit()
+    straight_losses = [r["loss"] for r in straight.history if "loss" in r]
+
+    first = make_trainer(tmp_path / "resumed", model=tiny_gpt(), save_every=3)
+    first.config.steps = 3  # interrupted after step 3 (the checkpoint is written then)
+    first.fit()
+    resumed = make_trainer(tmp_path / "resumed", model=tiny_gpt(seed=99), save_every=3)
+    resumed.fit(resume=True)
+    resumed_losses = [r["loss"] for r in resumed.history if "loss" in r]
+    assert resumed_losses == straight_losses  # bit for bit
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    assert (tmp_path / "resumed" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    make_trainer(tmp_path, steps=2).fit()
+    changed = make_trainer(tmp_path, steps=2, learning_rate=5e-3)
+    with pytest.raises(ValueError, match=r"settings differ \(training.learning_rate: checkpoint 0.01, now 0.005"):
+        changed.fit(resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make_trainer(tmp_path / "empty").fit(resume=True)
+
+
+class ExplodingBatches(ArrayBatches):
+    """Batches whose loss scale turns NaN from the 4th batch on."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            batch["scale"] = mx.array(1.0 if self.position <= 3 * self.batch_size else float("nan"))
+            yield batch
+
+
+class ScaledObjective(CausalLMObjective):
+    def sums(self, model, batch):
+        return {"lm": super().sums(model, batch)["lm"] * batch["scale"]}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = TrainingConfig(steps=6, learning_rate=1e-2, save_every=2, log_every=1)
+    trainer = Trainer(tiny_gpt(), ScaledObjective(), ExplodingBatches(), config, tmp_path, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 4.*step-0000002"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002"]
+
+
+DISTRIBUTED_SCRIPT = r"""
+import json, sys
+import mlx.core as mx
+sys.path.insert(0, sys.argv[2])
+from test_training import ArrayBatches, tiny_gpt
+from mlx_llm.objectives import CausalLMObjective
+from mlx_llm.training import Trainer, TrainingConfig
+config = TrainingConfig(steps=4, learning_rate=1e-2, warmup_steps=1, log_every=1)
+trainer = Trainer(tiny_gpt(), CausalLMObjective(), ArrayBatches(batch_size=4), config, sys.argv[1], progress=False)
+trainer.fit()
+if trainer.world.rank() == 0:
+    print("LOSSES", json.dumps([r["loss"] for r in trainer.history if "loss" in r]))
+"""
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    single = make_trainer(tmp_path / "single", steps=4, warmup_steps=1)
+    single.fit()
+    expected = [r["loss"] for r in single.history if "loss" in r]
+    script = tmp_path / "train_distributed.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    completed = subprocess.run(
+        [str(launcher), "--backend", "ring", "-n", "2", "--starting-port", str(20000 + os.getpid() % 20000),
+         sys.executable, str(script), str(tmp_path / "distributed"), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("LOSSES"))
+    np.testing.assert_allclose(json.loads(line[len("LOSSES "):]), expected, rtol=1e-5)
