@@ -8,6 +8,7 @@ import mlx_llm
 
 from .generate import chat, generate
 from .models import convert, embed, info
+from .train import evaluate, tokenizer, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,9 @@ main.add_command(info)
 main.add_command(embed)
 main.add_command(generate)
 main.add_command(chat)
+main.add_command(tokenizer)
+main.add_command(train)
+main.add_command(evaluate)
 
 if __name__ == "__main__":
     main()

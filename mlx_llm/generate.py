@@ -20,6 +20,10 @@ from .sampling import SamplingConfig, process_logits, sample
 
 FINISH_REASONS = ("eos", "stop", "length")
 
+# Generation runs on its own stream, so building the next step's graph in Python
+# overlaps with the evaluation of the current one.
+generation_stream = mx.new_stream(mx.default_device())
+
 
 @dataclass
 class GenerationResponse:
@@ -91,12 +95,14 @@ def _prefill(model: nn.Module, tokens: mx.array, cache: list, step_size: int, **
     Only the cache is evaluated for all but the last token, so the output
     layer (``hidden x vocab`` per position) runs for that token alone.
     """
-    while tokens.shape[1] > 1:
-        chunk = min(step_size, tokens.shape[1] - 1)
-        model(tokens[:, :chunk], cache=cache, **_slice_mask(model_inputs, cache, chunk))
-        mx.eval([c.state for c in cache])
-        tokens = tokens[:, chunk:]
-    return model(tokens, cache=cache, **_slice_mask(model_inputs, cache, 1))[:, -1, :]
+    with mx.stream(generation_stream):
+        while tokens.shape[1] > 1:
+            chunk = min(step_size, tokens.shape[1] - 1)
+            model(tokens[:, :chunk], cache=cache, **_slice_mask(model_inputs, cache, chunk))
+            mx.eval([c.state for c in cache])
+            mx.clear_cache()  # free the chunk's activations for the next one
+            tokens = tokens[:, chunk:]
+        return model(tokens, cache=cache, **_slice_mask(model_inputs, cache, 1))[:, -1, :]
 
 
 def _slice_mask(model_inputs: dict, cache: list, length: int) -> dict:
@@ -141,13 +147,20 @@ def generate_step(
             history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
         return token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
-    token, logprob = choose(_prefill(model, prompt[None], cache, prefill_step_size))
+    def step(token: mx.array) -> tuple[mx.array, mx.array]:
+        with mx.stream(generation_stream):
+            return choose(model(token[:, None], cache=cache)[:, -1, :])
+
+    with mx.stream(generation_stream):
+        token, logprob = choose(_prefill(model, prompt[None], cache, prefill_step_size))
     mx.async_eval(token, logprob)
     for count in range(max_tokens):
         if count + 1 < max_tokens:
-            next_token, next_logprob = choose(model(token[:, None], cache=cache)[:, -1, :])
+            next_token, next_logprob = step(token)
             mx.async_eval(next_token, next_logprob)
         yield token, logprob
+        if count % 256 == 255:
+            mx.clear_cache()
         if count + 1 < max_tokens:
             token, logprob = next_token, next_logprob
 

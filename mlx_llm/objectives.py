@@ -6,6 +6,8 @@ the trainer divides by the term's count over the whole accumulation window.
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -63,3 +65,8 @@ class BertPretrainingObjective:
             "mlm_accuracy": (mlm_correct, counts["mlm"]),
             "nsp_accuracy": (nsp_correct, counts["nsp"]),
         }
+
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Add the total loss (MLM + NSP) and the masked-LM perplexity."""
+        return {**metrics, "loss": metrics["mlm_loss"] + metrics["nsp_loss"],
+                "perplexity": math.exp(min(metrics["mlm_loss"], 700.0))}

@@ -295,7 +295,10 @@ class Trainer:
             mx.eval([pair for pair in sums.values()])
         self.model.train()
         metrics = {name: float(numerator / mx.maximum(denominator, 1)) for name, (numerator, denominator) in sums.items()}
-        if "loss" in metrics:
+        summarize = getattr(self.objective, "summarize", None)
+        if summarize is not None:
+            metrics = summarize(metrics)
+        if "loss" in metrics and "perplexity" not in metrics:
             metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
         return metrics
 

@@ -28,6 +28,7 @@ class ModelArgs:
     layer_norm_eps: float = 1e-5
     scale_attention: bool = True
     tie_word_embeddings: bool = True
+    dropout: float = 0.0  # on embeddings and sublayer outputs, in training mode only
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
@@ -52,6 +53,7 @@ class ModelArgs:
             layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
             scale_attention=config.get("scale_attn_weights", True),
             tie_word_embeddings=config.get("tie_word_embeddings", True),
+            dropout=config.get("resid_pdrop", 0.0),
         )
 
 
@@ -73,9 +75,11 @@ class GPT2Model(nn.Module):
                 norm_eps=args.layer_norm_eps,
                 norm_first=True,
                 attention_scale=None if args.scale_attention else 1.0,
+                dropout=args.dropout,
             )
             for _ in range(args.num_layers)
         ]
+        self.dropout = nn.Dropout(args.dropout) if args.dropout > 0 else None
         self.ln_f = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
     def __call__(
@@ -93,6 +97,8 @@ class GPT2Model(nn.Module):
             position_ids = mx.maximum(cache[0].position_offset[:, None] + mx.arange(length), 0)
         positions = self.wpe(length, offset, position_ids=position_ids)
         hidden_states = self.wte(input_ids) + positions
+        if self.dropout is not None:
+            hidden_states = self.dropout(hidden_states)
         if cache is None:
             mask = create_attention_mask(length, attention_mask, causal=True)
         else:

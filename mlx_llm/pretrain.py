@@ -1,0 +1,355 @@
+"""Pretraining from scratch: a GPT (causal LM) or a BERT (masked LM + next
+sentence prediction) on local text, into a run folder that `load` reads like
+any converted checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_map_with_path
+
+from .data import (
+    BertPretrainingBatches,
+    CausalLMBatches,
+    read_documents,
+    split_documents,
+    split_tokens,
+    tokenize_corpus,
+    tokenize_documents_for_bert,
+)
+from .hub import copy_tokenizer_files, read_json, save_safetensors, write_json
+from .loading import DTYPES, FORMAT_KEY, FORMAT_VERSION
+from .models import get_family
+from .objectives import BertPretrainingObjective, CausalLMObjective
+from .tokenizer import Tokenizer
+from .tokenizer_training import train_tokenizer
+from .training import Trainer, TrainingConfig, TrainResult
+from .utils import num_parameters
+
+ARCHITECTURES = ("gpt", "bert")
+
+# Size presets: Hugging Face config fields (GPT-2 and BERT layouts).
+GPT_PRESETS: dict[str, dict] = {
+    "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2},
+    # The built-in demo model: ReLU (cheap on CPUs), as in the original Transformer.
+    # Four heads: on CPUs the attention softmax (exp) costs more per head than the matmuls.
+    "demo": {"n_embd": 256, "n_layer": 6, "n_head": 4, "activation_function": "relu"},
+    "small": {"n_embd": 384, "n_layer": 6, "n_head": 6},
+    "gpt2": {"n_embd": 768, "n_layer": 12, "n_head": 12},
+}
+BERT_PRESETS: dict[str, dict] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256},
+    "mini": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    "small": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+
+
+def model_config(arch: str, preset: str | dict, vocab_size: int, seq_len: int, tokenizer: Tokenizer,
+                 dropout: float) -> dict:
+    """A Hugging Face style ``config.json`` for a new model."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    presets = GPT_PRESETS if arch == "gpt" else BERT_PRESETS
+    if isinstance(preset, str):
+        if preset not in presets:
+            raise ValueError(f"unknown {arch} size {preset!r}; choose one of {sorted(presets)} or pass a config file")
+        sizes = dict(presets[preset])
+    else:
+        sizes = dict(preset)
+    if arch == "gpt":
+        return {
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size,
+            "n_positions": seq_len, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+            "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, **sizes,
+        }
+    for name in ("cls_token_id", "sep_token_id", "mask_token_id", "pad_token_id"):
+        if getattr(tokenizer, name) is None:
+            raise ValueError(
+                f"a BERT needs [CLS], [SEP], [MASK] and [PAD] tokens and this tokenizer has no {name[:-3]}; "
+                "train one with bert special tokens (mlx-llm tokenizer train --bert) or pass --vocab-size"
+            )
+    return {
+        "model_type": "bert", "architectures": ["BertForPreTraining"], "vocab_size": vocab_size,
+        "max_position_embeddings": seq_len, "type_vocab_size": 2, "hidden_act": "gelu",
+        "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-12,
+        "pad_token_id": tokenizer.pad_token_id, **sizes,
+    }
+
+
+def build_model(config: dict) -> nn.Module:
+    """A freshly initialized model for ``config`` (GPT-2 / BERT initialization:
+    normal(0, 0.02) weights, zero biases, unit norms; GPT-2 scales the residual
+    output projections by 1/sqrt(2 * layers))."""
+    family = get_family(config["model_type"])
+    model = family.Model(family.ModelArgs.from_config(config))
+    layers = config.get("n_layer") or config.get("num_hidden_layers")
+
+    def initialize(path: str, parameter: mx.array) -> mx.array:
+        if "norm" in path or "ln_" in path or "LayerNorm" in path:
+            return mx.ones_like(parameter) if path.endswith("weight") else mx.zeros_like(parameter)
+        if path.endswith("bias"):
+            return mx.zeros_like(parameter)
+        std = 0.02
+        if config["model_type"] == "gpt2" and (path.endswith("o_proj.weight") or path.endswith("down_proj.weight")):
+            std = 0.02 / math.sqrt(2 * layers)
+        return mx.random.normal(parameter.shape) * std
+
+    model.update(tree_map_with_path(initialize, model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def save_model(model: nn.Module, config: dict, folder: Path, tokenizer_dir: Path | None, dtype: str | None = None) -> None:
+    """Write ``model.safetensors``, ``config.json`` and the tokenizer files into
+    ``folder`` (each file atomically), so that `load` reads the folder."""
+    weights = dict(tree_flatten(model.parameters()))
+    if dtype is not None:
+        weights = {name: value.astype(DTYPES[dtype]) for name, value in weights.items()}
+    save_safetensors(weights, folder)
+    stored = next(iter(weights.values())).dtype
+    config = {**config, "torch_dtype": next(k for k, v in DTYPES.items() if v == stored),
+              FORMAT_KEY: {"format_version": FORMAT_VERSION, "trained_by": "mlx_llm"}}
+    config["dtype"] = config["torch_dtype"]
+    write_json(config, folder / "config.json")
+    if tokenizer_dir is not None and tokenizer_dir.resolve() != folder.resolve():
+        copy_tokenizer_files(tokenizer_dir, folder)
+
+
+class _DictBatches:
+    """Adapts `CausalLMBatches` (``(inputs, targets)`` pairs) to the trainer's dict batches."""
+
+    def __init__(self, batches: CausalLMBatches):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict]:
+        for inputs, targets in self.batches:
+            yield {"input_ids": inputs, "targets": targets}
+
+    def state(self) -> dict:
+        return self.batches.state()
+
+    def restore(self, state: dict) -> None:
+        self.batches.restore(state)
+
+
+@dataclass
+class PretrainResult:
+    out: Path
+    num_parameters: int
+    train: TrainResult
+    validation: dict
+
+
+def pretrain(
+    arch: str,
+    data: list[str | Path],
+    out: str | Path,
+    preset: str | dict = "tiny",
+    valid_data: list[str | Path] | None = None,
+    tokenizer: str | Path | None = None,
+    vocab_size: int | None = None,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    grad_accum: int = 1,
+    learning_rate: float = 1e-3,
+    min_learning_rate: float | None = None,
+    warmup_steps: int = 100,
+    steps: int | None = None,
+    epochs: float | None = None,
+    weight_decay: float = 0.1,
+    dropout: float = 0.1,
+    eval_every: int = 200,
+    eval_batches: int = 0,
+    save_every: int = 200,
+    validation_fraction: float = 0.1,
+    dtype: str = "float32",
+    save_dtype: str | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PretrainResult:
+    """Pretrain a model on local text and save it to ``out``.
+
+    Args:
+        arch: ``"gpt"`` (causal LM) or ``"bert"`` (masked LM + next sentence).
+        data: Text files, folders or JSONL files.
+        out: Run folder (model, tokenizer, checkpoints, metrics, loss curve).
+        valid_data: Validation text; without it the last ``validation_fraction``
+            of ``data`` is held out.
+        preset: A size name (`GPT_PRESETS` / `BERT_PRESETS`) or config fields.
+        tokenizer: A tokenizer folder; otherwise one is trained on ``data``
+            with ``vocab_size`` tokens into ``out``.
+        seq_len: Tokens per training sequence (the context length).
+        batch_size, grad_accum: Sequences per micro-batch, micro-batches per step.
+        steps, epochs: Training length (one of them).
+        validation_fraction: The last part of the token stream held out.
+        dtype: ``"float32"`` or ``"bfloat16"`` (float16 would need loss scaling).
+        save_dtype: Store the final weights in this type (default: ``dtype``).
+        resume: Continue from the latest checkpoint in ``out``.
+        overwrite: Start afresh in an ``out`` that has a run in it.
+    """
+    out = Path(out)
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps and epochs")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(f"{out} already holds files; pass --resume to continue that run or --overwrite to replace it")
+    if resume and not (out / "run.json").is_file():
+        raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for stale in ("checkpoints", "metrics.jsonl"):
+            path = out / stale
+            if path.is_dir():
+                import shutil
+
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # Tokenizer: given, or trained on the data into the run folder.
+    if tokenizer is not None:
+        tokenizer_dir = Path(tokenizer)
+    elif resume:
+        tokenizer_dir = out
+    else:
+        if vocab_size is None:
+            raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
+        tokenizer_dir = train_tokenizer(data, vocab_size, out / "tokenizer", bert_special_tokens=arch == "bert",
+                                        overwrite=True)
+    loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+
+    mx.random.seed(seed)
+    config = model_config(arch, preset, loaded_tokenizer.vocab_size, seq_len, loaded_tokenizer, dropout)
+    run = {"arch": arch, "config": config, "data": [str(Path(p)) for p in data],
+           "valid_data": [str(Path(p)) for p in valid_data or []], "seq_len": seq_len,
+           "batch_size": batch_size, "validation_fraction": validation_fraction, "dtype": dtype}
+    if resume:
+        saved = read_json(out / "run.json")
+        if saved != json.loads(json.dumps(run)):
+            differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
+            raise ValueError(f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
+    else:
+        write_json(run, out / "run.json")
+    model = build_model(config)
+    if dtype == "bfloat16":
+        model.set_dtype(mx.bfloat16)
+
+    if arch == "gpt":
+        token_file = tokenize_corpus(data, loaded_tokenizer, out / "data", show_progress=progress)
+        if valid_data:
+            train_tokens = token_file.tokens
+            valid_tokens = tokenize_corpus(valid_data, loaded_tokenizer, out / "data", show_progress=progress).tokens
+        else:
+            train_tokens, valid_tokens = split_tokens(token_file, validation_fraction)
+        train_batches = CausalLMBatches(train_tokens, seq_len, batch_size, seed=seed)
+        valid_batches = CausalLMBatches(valid_tokens, seq_len, batch_size, seed=seed)
+        source = _DictBatches(train_batches)
+        objective = CausalLMObjective()
+
+        def evaluation() -> Iterator[dict]:
+            for inputs, targets in valid_batches.evaluation_batches():
+                yield {"input_ids": inputs, "targets": targets}
+
+        batches_per_epoch = train_batches.batches_per_epoch
+    else:
+        documents = tokenize_documents_for_bert(data, loaded_tokenizer, show_progress=progress)
+        if valid_data:
+            train_documents = documents
+            valid_documents = tokenize_documents_for_bert(valid_data, loaded_tokenizer, show_progress=progress)
+        else:
+            train_documents, valid_documents = split_documents(documents, validation_fraction)
+        if not valid_documents:
+            raise ValueError("the corpus has too few documents to hold out a validation set; add documents")
+        source = BertPretrainingBatches(train_documents, loaded_tokenizer, seq_len, batch_size, seed=seed)
+        # Validation pairs are built from documents of their own, masked the same way at every evaluation.
+        validation_batches = BertPretrainingBatches(valid_documents, loaded_tokenizer, seq_len, batch_size,
+                                                    seed=seed + 1)
+        objective = BertPretrainingObjective()
+
+        def evaluation() -> Iterator[dict]:
+            return validation_batches.evaluation_batches()
+
+        batches_per_epoch = source.batches_per_epoch
+
+    total_steps = steps if steps is not None else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
+    training = TrainingConfig(
+        steps=total_steps, grad_accum=grad_accum, learning_rate=learning_rate,
+        min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
+        warmup_steps=min(warmup_steps, total_steps), weight_decay=weight_decay, eval_every=eval_every,
+        eval_batches=eval_batches, save_every=save_every, seed=seed,
+    )
+    trainer = Trainer(model, objective, source, training, out, eval_data=evaluation, run_config=run,
+                      progress=progress)
+    result = trainer.fit(resume=resume)
+    model.eval()
+    evaluations = [record for record in trainer.history if any(key.startswith("eval_") for key in record)]
+    validation = evaluations[-1] if evaluations else {}
+    if trainer.world.rank() == 0:
+        save_model(model, config, out, tokenizer_dir, dtype=save_dtype)
+    return PretrainResult(out, num_parameters(model), result, validation)
+
+
+def evaluate_text(
+    model: nn.Module, tokenizer: Tokenizer, data: list[str | Path], seq_len: int | None = None, batch_size: int = 8,
+) -> dict[str, float]:
+    """Causal-LM loss of ``model`` on text: mean nats per token, perplexity,
+    nats per character (total nats / characters, comparable with
+    character-level models) and bits per UTF-8 byte.
+
+    The text is tokenized as one stream (documents joined with the end token)
+    and cut into consecutive windows of ``seq_len`` tokens; every token but
+    the first is predicted once.
+    """
+    documents = list(read_documents(data))
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for document in documents:
+        ids += tokenizer.encode(document, add_special_tokens=False)
+        if eos is not None:
+            ids.append(eos)
+    if len(ids) < 2:
+        raise ValueError("the evaluation text has fewer than 2 tokens")
+    characters = sum(len(document) for document in documents)
+    num_bytes = sum(len(document.encode("utf-8")) for document in documents)
+    limit = getattr(getattr(model, "args", None), "max_positions", None)
+    seq_len = seq_len or limit or 512
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len {seq_len} is longer than the model's context ({limit})")
+    tokens = np.array(ids)
+    total, count = 0.0, 0
+    windows = [tokens[start : start + seq_len + 1] for start in range(0, len(tokens) - 1, seq_len)]
+    from .losses import cross_entropy
+
+    for start in range(0, len(windows), batch_size):
+        group = windows[start : start + batch_size]
+        width = max(len(window) for window in group)
+        inputs = np.zeros((len(group), width - 1), dtype=np.int32)
+        targets = np.full((len(group), width - 1), -100, dtype=np.int32)
+        for row, window in enumerate(group):
+            inputs[row, : len(window) - 1] = window[:-1]
+            targets[row, : len(window) - 1] = window[1:]
+        logits = model(mx.array(inputs))
+        loss = cross_entropy(logits, mx.array(targets), reduction="sum")
+        total += float(loss)
+        count += int((targets != -100).sum())
+    nats = total / count
+    return {
+        "loss": nats,
+        "perplexity": math.exp(min(nats, 700.0)),
+        "nats_per_character": total / characters,
+        "bits_per_byte": total / math.log(2) / num_bytes,
+        "tokens": count,
+        "characters": characters,
+    }
