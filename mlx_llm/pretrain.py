@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -124,6 +125,12 @@ def save_model(model: nn.Module, config: dict, folder: Path, tokenizer_dir: Path
         copy_tokenizer_files(tokenizer_dir, folder)
 
 
+def _barrier(world) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if world.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world))
+
+
 class _DictBatches:
     """Adapts `CausalLMBatches` (``(inputs, targets)`` pairs) to the trainer's dict batches."""
 
@@ -203,31 +210,35 @@ def pretrain(
         raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
+    world = mx.distributed.init()
+    leader = world.rank() == 0
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"{out} already holds files; pass --resume to continue that run or --overwrite to replace it")
     if resume and not (out / "run.json").is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite and not resume:
-        for stale in ("checkpoints", "metrics.jsonl"):
-            path = out / stale
-            if path.is_dir():
-                import shutil
+    _barrier(world)  # every process has checked the folder before the first one writes to it
+    if leader:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            for stale in ("checkpoints", "metrics.jsonl"):
+                path = out / stale
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
 
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-
-    # Tokenizer: given, or trained on the data into the run folder.
+    # Tokenizer: given, or trained on the data into the run folder (by the first process).
     if tokenizer is not None:
         tokenizer_dir = Path(tokenizer)
     elif resume:
-        tokenizer_dir = out
+        tokenizer_dir = out / "tokenizer" if (out / "tokenizer").is_dir() else out
     else:
         if vocab_size is None:
             raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
-        tokenizer_dir = train_tokenizer(data, vocab_size, out / "tokenizer", bert_special_tokens=arch == "bert",
-                                        overwrite=True)
+        tokenizer_dir = out / "tokenizer"
+        if leader:
+            train_tokenizer(data, vocab_size, tokenizer_dir, bert_special_tokens=arch == "bert", overwrite=True)
+    _barrier(world)
     loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
 
     mx.random.seed(seed)
@@ -240,19 +251,23 @@ def pretrain(
         if saved != json.loads(json.dumps(run)):
             differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
             raise ValueError(f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
-    else:
+    elif leader:
         write_json(run, out / "run.json")
     model = build_model(config)
     if dtype == "bfloat16":
         model.set_dtype(mx.bfloat16)
 
     if arch == "gpt":
+        if not leader:
+            _barrier(world)  # the first process writes the token cache; the others then read it
         token_file = tokenize_corpus(data, loaded_tokenizer, out / "data", show_progress=progress)
         if valid_data:
             train_tokens = token_file.tokens
             valid_tokens = tokenize_corpus(valid_data, loaded_tokenizer, out / "data", show_progress=progress).tokens
         else:
             train_tokens, valid_tokens = split_tokens(token_file, validation_fraction)
+        if leader:
+            _barrier(world)
         train_batches = CausalLMBatches(train_tokens, seq_len, batch_size, seed=seed)
         valid_batches = CausalLMBatches(valid_tokens, seq_len, batch_size, seed=seed)
         source = _DictBatches(train_batches)

@@ -70,14 +70,17 @@ def test_gpt_resume_equals_uninterrupted_run(corpus, tmp_path):
     straight = tmp_path / "straight"
     assert run(*gpt_arguments(corpus, straight, "--steps", 8)).exit_code == 0
     interrupted = tmp_path / "interrupted"
-    assert run(*gpt_arguments(corpus, interrupted, "--steps", 8, "--tokenizer", straight / "tokenizer")).exit_code == 0
+    assert run(*gpt_arguments(corpus, interrupted, "--steps", 8)).exit_code == 0  # trains the same tokenizer
     # Drop the final checkpoint and metrics after step 4, as if the run had stopped there.
     import shutil
 
     shutil.rmtree(interrupted / "checkpoints" / "step-0000008")
     lines = (interrupted / "metrics.jsonl").read_text().splitlines()
     (interrupted / "metrics.jsonl").write_text("\n".join(line for line in lines if json.loads(line)["step"] <= 4) + "\n")
-    result = run(*gpt_arguments(corpus, interrupted, "--steps", 8, "--tokenizer", straight / "tokenizer"), "--resume")
+    (interrupted / "model.safetensors").unlink()  # an interrupted run has no final model yet
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        (interrupted / name).unlink()
+    result = run(*gpt_arguments(corpus, interrupted, "--steps", 8), "--resume")
     assert result.exit_code == 0, result.output
 
     def losses(folder):
@@ -87,8 +90,7 @@ def test_gpt_resume_equals_uninterrupted_run(corpus, tmp_path):
     assert losses(interrupted) == losses(straight)
     # Resuming with other settings is refused and changes nothing.
     before = (interrupted / "model.safetensors").read_bytes()
-    result = run(*gpt_arguments(corpus, interrupted, "--steps", 8, "--tokenizer", straight / "tokenizer",
-                                "--seq-len", 8), "--resume")
+    result = run(*gpt_arguments(corpus, interrupted, "--steps", 8, "--seq-len", 8), "--resume")
     assert result.exit_code == 2 and "other settings" in result.output
     assert (interrupted / "model.safetensors").read_bytes() == before
 
