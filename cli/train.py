@@ -99,6 +99,10 @@ def train(arch, data, valid_data, out, size, tokenizer_dir, vocab_size, seq_len,
         eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, dtype=dtype, save_dtype=save_dtype,
         seed=seed, resume=resume, overwrite=overwrite, progress=not quiet,
     )
+    import mlx.core as mx
+
+    if mx.distributed.init().rank() != 0:
+        return  # one report per run, from the first process
     click.echo(str(result.out))
     summary = {"parameters": result.num_parameters, "steps": result.train.steps, "tokens": result.train.tokens,
                "seconds": round(result.train.seconds, 1), "final_train_loss": result.train.final_loss,
