@@ -57,6 +57,16 @@ def make_checkpoint(shape: str, workdir: Path) -> Path:
         model_class, config_class, options = SHAPES[shape]
         torch.manual_seed(0)
         getattr(transformers, model_class)(getattr(transformers, config_class)(**options)).save_pretrained(path)
+        # transformers 5 no longer writes GPT-2's n_ctx, which mlx-lm's GPT-2 still reads.
+        config = json.loads((path / "config.json").read_text())
+        if config["model_type"] == "gpt2":
+            config.setdefault("n_ctx", config["n_positions"])
+            (path / "config.json").write_text(json.dumps(config, indent=2))
+            # The names of the Hub's gpt2 checkpoint (no "transformer." prefix), which mlx-lm expects.
+            weights = mx.load(str(path / "model.safetensors"))
+            mx.save_safetensors(str(path / "model.safetensors"),
+                                {name.removeprefix("transformer."): value for name, value in weights.items()},
+                                metadata={"format": "pt"})
     return path
 
 

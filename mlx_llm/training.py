@@ -230,9 +230,16 @@ class Trainer:
             optimizer.update(model, grads)
             return norm
 
+        def whole_step(batch: Batch, totals: dict[str, mx.array]):
+            loss, grads = micro_step(batch, totals)
+            return loss, apply(grads)
+
         state = [model.state, mx.random.state]
         self._micro_step = mx.compile(micro_step, inputs=state, outputs=state)
         self._apply = mx.compile(apply, inputs=[model.state, optimizer.state], outputs=[model.state, optimizer.state])
+        # Without accumulation or other processes, gradients and update are one compiled graph.
+        everything = [model.state, optimizer.state, mx.random.state]
+        self._whole_step = mx.compile(whole_step, inputs=everything, outputs=everything)
 
     def _shard(self, batch: Batch) -> Batch:
         """This process's rows of a job-wide micro-batch."""
@@ -245,15 +252,19 @@ class Trainer:
         share = rows // size
         return {key: value[rank * share : (rank + 1) * share] for key, value in batch.items()}
 
-    def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[mx.array, dict]:
-        """Loss and summed gradients of a window of job-wide micro-batches, each
-        loss term normalized by its count over the whole window (and all processes)."""
+    def _totals(self, micro_batches: list[Batch]) -> dict[str, mx.array]:
+        """Per loss term, the number of predictions in the whole window (all processes)."""
         totals: dict[str, mx.array] = {}
         for batch in micro_batches:
             for name, count in self.objective.counts(batch).items():
                 totals[name] = totals.get(name, 0) + count
-        totals = {name: mx.maximum(count, 1).astype(mx.float32) for name, count in totals.items()}
         mx.random.seed(self.config.seed * 1_000_003 + self.step)  # dropout depends on the step only
+        return {name: mx.maximum(count, 1).astype(mx.float32) for name, count in totals.items()}
+
+    def accumulate_gradients(self, micro_batches: list[Batch]) -> tuple[mx.array, dict]:
+        """Loss and summed gradients of a window of job-wide micro-batches, each
+        loss term normalized by its count over the whole window (and all processes)."""
+        totals = self._totals(micro_batches)
         accumulated = None
         loss = mx.array(0.0)
         for batch in micro_batches:
@@ -272,8 +283,11 @@ class Trainer:
             ``(loss, grad_norm)``; the loss is the whole window's, every term
             averaged over all its predictions; the norm is before clipping.
         """
-        loss, gradients = self.accumulate_gradients(micro_batches)
-        norm = self._apply(gradients)
+        if len(micro_batches) == 1 and self.world.size() == 1:
+            loss, norm = self._whole_step(micro_batches[0], self._totals(micro_batches))
+        else:
+            loss, gradients = self.accumulate_gradients(micro_batches)
+            norm = self._apply(gradients)
         mx.eval(loss, norm, self.model.state, self.optimizer.state)
         return float(loss), float(norm)
 
