@@ -5,7 +5,7 @@
 set -euo pipefail
 mlx-llm train --arch gpt --config demo \
   --data data/tinyshakespeare/train.txt --valid data/tinyshakespeare/valid.txt \
-  --vocab-size 2048 --seq-len 256 --batch-size 16 --steps 2400 --warmup 200 \
-  --lr 1e-3 --min-lr 1e-4 --dropout 0.1 --weight-decay 0.1 \
+  --vocab-size 2048 --seq-len 256 --batch-size 16 --steps 900 --warmup 200 \
+  --lr 1e-3 --min-lr 1e-4 --dropout 0.2 --weight-decay 0.1 \
   --eval-every 200 --save-every 200 --save-dtype float16 --seed 0 \
   --out weights/demo "$@"
