@@ -146,6 +146,11 @@ class Model(nn.Module):
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
 
 
+def _row_major(tensor: mx.array) -> mx.array:
+    # A transposed (or sliced) view would be copied on every matmul; store a real copy once.
+    return mx.contiguous(tensor)
+
+
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
     """Map ``transformer.h.N.attn.c_attn`` & co. to this file's modules.
 
@@ -171,7 +176,7 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             module, kind = ".".join(parts[2:4]), parts[4]
             if module == "attn.c_attn":
                 for projection, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(tensor, 3, axis=-1)):
-                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = piece.T if kind == "weight" else piece
+                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = _row_major(piece.T if kind == "weight" else piece)
                 continue
             target = {
                 "attn.c_proj": "self_attn.o_proj",
@@ -180,7 +185,7 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             }.get(module)
             if target is None:
                 raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
-            converted[f"{prefix}.{target}.{kind}"] = tensor.T if kind == "weight" else tensor
+            converted[f"{prefix}.{target}.{kind}"] = _row_major(tensor.T) if kind == "weight" else tensor
         elif parts[0] == "h" and len(parts) == 4 and parts[2] in ("ln_1", "ln_2"):
             norm = "self_attn_norm" if parts[2] == "ln_1" else "feed_forward_norm"
             converted[f"model.layers.{parts[1]}.{norm}.{parts[3]}"] = tensor
