@@ -110,3 +110,12 @@ def create_attention_mask(
     if keys is None:
         return "causal" if query_length > 1 else None
     return combine_masks(causal_mask(query_length, offset), keys)
+
+
+def decoder_mask(query_length: int, attention_mask: mx.array | None = None, cache=None) -> mx.array | str | None:
+    """The causal (and padding) mask of a decoder-only model's layers; with a
+    cache (one layer's `KVCache` or `RotatingKVCache`), the cache builds it,
+    since only it knows which earlier positions it holds."""
+    if cache is None:
+        return create_attention_mask(query_length, attention_mask, causal=True)
+    return cache.make_mask(query_length, attention_mask)

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
-from ..masks import create_attention_mask
+from ..masks import decoder_mask
 from ..positions import LearnedPositionalEmbedding
 from ..transformer import TransformerEncoderLayer
 
@@ -99,10 +99,7 @@ class GPT2Model(nn.Module):
         hidden_states = self.wte(input_ids) + positions
         if self.dropout is not None:
             hidden_states = self.dropout(hidden_states)
-        if cache is None:
-            mask = create_attention_mask(length, attention_mask, causal=True)
-        else:
-            mask = cache[0].make_mask(length, attention_mask)
+        mask = decoder_mask(length, attention_mask, None if cache is None else cache[0])
         for index, layer in enumerate(self.layers):
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
         return self.ln_f(hidden_states)

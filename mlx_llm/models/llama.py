@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
-from ..masks import create_attention_mask
+from ..masks import decoder_mask
 from ..positions import RotaryEmbedding
 from ..transformer import TransformerEncoderLayer
 
@@ -144,10 +144,7 @@ class LlamaModel(nn.Module):
     ) -> mx.array:
         """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
         hidden_states = self.embed_tokens(input_ids)
-        if cache is None:
-            mask = create_attention_mask(input_ids.shape[1], attention_mask, causal=True)
-        else:
-            mask = cache[0].make_mask(input_ids.shape[1], attention_mask)
+        mask = decoder_mask(input_ids.shape[1], attention_mask, None if cache is None else cache[0])
         for index, layer in enumerate(self.layers):
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
         return self.norm(hidden_states)
