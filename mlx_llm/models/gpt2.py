@@ -143,9 +143,12 @@ class Model(nn.Module):
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
 
 
-def _row_major(tensor: mx.array) -> mx.array:
-    # A transposed (or sliced) view would be copied on every matmul; store a real copy once.
-    return mx.contiguous(tensor)
+def _linear_weight(conv1d_weight: mx.array) -> mx.array:
+    """``nn.Linear``'s ``(out, in)`` weight from a Conv1D ``(in, out)`` one, as a
+    transposed view of contiguous ``(in, out)`` memory: ``x @ W.T`` then reads
+    it in its stored order (about 2x faster with a reference BLAS), and slices
+    of the fused ``c_attn`` are made contiguous once instead of at every matmul."""
+    return mx.contiguous(conv1d_weight).T
 
 
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
@@ -173,7 +176,9 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             module, kind = ".".join(parts[2:4]), parts[4]
             if module == "attn.c_attn":
                 for projection, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(tensor, 3, axis=-1)):
-                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = _row_major(piece.T if kind == "weight" else piece)
+                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = (
+                        _linear_weight(piece) if kind == "weight" else mx.contiguous(piece)
+                    )
                 continue
             target = {
                 "attn.c_proj": "self_attn.o_proj",
@@ -182,7 +187,7 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             }.get(module)
             if target is None:
                 raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
-            converted[f"{prefix}.{target}.{kind}"] = _row_major(tensor.T) if kind == "weight" else tensor
+            converted[f"{prefix}.{target}.{kind}"] = _linear_weight(tensor) if kind == "weight" else tensor
         elif parts[0] == "h" and len(parts) == 4 and parts[2] in ("ln_1", "ln_2"):
             norm = "self_attn_norm" if parts[2] == "ln_1" else "feed_forward_norm"
             converted[f"model.layers.{parts[1]}.{norm}.{parts[3]}"] = tensor
