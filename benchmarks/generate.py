@@ -28,6 +28,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from common import blas_in_use, save_random_checkpoint
 from mlx.utils import tree_flatten
 
 SHAPES = {
@@ -39,35 +40,9 @@ SHAPES = {
 }
 
 
-def blas_in_use() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "mkl" in preload:
-        return "MKL (preloaded)"
-    if "openblas" in preload:
-        return "OpenBLAS (preloaded)"
-    return "as installed (MLX wheel's BLAS)"
-
-
 def make_checkpoint(shape: str, workdir: Path) -> Path:
-    path = workdir / shape
-    if not (path / "config.json").exists():
-        import torch
-        import transformers
-
-        model_class, config_class, options = SHAPES[shape]
-        torch.manual_seed(0)
-        getattr(transformers, model_class)(getattr(transformers, config_class)(**options)).save_pretrained(path)
-        # transformers 5 no longer writes GPT-2's n_ctx, which mlx-lm's GPT-2 still reads.
-        config = json.loads((path / "config.json").read_text())
-        if config["model_type"] == "gpt2":
-            config.setdefault("n_ctx", config["n_positions"])
-            (path / "config.json").write_text(json.dumps(config, indent=2))
-            # The names of the Hub's gpt2 checkpoint (no "transformer." prefix), which mlx-lm expects.
-            weights = mx.load(str(path / "model.safetensors"))
-            mx.save_safetensors(str(path / "model.safetensors"),
-                                {name.removeprefix("transformer."): value for name, value in weights.items()},
-                                metadata={"format": "pt"})
-    return path
+    model_class, config_class, options = SHAPES[shape]
+    return save_random_checkpoint(model_class, config_class, options, workdir / shape)
 
 
 def copy_bandwidth_gb_s() -> float:

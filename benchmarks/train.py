@@ -27,36 +27,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from common import blas_in_use, save_random_checkpoint
 
 SHAPE = dict(n_embd=384, n_layer=6, n_head=6, vocab_size=8192, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0,
              attn_pdrop=0.0)
 
 
-def blas_in_use() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    return "MKL (preloaded)" if "mkl" in preload else "OpenBLAS (preloaded)" if "openblas" in preload \
-        else "as installed (MLX wheel's BLAS)"
-
-
 def make_checkpoint(workdir: Path, seq_len: int) -> Path:
-    path = workdir / f"gpt2-train-{seq_len}"
-    if not (path / "config.json").exists():
-        import torch
-        import transformers
-
-        torch.manual_seed(0)
-        transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**SHAPE, "n_positions": seq_len})).save_pretrained(path)
-        # transformers 5 no longer writes GPT-2's n_ctx, which mlx-lm's GPT-2 still reads.
-        config = json.loads((path / "config.json").read_text())
-        if config["model_type"] == "gpt2":
-            config.setdefault("n_ctx", config["n_positions"])
-            (path / "config.json").write_text(json.dumps(config, indent=2))
-            # The names of the Hub's gpt2 checkpoint (no "transformer." prefix), which mlx-lm expects.
-            weights = mx.load(str(path / "model.safetensors"))
-            mx.save_safetensors(str(path / "model.safetensors"),
-                                {name.removeprefix("transformer."): value for name, value in weights.items()},
-                                metadata={"format": "pt"})
-    return path
+    return save_random_checkpoint("GPT2LMHeadModel", "GPT2Config", {**SHAPE, "n_positions": seq_len},
+                                  workdir / f"gpt2-train-{seq_len}")
 
 
 def matmul_flops() -> float:
