@@ -180,7 +180,8 @@ def _encoder_decoder_step(
         logits = model.decode(token[:, None], memory, cache=cache)[:, -1, :]
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         token = sample(process_logits(logits, sampling, history), sampling)
-        history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
+        if sampling.repetition_penalty != 1.0:  # the history only feeds the penalty
+            history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
         yield token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
@@ -410,7 +411,8 @@ def batch_generate(
     eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
     for count in range(max_tokens):
         token = sample(process_logits(logits, sampling, history), sampling)
-        history = mx.concatenate([history, token[:, None]], axis=1)[:, -context:]
+        if repetition_penalty != 1.0:  # the history only feeds the penalty
+            history = mx.concatenate([history, token[:, None]], axis=1)[:, -context:]
         if count + 1 < max_tokens:
             logits = next_logits(token)
             mx.async_eval(logits, history)
