@@ -614,14 +614,11 @@ class CausalLMBatches:
             (``seed``, ``seq_len``, ``batch_size``, ``num_blocks``) that
             `restore` checks.
         """
-        return {
-            "epoch": self._epoch,
-            "position": self._position,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "num_blocks": self.num_blocks,
-        }
+        return {"epoch": self._epoch, "position": self._position, **self._settings()}
+
+    def _settings(self) -> dict:
+        """What a saved position is only valid for."""
+        return {"seed": self.seed, "seq_len": self.seq_len, "batch_size": self.batch_size, "num_blocks": self.num_blocks}
 
     def restore(self, state: dict) -> None:
         """Continue from a `state`: the next batch is the one that followed it.
@@ -629,14 +626,8 @@ class CausalLMBatches:
         Raises:
             ValueError: The state is malformed or comes from other data or settings.
         """
-        expected = {
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "num_blocks": self.num_blocks,
-        }
         self._epoch, self._position = _restore_position(
-            "CausalLMBatches", state, expected, self.batches_per_epoch
+            "CausalLMBatches", state, self._settings(), self.batches_per_epoch
         )
 
     def evaluation_batches(self) -> Iterator[tuple[mx.array, mx.array]]:
@@ -1037,14 +1028,11 @@ class BertPretrainingBatches:
             ``{"epoch", "position"}`` (the next batch) plus the settings
             (``seed``, ``max_length``, ``batch_size``, ``num_pairs``) that `restore` checks.
         """
-        return {
-            "epoch": self._epoch,
-            "position": self._position,
-            "seed": self.seed,
-            "max_length": self.max_length,
-            "batch_size": self.batch_size,
-            "num_pairs": self.num_pairs,
-        }
+        return {"epoch": self._epoch, "position": self._position, **self._settings()}
+
+    def _settings(self) -> dict:
+        """What a saved position is only valid for."""
+        return {"seed": self.seed, "max_length": self.max_length, "batch_size": self.batch_size, "num_pairs": self.num_pairs}
 
     def restore(self, state: dict) -> None:
         """Continue from a `state`: the next batch is the one that followed it.
@@ -1052,14 +1040,8 @@ class BertPretrainingBatches:
         Raises:
             ValueError: The state is malformed or comes from other data or settings.
         """
-        expected = {
-            "seed": self.seed,
-            "max_length": self.max_length,
-            "batch_size": self.batch_size,
-            "num_pairs": self.num_pairs,
-        }
         self._epoch, self._position = _restore_position(
-            "BertPretrainingBatches", state, expected, self.batches_per_epoch
+            "BertPretrainingBatches", state, self._settings(), self.batches_per_epoch
         )
 
     def evaluation_batches(self) -> Iterator[dict[str, mx.array]]:
