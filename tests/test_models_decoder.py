@@ -131,3 +131,58 @@ def test_incremental_decoding_equals_full_pass(tmp_path):
     steps = [np.array(model(tokens[:, :3], cache=cache))]
     steps += [np.array(model(tokens[:, t : t + 1], cache=cache)) for t in range(3, tokens.shape[1])]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+# --- classification heads over decoders --------------------------------------------------
+
+HEAD_CASES = {
+    "gpt2-sequence": (transformers.GPT2ForSequenceClassification, gpt2_config),
+    "gpt2-token": (transformers.GPT2ForTokenClassification, gpt2_config),
+    "llama-sequence": (transformers.LlamaForSequenceClassification, llama_config),
+    "llama-token": (transformers.LlamaForTokenClassification, llama_config),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEAD_CASES))
+def test_decoder_classifiers_match_transformers(case, tmp_path):
+    model_class, make_config = HEAD_CASES[case]
+    # pad_token_id tells transformers where each row's last real token is (right padding).
+    reference = save_tiny(model_class, make_config(num_labels=3, pad_token_id=0), tmp_path)
+    model, _ = load_model(tmp_path)
+    assert model.args.task == ("sequence_classification" if case.endswith("sequence") else "token_classification")
+    input_ids, mask = mx.array(INPUT_IDS), mx.array(ATTENTION_MASK)
+    logits = np.array(model(input_ids, mask))
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(INPUT_IDS), attention_mask=torch.tensor(ATTENTION_MASK)).logits
+    if case.endswith("sequence"):
+        assert logits.shape == (2, 3)
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+        # Left padding picks the same last token.
+        left_ids = mx.array([INPUT_IDS[0], [0, 0, 0, 0] + INPUT_IDS[1][:3]])
+        left_mask = mx.array([ATTENTION_MASK[0], [0, 0, 0, 0, 1, 1, 1]])
+        alone = np.array(model(mx.array([INPUT_IDS[1][:3]])))
+        if case.startswith("llama"):  # rope positions are relative: left padding is harmless
+            np.testing.assert_allclose(np.array(model(left_ids, left_mask))[1], alone[0], atol=1e-4)
+        np.testing.assert_allclose(logits[1], alone[0], atol=1e-4)
+    else:
+        real = np.array(ATTENTION_MASK, dtype=bool)
+        np.testing.assert_allclose(logits[real], expected.numpy()[real], atol=1e-4)
+
+
+def test_causal_lm_checkpoint_loads_as_a_classifier(tmp_path):
+    """An LM checkpoint becomes a classifier backbone: the LM head is dropped, the head is fresh."""
+    from mlx_llm.models import llama
+
+    save_tiny(transformers.LlamaForCausalLM, llama_config(), tmp_path)
+    from mlx_llm.hub import find_weight_files, load_safetensors
+
+    weights = load_safetensors(find_weight_files(tmp_path))
+    config = {key: value for key, value in llama_config().to_dict().items() if key not in ("id2label", "label2id")}
+    args = llama.ModelArgs.from_config({**config, "architectures": ["LlamaForSequenceClassification"], "num_labels": 4})
+    converted = llama.convert_hf_weights(weights, args)
+    assert "lm_head.weight" not in converted and not any(name.startswith("head.") for name in converted)
+    model = llama.Model(args)
+    model.load_weights(list(converted.items()), strict=False)
+    assert model(mx.array(INPUT_IDS), mx.array(ATTENTION_MASK)).shape == (2, 4)
+    with pytest.raises(ValueError, match="LlamaForQuestionAnswering"):
+        llama.ModelArgs.from_config({**llama_config().to_dict(), "architectures": ["LlamaForQuestionAnswering"]})

@@ -1,4 +1,9 @@
-"""GPT-2 (and distilgpt2): learned positions, pre-LayerNorm decoder blocks, tied LM head."""
+"""GPT-2 (and distilgpt2): learned positions, pre-LayerNorm decoder blocks, tied LM head.
+
+Besides the language model, ``task`` builds the classifiers of
+``GPT2ForSequenceClassification`` (last real token) and
+``GPT2ForTokenClassification`` (every token) over the same backbone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
+from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
 from ..masks import decoder_mask
 from ..positions import LearnedPositionalEmbedding
 from ..transformer import TransformerEncoderLayer
@@ -29,6 +35,15 @@ class ModelArgs:
     scale_attention: bool = True
     tie_word_embeddings: bool = True
     dropout: float = 0.0  # on embeddings and sublayer outputs, in training mode only
+    task: str = "causal_lm"  # or "sequence_classification", "token_classification"
+    num_labels: int = 2
+    classifier_dropout: float = 0.1  # before the token classifier
+
+    def __post_init__(self) -> None:
+        if self.task not in DECODER_TASKS:
+            raise ValueError(f"unknown GPT-2 task {self.task!r}; choose one of {tuple(DECODER_TASKS)}")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
@@ -54,6 +69,12 @@ class ModelArgs:
             scale_attention=config.get("scale_attn_weights", True),
             tie_word_embeddings=config.get("tie_word_embeddings", True),
             dropout=config.get("resid_pdrop", 0.0),
+            task=decoder_task(config.get("architectures"), "GPT-2"),
+            num_labels=len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2),
+            classifier_dropout=(
+                config["classifier_dropout"] if config.get("classifier_dropout") is not None
+                else config.get("hidden_dropout", 0.1)
+            ),
         )
 
 
@@ -106,13 +127,16 @@ class GPT2Model(nn.Module):
 
 
 class Model(nn.Module):
-    """GPT-2 language model: ``logits = LMHead(GPT2Model(input_ids))``."""
+    """GPT-2 language model, ``logits = LMHead(GPT2Model(input_ids))``, or a
+    classifier over the same backbone when ``args.task`` asks for one."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.model = GPT2Model(args)
-        if not args.tie_word_embeddings:
+        if args.task != "causal_lm":
+            self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
+        elif not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(
@@ -122,8 +146,11 @@ class Model(nn.Module):
         cache: list[KVCache] | None = None,
         position_ids: mx.array | None = None,
     ) -> mx.array:
-        """Next-token logits ``(B, L, vocab_size)``."""
+        """Next-token logits ``(B, L, vocab_size)``; for a classifier, ``(B, num_labels)``
+        (sequence) or ``(B, L, num_labels)`` (token) logits."""
         hidden_states = self.model(input_ids, attention_mask, cache, position_ids)
+        if "head" in self:
+            return self.head(hidden_states, attention_mask)
         if self.args.tie_word_embeddings:
             return self.model.wte.as_linear(hidden_states)
         return self.lm_head(hidden_states)
@@ -141,6 +168,8 @@ class Model(nn.Module):
 # --- Hugging Face weights -----------------------------------------------------------------
 
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older checkpoints
+# transformers' head names -> this file's, per task.
+HEAD_NAMES = {"sequence_classification": "score", "token_classification": "classifier"}
 
 
 def _linear_weight(conv1d_weight: mx.array) -> mx.array:
@@ -162,9 +191,14 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
         if name.endswith(_BUFFERS):
             continue
         if name == "lm_head.weight":
-            if not args.tie_word_embeddings:
+            if args.task == "causal_lm" and not args.tie_word_embeddings:
                 converted["lm_head.weight"] = tensor
             continue
+        head, _, kind = name.partition(".")
+        if head in HEAD_NAMES.values():
+            if HEAD_NAMES.get(args.task) == head:
+                converted[f"head.linear.{kind}"] = tensor
+            continue  # another task's head: dropped, as transformers does
         key = name.removeprefix("transformer.")
         parts = key.split(".")
         if key in ("wte.weight", "ln_f.weight", "ln_f.bias"):

@@ -3,7 +3,9 @@
 Pre-RMSNorm decoder blocks with rotary positions, grouped-query attention and
 a SwiGLU feed-forward. The variants differ only in configuration: key/value
 heads, attention biases (Qwen2), tied embeddings, RMSNorm epsilon, rope
-theta and rope scaling.
+theta and rope scaling. ``task`` builds the classifiers of
+``LlamaForSequenceClassification`` (last real token) and
+``LlamaForTokenClassification`` (every token) over the same backbone.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
+from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
 from ..masks import decoder_mask
 from ..positions import RotaryEmbedding
 from ..transformer import TransformerEncoderLayer
@@ -40,6 +43,15 @@ class ModelArgs:
     attention_output_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
+    task: str = "causal_lm"  # or "sequence_classification", "token_classification"
+    num_labels: int = 2
+    classifier_dropout: float = 0.1  # before the token classifier
+
+    def __post_init__(self) -> None:
+        if self.task not in DECODER_TASKS:
+            raise ValueError(f"unknown {self.model_type} task {self.task!r}; choose one of {tuple(DECODER_TASKS)}")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
@@ -80,6 +92,12 @@ class ModelArgs:
             attention_output_bias=(not qwen2) and config.get("attention_bias", False),
             mlp_bias=config.get("mlp_bias", False),
             tie_word_embeddings=config.get("tie_word_embeddings", False),
+            task=decoder_task(config.get("architectures"), model_type),
+            num_labels=len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2),
+            classifier_dropout=(
+                config["classifier_dropout"] if config.get("classifier_dropout") is not None
+                else config.get("hidden_dropout", 0.1)
+            ),
         )
 
 
@@ -151,13 +169,16 @@ class LlamaModel(nn.Module):
 
 
 class Model(nn.Module):
-    """Llama-family causal language model."""
+    """Llama-family causal language model, or a classifier over the same
+    backbone when ``args.task`` asks for one."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.model = LlamaModel(args)
-        if not args.tie_word_embeddings:
+        if args.task != "causal_lm":
+            self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
+        elif not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(
@@ -166,8 +187,11 @@ class Model(nn.Module):
         attention_mask: mx.array | None = None,
         cache: list[KVCache] | None = None,
     ) -> mx.array:
-        """Next-token logits ``(B, L, vocab_size)``."""
+        """Next-token logits ``(B, L, vocab_size)``; for a classifier, ``(B, num_labels)``
+        (sequence) or ``(B, L, num_labels)`` (token) logits."""
         hidden_states = self.model(input_ids, attention_mask, cache)
+        if "head" in self:
+            return self.head(hidden_states, attention_mask)
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(hidden_states)
         return self.lm_head(hidden_states)
@@ -201,8 +225,12 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
         if "rotary_emb.inv_freq" in name:
             continue
         if name == "lm_head.weight":
-            if not args.tie_word_embeddings:
+            if args.task == "causal_lm" and not args.tie_word_embeddings:
                 converted[name] = tensor
+            continue
+        if name.startswith("score."):
+            if args.task != "causal_lm":
+                converted[f"head.linear.{name.removeprefix('score.')}"] = tensor
             continue
         if name in ("model.embed_tokens.weight", "model.norm.weight"):
             converted[name] = tensor
