@@ -82,6 +82,12 @@ class TrainingConfig:
         keep_checkpoints: Keep the newest K checkpoints.
         log_every: Write a metrics line every N steps.
         seed: Seeds dropout (per step, so that a resumed run draws the same masks).
+        best_metric: Validation metric (e.g. ``"accuracy"``, ``"loss"``) whose
+            best value so far keeps the weights in ``best/``; ``None`` = off.
+        best_mode: ``"max"`` or ``"min"``; ``None`` picks ``"min"`` for losses
+            and perplexity, ``"max"`` for the rest.
+        early_stopping_patience: Stop after this many evaluations without a
+            better ``best_metric`` (0 = never).
     """
 
     steps: int
@@ -100,6 +106,9 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    best_metric: str | None = None
+    best_mode: str | None = None
+    early_stopping_patience: int = 0
 
     def __post_init__(self):
         if self.steps < 1:
@@ -115,6 +124,15 @@ class TrainingConfig:
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         self.betas = tuple(self.betas)
+        if self.best_mode is None and self.best_metric is not None:
+            lower_is_better = "loss" in self.best_metric or "perplexity" in self.best_metric or self.best_metric == "mse"
+            self.best_mode = "min" if lower_is_better else "max"
+        if self.best_mode not in (None, "min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.early_stopping_patience and self.best_metric is None:
+            raise ValueError("early stopping watches best_metric: set best_metric too")
 
 
 class AdamWMatrixDecay(optim.AdamW):
@@ -152,6 +170,8 @@ class TrainResult:
     tokens: int
     seconds: float
     evaluations: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"step", "metric", "value"} of the weights in ``best/``
+    stopped_early: bool = False
 
 
 def _fingerprint(values: dict) -> str:
@@ -205,6 +225,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.history: list[dict] = []
+        self.best: dict | None = None
+        self.evaluations_since_best = 0
         self._build_steps()
 
     # --- the compiled computation ----------------------------------------------------------
@@ -298,6 +320,14 @@ class Trainer:
         if self.eval_data is None:
             return {}
         self.model.eval()
+        evaluate_dataset = getattr(self.objective, "evaluate_dataset", None)
+        if evaluate_dataset is not None:  # metrics that are not ratios of sums (F1, correlations)
+            batches = self.eval_data()
+            if self.config.eval_batches:
+                batches = (batch for _, batch in zip(range(self.config.eval_batches), batches))
+            metrics = evaluate_dataset(self.model, batches)
+            self.model.train()
+            return metrics
         sums: dict[str, list[mx.array]] = {}
         for index, batch in enumerate(self.eval_data()):
             if self.config.eval_batches and index >= self.config.eval_batches:
@@ -328,7 +358,8 @@ class Trainer:
         if self.world.rank() == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             with atomic_output_dir(target, overwrite=True) as staging:
-                mx.save_safetensors(str(staging / "model.safetensors"), dict(tree_flatten(self.model.parameters())))
+                # Frozen parameters (a LoRA base) never change: only the trained ones are kept.
+                mx.save_safetensors(str(staging / "model.safetensors"), self.trained_weights())
                 mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state)))
                 write_json({
                     "step": self.step,
@@ -337,10 +368,51 @@ class Trainer:
                     "fingerprint": _fingerprint(self.fingerprint_values),
                     "settings": self.fingerprint_values,
                     "history": self.history,
+                    "best": self.best,
+                    "evaluations_since_best": self.evaluations_since_best,
                 }, staging / "trainer_state.json")
             for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
         return target
+
+    def trained_weights(self) -> dict[str, mx.array]:
+        """The parameters being trained, by flat name."""
+        return dict(tree_flatten(self.model.trainable_parameters()))
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Keep the weights in ``best/`` when ``best_metric`` improved; ``True``
+        when early stopping's patience has run out."""
+        name = self.config.best_metric
+        if name is None:
+            return False
+        if name not in metrics:
+            raise ValueError(f"best_metric {name!r} is not among the validation metrics {sorted(metrics)}")
+        value = metrics[name]
+        previous = None if self.best is None else self.best["value"]
+        better = previous is None or (value > previous if self.config.best_mode == "max" else value < previous)
+        if better:
+            self.best = {"step": self.step, "metric": name, "value": value}
+            self.evaluations_since_best = 0
+            if self.world.rank() == 0:
+                with atomic_output_dir(self.best_dir, overwrite=True) as staging:
+                    mx.save_safetensors(str(staging / "model.safetensors"), self.trained_weights())
+                    write_json({**self.best, "metrics": metrics}, staging / "best.json")
+        else:
+            self.evaluations_since_best += 1
+        patience = self.config.early_stopping_patience
+        return bool(patience) and self.evaluations_since_best >= patience
+
+    def load_best(self) -> dict | None:
+        """Put the best weights (see ``best_metric``) back into the model; their record, or ``None``."""
+        if self.best is None or not (self.best_dir / "model.safetensors").is_file():
+            return None
+        self.model.load_weights(str(self.best_dir / "model.safetensors"), strict=False)
+        mx.eval(self.model.parameters())
+        return self.best
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(path for path in self.checkpoint_dir.glob("step-*") if (path / "trainer_state.json").is_file())
@@ -361,12 +433,14 @@ class Trainer:
                 f"cannot resume from {checkpoint}: the run's settings differ ({'; '.join(differences)}); "
                 "resume with the same settings, or start a new run in another folder"
             )
-        self.model.load_weights(str(checkpoint / "model.safetensors"))
+        self.model.load_weights(str(checkpoint / "model.safetensors"), strict=False)
         self.optimizer.state = tree_unflatten(list(mx.load(str(checkpoint / "optimizer.safetensors")).items()))
         self.train_data.restore(state["data"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.history = state["history"]
+        self.best = state.get("best")
+        self.evaluations_since_best = state.get("evaluations_since_best", 0)
         mx.eval(self.model.parameters(), self.optimizer.state)
         self._build_steps()  # the compiled step captured the replaced optimizer state
 
@@ -403,7 +477,8 @@ class Trainer:
         window_start, window_tokens = start, 0
         loss = float("nan")
         evaluations = []
-        while self.step < config.steps:
+        stopped_early = False
+        while self.step < config.steps and not stopped_early:
             micro_batches = [next(batches) for _ in range(config.grad_accum)]
             loss, norm = self.train_step(micro_batches)
             tokens = sum(int(batch[self.tokens_key].size) for batch in micro_batches)
@@ -437,12 +512,16 @@ class Trainer:
                     if bar is not None:
                         bar.write(" ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
                     self.write_loss_curve()
-            if (config.save_every and self.step % config.save_every == 0) or self.step == config.steps:
+                    stopped_early = self._track_best(metrics)
+                    if stopped_early:
+                        self._log({"step": self.step, "early_stopping": True, "best": self.best})
+            if (config.save_every and self.step % config.save_every == 0) or self.step == config.steps or stopped_early:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
         self.write_loss_curve()
-        return TrainResult(self.step, loss, self.tokens_seen, time.perf_counter() - start, evaluations)
+        return TrainResult(self.step, loss, self.tokens_seen, time.perf_counter() - start, evaluations,
+                           best=self.best, stopped_early=stopped_early)
 
     def write_loss_curve(self) -> Path | None:
         """``loss_curve.png``: training loss and validation loss against steps."""

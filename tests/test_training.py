@@ -204,3 +204,60 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     line = next(line for line in completed.stdout.splitlines() if line.startswith("LOSSES"))
     np.testing.assert_allclose(json.loads(line[len("LOSSES "):]), expected, rtol=1e-5)
+
+
+class ScriptedObjective(CausalLMObjective):
+    """Causal LM training, with validation metrics read from a script (one per evaluation)."""
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+        self.calls = 0
+
+    def evaluate_dataset(self, model, batches):
+        score = self.scores[self.calls]
+        self.calls += 1
+        return {"accuracy": score, "loss": -score}
+
+
+def test_best_checkpoint_and_early_stopping(tmp_path):
+    objective = ScriptedObjective([0.5, 0.7, 0.6, 0.65, 0.9])
+    config = TrainingConfig(steps=10, learning_rate=1e-2, eval_every=2, log_every=1, best_metric="accuracy",
+                            early_stopping_patience=2)
+    assert config.best_mode == "max" and TrainingConfig(steps=1, best_metric="loss").best_mode == "min"
+    trainer = Trainer(tiny_gpt(), objective, ArrayBatches(), config, tmp_path, eval_data=lambda: iter([]),
+                      progress=False)
+    saved_at_best = {}
+    original_track = trainer._track_best
+
+    def track(metrics):
+        stop = original_track(metrics)
+        if trainer.best["step"] == trainer.step:
+            saved_at_best.update({name: np.array(value) for name, value in trainer.trained_weights().items()})
+        return stop
+
+    trainer._track_best = track
+    result = trainer.fit()
+    # Evaluations at steps 2, 4, 6, 8: best 0.7 at step 4, then two without improvement stop the run.
+    assert result.stopped_early and result.steps == 8
+    assert result.best == {"step": 4, "metric": "accuracy", "value": 0.7}
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 4
+    assert trainer.latest_checkpoint().name == "step-0000008"
+    # load_best puts the step-4 weights back.
+    assert trainer.load_best()["step"] == 4
+    for name, value in trainer.trained_weights().items():
+        np.testing.assert_array_equal(np.array(value), saved_at_best[name])
+    with pytest.raises(ValueError, match="best_metric 'f1' is not among the validation metrics"):
+        Trainer(tiny_gpt(), ScriptedObjective([0.1]), ArrayBatches(), TrainingConfig(steps=1, best_metric="f1"),
+                tmp_path / "other", eval_data=lambda: iter([]), progress=False).fit()
+    with pytest.raises(ValueError, match="early stopping watches best_metric"):
+        TrainingConfig(steps=1, early_stopping_patience=1)
+
+
+def test_checkpoints_hold_only_trained_parameters(tmp_path):
+    model = tiny_gpt()
+    model.freeze()
+    model.model.ln_f.unfreeze()
+    trainer = make_trainer(tmp_path, model=model, steps=2)
+    trainer.fit()
+    saved = mx.load(str(trainer.latest_checkpoint() / "model.safetensors"))
+    assert sorted(saved) == ["model.ln_f.bias", "model.ln_f.weight"]
