@@ -78,27 +78,56 @@ def check_weights(model: nn.Module, weights: dict[str, mx.array], source: str) -
         )
 
 
-def _quantization_predicate(group_size: int):
+def quantization_predicate(group_size: int):
+    """Which modules `nn.quantize` converts: linear and embedding layers whose rows
+    split into whole groups, except task heads (small, and trained fresh)."""
     def predicate(path: str, module: nn.Module) -> bool:
-        # Linear and embedding layers whose rows split into whole groups.
+        if f"{path}.".startswith(HEAD_PREFIXES[:2]):
+            return False
         return hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size == 0
 
     return predicate
+
+
+# Parameters of task heads: a task model may start them fresh over a pretrained backbone.
+HEAD_PREFIXES = ("classifier.", "head.", "mlm_head.", "nsp_head.", "lm_head.")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _fresh_heads(model: nn.Module, weights: dict[str, mx.array], std: float) -> dict[str, mx.array]:
+    """Head tensors the checkpoint lacks (or holds for another label set), initialized
+    as transformers does: normal(0, ``std``) weights, zero biases. Tensors of
+    heads the model does not build are dropped from ``weights``."""
+    expected = dict(tree_flatten(model.parameters()))
+    for name in [name for name in weights if name.startswith(HEAD_PREFIXES)]:
+        if name not in expected or weights[name].shape != expected[name].shape:
+            del weights[name]
+    fresh = {}
+    for name, parameter in expected.items():
+        if name.startswith(HEAD_PREFIXES) and name not in weights:
+            fresh[name] = (mx.zeros(parameter.shape) if name.endswith("bias")
+                           else mx.random.normal(parameter.shape) * std)
+    return fresh
 
 
 def load_model(
     path_or_repo: str | Path,
     dtype: str | None = None,
     revision: str | None = None,
+    task_config: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """Build the model a checkpoint describes and load its weights.
 
     Args:
-        path_or_repo: A local folder (Hugging Face layout or `convert` output)
+        path_or_repo: A local folder (Hugging Face layout, `convert` output,
+            a training run, or a LoRA run folder holding ``adapter_config.json``)
             or a Hub repository id.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` to cast floating
             weights; the checkpoint's own types if ``None``.
         revision: Hub branch, tag or commit.
+        task_config: Build this configuration instead of the checkpoint's
+            (same backbone, another task): heads the checkpoint lacks start
+            fresh and heads the new task does not use are dropped.
 
     Returns:
         ``(model, config)``, the model in eval mode.
@@ -106,8 +135,11 @@ def load_model(
     target_dtype = _dtype(dtype)
     folder = resolve_model_path(path_or_repo, revision=revision)
     config = read_config(folder)
-    family = get_family(config.get("model_type"))
-    args = family.ModelArgs.from_config(config)
+    if (folder / ADAPTER_CONFIG).is_file() and task_config is None:
+        return _load_with_adapters(folder, config, dtype)
+    model_config = config if task_config is None else task_config
+    family = get_family(model_config.get("model_type"))
+    args = family.ModelArgs.from_config(model_config)
     model = family.Model(args)
     weights = load_safetensors(find_weight_files(folder))
     if FORMAT_KEY not in config:
@@ -120,10 +152,37 @@ def load_model(
             bits=quantization["bits"],
             class_predicate=lambda path, module: f"{path}.scales" in weights,
         )
+    if task_config is not None:
+        weights.update(_fresh_heads(model, weights, model_config.get("initializer_range", 0.02)))
     check_weights(model, weights, str(folder))
     model.load_weights(list(weights.items()))
     if target_dtype is not None:
         model.set_dtype(target_dtype)
+    model.eval()
+    mx.eval(model.parameters())
+    return model, model_config
+
+
+def _load_with_adapters(folder: Path, config: dict, dtype: str | None) -> tuple[nn.Module, dict]:
+    """A LoRA run: its base model (quantized as trained) plus the adapters and trained heads."""
+    from .lora import load_adapters
+
+    adapter_config = read_json(folder / ADAPTER_CONFIG)
+    base = adapter_config.get("base_model")
+    if base is None:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} does not name its base_model; it cannot be loaded on its own")
+    try:
+        model, _ = load_model(base, dtype=dtype, task_config=config)
+    except (FileNotFoundError, OSError) as error:
+        raise FileNotFoundError(
+            f"the adapters in {folder} were trained on {base}, which cannot be loaded ({error}); "
+            "make it available again, or fuse the adapters with `mlx-llm fuse` while it is"
+        ) from error
+    quantization = adapter_config.get("quantization")
+    if quantization is not None and "quantization" not in read_config(resolve_model_path(base)):
+        nn.quantize(model, group_size=quantization["group_size"], bits=quantization["bits"],
+                    class_predicate=quantization_predicate(quantization["group_size"]))
+    load_adapters(model, folder)
     model.eval()
     mx.eval(model.parameters())
     return model, config
@@ -195,7 +254,7 @@ def convert(
     if quantize:
         if "quantization" in config:
             raise ValueError(f"{source} is already quantized ({config['quantization']})")
-        nn.quantize(model, group_size=group_size, bits=bits, class_predicate=_quantization_predicate(group_size))
+        nn.quantize(model, group_size=group_size, bits=bits, class_predicate=quantization_predicate(group_size))
         config["quantization"] = {"group_size": group_size, "bits": bits}
     weights = dict(tree_flatten(model.parameters()))
     floating = [w.dtype for w in weights.values() if mx.issubdtype(w.dtype, mx.floating)]

@@ -81,3 +81,38 @@ def bert_pretraining_loss(
 ) -> mx.array:
     """BERT's pretraining objective: masked-LM loss + next-sentence loss."""
     return masked_lm_loss(mlm_logits, mlm_labels) + next_sentence_loss(nsp_logits, nsp_labels)
+
+
+def binary_cross_entropy_with_logits(logits: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
+    """Multi-label loss: ``log(1 + exp(z)) - y z`` per output, computed stably as
+    ``max(z, 0) - y z + log(1 + exp(-|z|))`` (as ``BCEWithLogitsLoss``).
+
+    Args:
+        logits: ``(B, C)`` scores.
+        targets: ``(B, C)`` in ``[0, 1]`` (multi-hot labels).
+        reduction: ``"mean"`` over all ``B * C`` outputs, ``"sum"`` or ``"none"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    logits = logits.astype(mx.float32)
+    losses = mx.maximum(logits, 0) - targets * logits + mx.log1p(mx.exp(-mx.abs(logits)))
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def mean_squared_error(predictions: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
+    """Regression loss ``(prediction - target)^2``; ``(B, 1)`` predictions are squeezed
+    to ``(B,)`` targets (as transformers' single-output regression)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    if predictions.ndim == targets.ndim + 1 and predictions.shape[-1] == 1:
+        predictions = predictions.squeeze(-1)
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape")
+    losses = (predictions.astype(mx.float32) - targets) ** 2
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()

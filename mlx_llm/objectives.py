@@ -10,8 +10,10 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from .losses import cross_entropy
+from .heads import task_logits
+from .losses import binary_cross_entropy_with_logits, cross_entropy, mean_squared_error
 
 IGNORE = -100
 
@@ -70,3 +72,118 @@ class BertPretrainingObjective:
         """Add the total loss (MLM + NSP) and the masked-LM perplexity."""
         return {**metrics, "loss": metrics["mlm_loss"] + metrics["nsp_loss"],
                 "perplexity": math.exp(min(metrics["mlm_loss"], 700.0))}
+
+
+PROBLEMS = ("single_label", "multi_label", "regression")
+
+
+class SequenceClassificationObjective:
+    """Sequence classification on batches with ``input_ids``, ``attention_mask``,
+    optional ``token_type_ids`` and ``labels``, with transformers' losses:
+    cross-entropy (``single_label``, ``(B,)`` ids), binary cross-entropy per
+    label (``multi_label``, ``(B, C)`` multi-hot), squared error (``regression``).
+    """
+
+    def __init__(self, problem: str = "single_label", threshold: float = 0.5):
+        if problem not in PROBLEMS:
+            raise ValueError(f"unknown problem type {problem!r}; choose one of {PROBLEMS}")
+        self.problem = problem
+        self.threshold = threshold
+
+    def counts(self, batch: dict) -> dict[str, mx.array]:
+        return {"loss": mx.array(batch["labels"].size)}  # B, or B * C outputs for multi-label
+
+    def _loss_sum(self, logits: mx.array, labels: mx.array) -> mx.array:
+        if self.problem == "single_label":
+            return cross_entropy(logits, labels, reduction="sum")
+        if self.problem == "multi_label":
+            return binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        return mean_squared_error(logits, labels, reduction="sum")
+
+    def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
+        return {"loss": self._loss_sum(task_logits(model, batch), batch["labels"])}
+
+    def predict(self, logits: mx.array) -> mx.array:
+        """Class ids ``(B,)``, multi-hot ``(B, C)`` or values ``(B,)`` from logits."""
+        if self.problem == "single_label":
+            return logits.argmax(axis=-1)
+        if self.problem == "multi_label":
+            return (mx.sigmoid(logits) >= self.threshold).astype(mx.int32)
+        return logits.squeeze(-1)
+
+    def evaluate_dataset(self, model: nn.Module, batches) -> dict[str, float]:
+        """Loss and the task's metrics over the whole validation set."""
+        from .metrics import classification_metrics, multilabel_metrics, regression_metrics
+
+        loss, count, predictions, labels = 0.0, 0, [], []
+        for batch in batches:
+            logits = task_logits(model, batch)
+            batch_loss = self._loss_sum(logits, batch["labels"])
+            mx.eval(batch_loss, logits)
+            loss += float(batch_loss)
+            count += batch["labels"].size
+            predictions.append(np.array(self.predict(logits).astype(mx.float32)))
+            labels.append(np.array(batch["labels"]))
+        if not predictions:
+            return {}
+        predicted, expected = np.concatenate(predictions), np.concatenate(labels)
+        if self.problem == "single_label":
+            metrics = classification_metrics(predicted.astype(np.int64), expected.astype(np.int64))
+        elif self.problem == "multi_label":
+            metrics = multilabel_metrics(predicted, expected, threshold=0.5)
+        else:
+            metrics = regression_metrics(predicted, expected)
+        return {"loss": loss / max(count, 1), **metrics}
+
+
+class TokenClassificationObjective:
+    """Sequence labelling on batches with ``input_ids``, ``attention_mask`` and
+    ``labels`` ``(B, L)`` (``-100`` on special tokens, padding and word
+    continuations). Validation reports token accuracy and, given the tag
+    names, entity-level precision, recall and F1 as seqeval computes them.
+
+    Args:
+        tag_names: Tag of each label id (``["O", "B-PER", ...]``); ``None``
+            reports loss and token accuracy only.
+        scheme: ``"IOB2"`` or ``"IOBES"``.
+    """
+
+    def __init__(self, tag_names: list[str] | None = None, scheme: str = "IOB2"):
+        self.tag_names = tag_names
+        self.scheme = scheme
+
+    def counts(self, batch: dict) -> dict[str, mx.array]:
+        return {"loss": (batch["labels"] != IGNORE).sum()}
+
+    def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
+        return {"loss": cross_entropy(task_logits(model, batch), batch["labels"], reduction="sum")}
+
+    def evaluate_dataset(self, model: nn.Module, batches) -> dict[str, float]:
+        """Loss, token accuracy and entity scores over the whole validation set."""
+        from .metrics import entity_scores
+
+        loss, count, correct = 0.0, 0, 0
+        predicted_tags, true_tags = [], []
+        for batch in batches:
+            logits = task_logits(model, batch)
+            labels = batch["labels"]
+            batch_loss = cross_entropy(logits, labels, reduction="sum")
+            predictions = logits.argmax(axis=-1)
+            mx.eval(batch_loss, predictions)
+            loss += float(batch_loss)
+            predictions, labels = np.array(predictions), np.array(labels)
+            scored = labels != IGNORE  # each word's first sub-token
+            count += int(scored.sum())
+            correct += int((predictions[scored] == labels[scored]).sum())
+            if self.tag_names is not None:
+                for row in range(labels.shape[0]):
+                    keep = scored[row]
+                    predicted_tags.append([self.tag_names[i] for i in predictions[row][keep]])
+                    true_tags.append([self.tag_names[i] for i in labels[row][keep]])
+        if count == 0:
+            return {}
+        metrics = {"loss": loss / count, "accuracy": correct / count}
+        if self.tag_names is not None:
+            scores = entity_scores(predicted_tags, true_tags, scheme=self.scheme)
+            metrics.update({name: scores[name] for name in ("precision", "recall", "f1")})
+        return metrics

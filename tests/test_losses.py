@@ -86,3 +86,20 @@ def test_bert_pretraining_loss_equals_transformers(tmp_path):
     assert mlm + nsp == pytest.approx(float(ours), abs=1e-6)
     with pytest.raises(ValueError, match=r"\(batch, 2\) logits"):
         next_sentence_loss(mx.zeros((2, 3)), mx.array([0, 1]))
+
+
+def test_binary_cross_entropy_and_mse_match_numpy():
+    from mlx_llm.losses import binary_cross_entropy_with_logits, mean_squared_error
+
+    logits = np.array([[2.0, -1.0, 0.0], [-30.0, 40.0, 0.5]], dtype=np.float32)
+    targets = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    z = logits.astype(np.float64)
+    expected = np.logaddexp(0.0, z) - targets * z  # -log sigmoid(z) for y=1, -log(1 - sigmoid(z)) for y=0
+    got = binary_cross_entropy_with_logits(mx.array(logits), mx.array(targets), reduction="none")
+    np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-6)
+    assert float(binary_cross_entropy_with_logits(mx.array(logits), mx.array(targets))) == pytest.approx(expected.mean(), rel=1e-5)
+    predictions, values = mx.array([[1.0], [2.5], [-1.0]]), mx.array([0.5, 2.0, 1.0])
+    assert float(mean_squared_error(predictions, values)) == pytest.approx((0.25 + 0.25 + 4.0) / 3)
+    assert float(mean_squared_error(predictions, values, reduction="sum")) == pytest.approx(4.5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_squared_error(mx.array([1.0, 2.0]), mx.array([1.0]))

@@ -662,3 +662,35 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
     for target, tensor in decoder_biases.items():
         converted.setdefault(target, tensor)
     return converted
+
+
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """The inverse of `convert_hf_weights`: this file's names to the ones the
+    matching transformers class (``ARCHITECTURES``) loads, with the
+    ``bert.`` / ``roberta.`` / ``distilbert.`` prefix on the backbone of task models."""
+    prefix = "" if args.task == "base" else f"{args.model_type}."
+    distilbert = args.model_type == "distilbert"
+    layer_root = "transformer.layer" if distilbert else "encoder.layer"
+    layer_names = {ours: theirs for theirs, ours in (DISTILBERT_LAYER_NAMES if distilbert else BERT_LAYER_NAMES).items()}
+    embedding_names = {ours: theirs for theirs, ours in EMBEDDING_NAMES.items()}
+    head_names = {ours: theirs for theirs, ours in HEAD_NAMES[args.model_type].items() if ours != "DECODER"}
+    decoder = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder", "distilbert": "vocab_projector"}
+    if distilbert:
+        head_names["mlm_head"] = "vocab_projector"  # its bias is the projector's
+        if args.task == "sequence_classification":
+            head_names["classifier.out_proj"] = "classifier"
+    exported: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        module, _, kind = name.rpartition(".")
+        if module.startswith("model.layers."):
+            index, _, rest = module.removeprefix("model.layers.").partition(".")
+            exported[f"{prefix}{layer_root}.{index}.{layer_names[rest]}.{kind}"] = tensor
+        elif module in embedding_names:
+            exported[f"{prefix}{embedding_names[module]}.{kind}"] = tensor
+        elif module == "mlm_head.decoder":
+            exported[f"{decoder[args.model_type]}.{kind}"] = tensor
+        elif module in head_names:
+            exported[f"{head_names[module]}.{kind}"] = tensor
+        else:
+            raise ValueError(f"no transformers name for {args.model_type} tensor {name!r}")
+    return exported

@@ -228,3 +228,40 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
         else:
             raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
     return converted
+
+
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """The inverse of `convert_hf_weights`: Conv1D ``(in, out)`` weights, q, k and v
+    fused back into ``c_attn``, ``transformer.`` names and the task's head name."""
+    exported: dict[str, mx.array] = {}
+    renames = {"self_attn.o_proj": "attn.c_proj", "feed_forward.up_proj": "mlp.c_fc",
+               "feed_forward.down_proj": "mlp.c_proj", "self_attn_norm": "ln_1", "feed_forward_norm": "ln_2"}
+    for name, tensor in weights.items():
+        module, _, kind = name.rpartition(".")
+        if module == "head.linear":
+            exported[f"{HEAD_NAMES[args.task]}.{kind}"] = tensor
+        elif module == "lm_head":
+            exported[name] = tensor
+        elif module == "model.wpe.embedding":
+            exported[f"transformer.wpe.{kind}"] = tensor
+        elif module in ("model.wte", "model.ln_f"):
+            exported[f"transformer.{name.removeprefix('model.')}"] = tensor
+        elif module.startswith("model.layers."):
+            index, _, rest = module.removeprefix("model.layers.").partition(".")
+            if rest in ("self_attn.k_proj", "self_attn.v_proj"):
+                continue  # written with q_proj
+            if rest == "self_attn.q_proj":
+                pieces = [weights[f"model.layers.{index}.self_attn.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")]
+                exported[f"transformer.h.{index}.attn.c_attn.{kind}"] = (
+                    mx.concatenate([piece.T for piece in pieces], axis=1) if kind == "weight"
+                    else mx.concatenate(pieces)
+                )
+                continue
+            if rest not in renames:
+                raise ValueError(f"no transformers name for GPT-2 tensor {name!r}")
+            exported[f"transformer.h.{index}.{renames[rest]}.{kind}"] = (
+                tensor.T if kind == "weight" and "norm" not in rest else tensor
+            )
+        else:
+            raise ValueError(f"no transformers name for GPT-2 tensor {name!r}")
+    return {name: mx.contiguous(tensor) for name, tensor in exported.items()}

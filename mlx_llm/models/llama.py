@@ -245,3 +245,22 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             continue
         raise ValueError(f"unknown {args.model_type} tensor {name!r} in checkpoint")
     return converted
+
+
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """The inverse of `convert_hf_weights` (``feed_forward`` -> ``mlp``, the norms,
+    the head -> ``score``)."""
+    exported: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        if name.startswith("head.linear."):
+            exported[f"score.{name.removeprefix('head.linear.')}"] = tensor
+            continue
+        parts = name.split(".", 3)
+        if len(parts) == 4 and parts[:2] == ["model", "layers"]:
+            rest = parts[3]
+            for theirs, ours in _RENAMES.items():
+                if rest.startswith(ours):
+                    rest = theirs + rest[len(ours):]
+            name = f"model.layers.{parts[2]}.{rest}"
+        exported[name] = tensor
+    return exported

@@ -1,0 +1,101 @@
+"""Export a model (converted, trained, fine-tuned or LoRA-adapted) to a folder
+that Hugging Face ``transformers`` loads with the matching ``AutoModelFor...``
+class, so that work done here is never locked in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, save_safetensors, write_json
+from .loading import DTYPES, FORMAT_KEY, load_model
+from .lora import fuse_lora
+from .models import get_family
+
+# Llama-family model_type -> transformers class prefix.
+LLAMA_CLASS_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+DECODER_SUFFIXES = {"causal_lm": "ForCausalLM", "sequence_classification": "ForSequenceClassification",
+                    "token_classification": "ForTokenClassification"}
+
+
+def hf_architecture(model_type: str, task: str) -> str:
+    """The transformers class name of ``model_type`` built for ``task``."""
+    if model_type in ("bert", "roberta", "distilbert"):
+        from .models.bert import ARCHITECTURES
+
+        for architecture, (kind, architecture_task) in ARCHITECTURES.items():
+            if kind == model_type and architecture_task == task:
+                return architecture
+    elif model_type == "gpt2":
+        return "GPT2LMHeadModel" if task == "causal_lm" else f"GPT2{DECODER_SUFFIXES[task]}"
+    elif model_type in LLAMA_CLASS_PREFIXES:
+        return LLAMA_CLASS_PREFIXES[model_type] + DECODER_SUFFIXES[task]
+    raise ValueError(f"exporting {model_type} models ({task}) to transformers is not supported")
+
+
+def dequantize_model(model: nn.Module) -> int:
+    """Replace quantized linear and embedding layers by float ones; returns how many."""
+    replacements = []
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            weight = mx.dequantize(module.weight, module.scales, module.biases, module.group_size, module.bits)
+            if isinstance(module, nn.QuantizedLinear):
+                output_dims, input_dims = weight.shape
+                replacement = nn.Linear(input_dims, output_dims, bias="bias" in module)
+                if "bias" in module:
+                    replacement.bias = module.bias
+            else:
+                replacement = nn.Embedding(*weight.shape)
+            replacement.weight = weight
+            replacements.append((path, replacement))
+    if replacements:
+        from mlx.utils import tree_unflatten
+
+        model.update_modules(tree_unflatten(replacements))
+    return len(replacements)
+
+
+def export_to_hf(model_dir: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``out`` with ``config.json``, ``model.safetensors`` (transformers names
+    and layouts) and the tokenizer files of ``model_dir``.
+
+    LoRA adapters are fused in and quantized weights dequantized first: the
+    result is a plain float checkpoint.
+
+    Args:
+        model_dir: Any folder `mlx_llm.load` reads.
+        out: Output folder (must not exist unless ``overwrite``).
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; the model's own if ``None``.
+        overwrite: Replace an existing ``out``.
+
+    Returns:
+        ``out``.
+    """
+    folder = resolve_model_path(model_dir)
+    model, config = load_model(folder)
+    fuse_lora(model, dequantize=True)
+    dequantize_model(model)
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        model.set_dtype(DTYPES[dtype])
+    args = model.args
+    task = getattr(args, "task", "causal_lm")
+    family = get_family(config["model_type"])
+    if not hasattr(family, "export_hf_weights"):
+        raise ValueError(f"exporting {config['model_type']} models to transformers is not supported")
+    weights = family.export_hf_weights(dict(tree_flatten(model.parameters())), args)
+    hf_config = {key: value for key, value in config.items() if key not in (FORMAT_KEY, "quantization")}
+    hf_config["architectures"] = [hf_architecture(config["model_type"], task)]
+    stored = next(iter(weights.values())).dtype
+    hf_config["torch_dtype"] = hf_config["dtype"] = next(name for name, value in DTYPES.items() if value == stored)
+    if task not in ("sequence_classification", "token_classification"):
+        hf_config.pop("problem_type", None)
+    with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
+        save_safetensors(weights, staging, metadata={"format": "pt"})
+        write_json(hf_config, staging / "config.json")
+        copy_tokenizer_files(folder, staging)
+    return Path(out)
