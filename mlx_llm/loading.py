@@ -90,7 +90,7 @@ def quantization_predicate(group_size: int):
 
 
 # Parameters of task heads: a task model may start them fresh over a pretrained backbone.
-HEAD_PREFIXES = ("classifier.", "head.", "mlm_head.", "nsp_head.", "lm_head.")
+HEAD_PREFIXES = ("classifier.", "head.", "mlm_head.", "nsp_head.", "lm_head.", "model.pooler.")
 ADAPTER_CONFIG = "adapter_config.json"
 
 

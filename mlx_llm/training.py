@@ -178,6 +178,33 @@ def _fingerprint(values: dict) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def evaluate_objective(model: nn.Module, objective: Objective, batches: Iterator[Batch],
+                       max_batches: int = 0) -> dict[str, float]:
+    """An objective's validation metrics over ``batches`` (the first ``max_batches``
+    if nonzero): its ``evaluate_dataset`` when it has one (F1, correlations),
+    else each ``numerator / denominator`` of ``evaluate`` summed over the set,
+    plus the perplexity of a ``loss``."""
+    if max_batches:
+        batches = (batch for _, batch in zip(range(max_batches), batches))
+    evaluate_dataset = getattr(objective, "evaluate_dataset", None)
+    if evaluate_dataset is not None:
+        return evaluate_dataset(model, batches)
+    sums: dict[str, list[mx.array]] = {}
+    for batch in batches:
+        for name, (numerator, denominator) in objective.evaluate(model, batch).items():
+            pair = sums.setdefault(name, [mx.array(0.0), mx.array(0.0)])
+            pair[0] = pair[0] + numerator
+            pair[1] = pair[1] + denominator
+        mx.eval([pair for pair in sums.values()])
+    metrics = {name: float(numerator / mx.maximum(denominator, 1)) for name, (numerator, denominator) in sums.items()}
+    summarize = getattr(objective, "summarize", None)
+    if summarize is not None:
+        metrics = summarize(metrics)
+    if "loss" in metrics and "perplexity" not in metrics:
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
+    return metrics
+
+
 class Trainer:
     """Trains ``model`` on ``objective`` over batches from ``train_data``.
 
@@ -316,34 +343,12 @@ class Trainer:
     # --- evaluation ------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics: each ``numerator / denominator`` summed over the set."""
+        """Validation metrics over ``eval_data`` (see `evaluate_objective`)."""
         if self.eval_data is None:
             return {}
         self.model.eval()
-        evaluate_dataset = getattr(self.objective, "evaluate_dataset", None)
-        if evaluate_dataset is not None:  # metrics that are not ratios of sums (F1, correlations)
-            batches = self.eval_data()
-            if self.config.eval_batches:
-                batches = (batch for _, batch in zip(range(self.config.eval_batches), batches))
-            metrics = evaluate_dataset(self.model, batches)
-            self.model.train()
-            return metrics
-        sums: dict[str, list[mx.array]] = {}
-        for index, batch in enumerate(self.eval_data()):
-            if self.config.eval_batches and index >= self.config.eval_batches:
-                break
-            for name, (numerator, denominator) in self.objective.evaluate(self.model, batch).items():
-                pair = sums.setdefault(name, [mx.array(0.0), mx.array(0.0)])
-                pair[0] = pair[0] + numerator
-                pair[1] = pair[1] + denominator
-            mx.eval([pair for pair in sums.values()])
+        metrics = evaluate_objective(self.model, self.objective, self.eval_data(), self.config.eval_batches)
         self.model.train()
-        metrics = {name: float(numerator / mx.maximum(denominator, 1)) for name, (numerator, denominator) in sums.items()}
-        summarize = getattr(self.objective, "summarize", None)
-        if summarize is not None:
-            metrics = summarize(metrics)
-        if "loss" in metrics and "perplexity" not in metrics:
-            metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
         return metrics
 
     # --- checkpoints -----------------------------------------------------------------------
