@@ -6,6 +6,7 @@ import click
 
 import mlx_llm
 
+from .finetune import evaluate as evaluate_task, export, finetune, fuse, predict
 from .generate import chat, generate
 from .models import convert, embed, info
 from .train import evaluate, tokenizer, train
@@ -44,6 +45,11 @@ main.add_command(chat)
 main.add_command(tokenizer)
 main.add_command(train)
 main.add_command(evaluate)
+main.add_command(finetune)
+main.add_command(predict)
+main.add_command(evaluate_task)
+main.add_command(fuse)
+main.add_command(export)
 
 if __name__ == "__main__":
     main()
