@@ -1142,6 +1142,47 @@ class Tokenizer:
         kind = "sentencepiece" if isinstance(self._backend, _SentencePieceBackend) else "tokenizers"
         return f"Tokenizer({kind}, vocab_size={self.vocab_size}, folder={str(self.folder)!r})"
 
+    def build_inputs(self, ids: Sequence[int], pair_ids: Sequence[int] | None = None) -> TokenizedText:
+        """Wrap already-tokenized ids with the model's special tokens, as encoding a text would.
+
+        ``tokenizer.build_inputs(tokenizer.encode(text, add_special_tokens=False))``
+        equals ``tokenizer.encode_with_segments(text)``.
+
+        Args:
+            ids: Ids of the first sequence, without special tokens.
+            pair_ids: Ids of an optional second sequence.
+
+        Returns:
+            ``TokenizedText(input_ids, token_type_ids)``.
+        """
+        first = [int(index) for index in ids]
+        second = None if pair_ids is None else [int(index) for index in pair_ids]
+        if isinstance(self._backend, _SentencePieceBackend):
+            return self._backend.finish(first, second, add_special_tokens=True)
+        # The `tokenizers` post-processor only takes Encodings, which cannot be built from ids:
+        # post-process one-word probes and put the ids where the probes' tokens landed.
+        probes = self._backend.encode_sequences(["a"] if second is None else ["a", "b"])
+        if not all(len(probe.ids) for probe in probes):
+            raise ValueError("cannot lay out special tokens: the probe text 'a' encodes to no tokens")
+        layout = self._backend.tokenizer.post_process(
+            probes[0], probes[1] if second is not None else None, add_special_tokens=True
+        )
+        input_ids: list[int] = []
+        type_ids: list[int] = []
+        previous = None
+        for token_id, type_id, special, sequence in zip(
+            layout.ids, layout.type_ids, layout.special_tokens_mask, layout.sequence_ids
+        ):
+            part = None if special else (second if sequence == 1 else first)
+            if part is None:
+                input_ids.append(token_id)
+                type_ids.append(type_id)
+            elif part is not previous:  # the first probe token of a run stands for the whole sequence
+                input_ids.extend(part)
+                type_ids.extend([type_id] * len(part))
+            previous = part
+        return TokenizedText(input_ids, type_ids)
+
 
 def _clean_up_tokenization(text: str) -> str:
     """transformers' ``clean_up_tokenization``: drop spaces before punctuation and contractions."""
