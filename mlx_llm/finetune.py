@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -349,12 +349,10 @@ def _save_run(out: Path, model: nn.Module, task_config: dict, tokenizer: Tokeniz
     if lora_config is None:
         save_model(model, task_config, out, source, dtype=dtype)
     else:
-        save_adapters(out, model, lora_config)
-        adapter_config = read_json(out / ADAPTER_CONFIG)
-        adapter_config["base_model"] = info["base_model"]
+        metadata = {"base_model": info["base_model"]}
         if "quantization" in info:
-            adapter_config["quantization"] = info["quantization"]
-        write_json(adapter_config, out / ADAPTER_CONFIG)
+            metadata["quantization"] = info["quantization"]
+        save_adapters(out, model, lora_config, metadata=metadata)
         write_json({**task_config, FORMAT_KEY: {"format_version": FORMAT_VERSION, "trained_by": "mlx_llm"}},
                    out / "config.json")
         copy_tokenizer_files(source, out)
@@ -417,9 +415,12 @@ def predict(model_dir: str | Path, input_path: str | Path, batch_size: int = 32,
     if info["task"] == "lm":
         yield from _predict_completions(model, tokenizer, examples, max_tokens, temperature)
         return
-    labels = _label_set(info)
-    encoded = _encode(info["task"], examples, tokenizer, None if info["task"] == "classify" else labels,
-                      {**info, "problem": info["problem"]} if info["task"] == "classify" else info)
+    # Labels in the input are allowed but not used: predictions never depend on them.
+    if info["task"] == "classify":
+        examples = [replace(example, label=None) for example in examples]
+    else:
+        examples = [replace(example, tags=None) for example in examples]
+    encoded = _encode(info["task"], examples, tokenizer, _label_set(info), info)
     batches = _batches(info["task"], encoded, batch_size, _pad_id(tokenizer), info, shuffle=False)
     names = info["labels"]
     for indices, batch in batches.iterate_once():

@@ -25,6 +25,9 @@ from .hub import load_safetensors, read_json, write_json
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_FORMAT = "mlx_llm-lora"
+# Entries of adapter_config.json besides the LoRAConfig: the base model the adapters
+# were trained on, and how that base was quantized for training (QLoRA).
+ADAPTER_METADATA = ("base_model", "quantization")
 
 
 def _check_hyperparameters(rank: int, alpha: float, dropout: float) -> None:
@@ -255,7 +258,7 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(path, module) for path, module in model.named_modules() if isinstance(module, LoRALinear)]
 
 
-def save_adapters(folder: str | Path, model: nn.Module, config: LoRAConfig) -> Path:
+def save_adapters(folder: str | Path, model: nn.Module, config: LoRAConfig, metadata: dict | None = None) -> Path:
     """Write ``adapters.safetensors`` and ``adapter_config.json`` into ``folder``.
 
     Each file is written under a temporary name and renamed, the config last,
@@ -265,6 +268,7 @@ def save_adapters(folder: str | Path, model: nn.Module, config: LoRAConfig) -> P
         folder: Output folder, created if missing.
         model: A model prepared with `apply_lora` (and trained).
         config: The config it was prepared with.
+        metadata: Further entries for ``adapter_config.json`` (see `ADAPTER_METADATA`).
 
     Returns:
         ``folder`` as a ``Path``.
@@ -288,7 +292,10 @@ def save_adapters(folder: str | Path, model: nn.Module, config: LoRAConfig) -> P
         os.replace(temporary, weights_path)
     finally:
         temporary.unlink(missing_ok=True)
-    write_json({**config.to_dict(), "format": ADAPTER_FORMAT}, folder / ADAPTER_CONFIG_NAME)
+    unknown = sorted(set(metadata or {}) - set(ADAPTER_METADATA))
+    if unknown:
+        raise ValueError(f"unknown adapter metadata {unknown}; known: {list(ADAPTER_METADATA)}")
+    write_json({**config.to_dict(), **(metadata or {}), "format": ADAPTER_FORMAT}, folder / ADAPTER_CONFIG_NAME)
     return folder
 
 
@@ -318,7 +325,8 @@ def load_adapters(model: nn.Module, folder: str | Path) -> LoRAConfig:
     data = read_json(config_path)
     if not isinstance(data, dict) or data.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{config_path} is not an mlx_llm LoRA config (it needs \"format\": \"{ADAPTER_FORMAT}\")")
-    config = LoRAConfig.from_dict({key: value for key, value in data.items() if key != "format"})
+    config = LoRAConfig.from_dict({key: value for key, value in data.items()
+                                   if key != "format" and key not in ADAPTER_METADATA})
     weights = load_safetensors(weights_path)
     apply_lora(model, config)
     expected = lora_parameters(model)
