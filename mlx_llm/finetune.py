@@ -335,7 +335,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
                  "lora": None if lora_config is None else lora_config.to_dict(),
                  "metrics": metrics, "best": best, "steps": result.steps,
                  "num_parameters": num_parameters, "trainable_parameters": trainable})
-    _save_run(out, model, task_config, tokenizer, folder, info, lora_config, config.dtype)
+    if mx.distributed.init().rank() == 0:  # one writer when data-parallel
+        _save_run(out, model, task_config, tokenizer, folder, info, lora_config, config.dtype)
     examples = result.steps * config.batch_size * config.grad_accum
     return FinetuneResult(out=out, steps=result.steps, seconds=result.seconds,
                           examples_per_second=examples / max(result.seconds, 1e-9),
