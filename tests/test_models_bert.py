@@ -324,3 +324,17 @@ def test_distilbert_sinusoidal_positions_start_as_transformers():
     args = bert.ModelArgs.from_config({**config.to_dict(), "architectures": ["DistilBertModel"]})
     actual = bert.Model(args).model.embeddings.position_embeddings.embedding.weight
     np.testing.assert_allclose(np.array(actual), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["bert-sequence", "distilbert-mlm"])
+def test_all_hidden_states_match_transformers(case, tmp_path):
+    hf_model = save_tiny_checkpoint(case, tmp_path)
+    model = load_mlx_model(tmp_path)
+    batch = padded_batch(hf_model.config)
+    with torch.no_grad():
+        expected = hf_model(**{name: torch.from_numpy(a) for name, a in batch.items()}, output_hidden_states=True)
+    output = model(**{name: mx.array(a) for name, a in batch.items()}, output_hidden_states=True)
+    assert len(output.hidden_states) == len(expected.hidden_states) == hf_model.config.num_hidden_layers + 1
+    for index, (ours, theirs) in enumerate(zip(output.hidden_states, expected.hidden_states)):
+        assert_close_on_tokens(np.array(ours), theirs.numpy(), batch["attention_mask"], f"layer {index}", ATOL)
+    assert model(mx.array(batch["input_ids"])).hidden_states is None

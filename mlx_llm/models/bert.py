@@ -285,6 +285,9 @@ class BertOutput:
         nsp_logits: ``(B, 2)`` next-sentence logits.
         logits: classification logits, ``(B, num_labels)`` for sequences or
             ``(B, L, num_labels)`` for tokens.
+        hidden_states: with ``output_hidden_states``, the embeddings' output
+            and every layer's, ``num_layers + 1`` arrays ``(B, L, hidden_size)``
+            (entry ``i`` is the input of layer ``i``), as transformers returns them.
     """
 
     last_hidden_state: mx.array
@@ -292,6 +295,7 @@ class BertOutput:
     mlm_logits: mx.array | None = None
     nsp_logits: mx.array | None = None
     logits: mx.array | None = None
+    hidden_states: list[mx.array] | None = None
 
 
 class Embeddings(nn.Module):
@@ -429,12 +433,18 @@ class BertModel(nn.Module):
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         token_type_ids: mx.array | None = None,
+        all_hidden_states: list | None = None,
     ) -> tuple[mx.array, mx.array | None]:
-        """Hidden states ``(B, L, H)`` and the pooler output ``(B, H)`` (``None`` without a pooler)."""
+        """Hidden states ``(B, L, H)`` and the pooler output ``(B, H)`` (``None`` without
+        a pooler); ``all_hidden_states``, when given, receives every layer's input and the output."""
         hidden_states = self.embeddings(input_ids, token_type_ids)
         mask = create_attention_mask(input_ids.shape[1], attention_mask)  # (B, 1, 1, L) or None
         for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(hidden_states, mask=mask)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
         pooler_output = self.pooler(hidden_states) if "pooler" in self else None
         return hidden_states, pooler_output
 
@@ -478,6 +488,7 @@ class Model(nn.Module):
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         token_type_ids: mx.array | None = None,
+        output_hidden_states: bool = False,
     ) -> BertOutput:
         """Run the backbone and every head.
 
@@ -485,6 +496,7 @@ class Model(nn.Module):
             input_ids: ``(B, L)`` token ids.
             attention_mask: ``(B, L)``, 1 for tokens and 0 for padding.
             token_type_ids: ``(B, L)`` segment ids (BERT, RoBERTa); zeros if ``None``.
+            output_hidden_states: Also return every layer's hidden states.
 
         Returns:
             `BertOutput`.
@@ -499,8 +511,10 @@ class Model(nn.Module):
         if token_type_ids is not None and self.args.type_vocab_size == 0:
             raise ValueError(f"{self.args.model_type} has no token type embeddings; do not pass token_type_ids")
 
-        hidden_states, pooler_output = self.model(input_ids, attention_mask, token_type_ids)
-        output = BertOutput(last_hidden_state=hidden_states, pooler_output=pooler_output)
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states, pooler_output = self.model(input_ids, attention_mask, token_type_ids, all_hidden_states)
+        output = BertOutput(last_hidden_state=hidden_states, pooler_output=pooler_output,
+                            hidden_states=all_hidden_states)
         if self.args.has_mlm_head:
             output.mlm_logits = self.mlm_head(hidden_states, self.model.embeddings.word_embeddings)
         if self.args.has_nsp_head:
