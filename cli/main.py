@@ -6,6 +6,7 @@ import click
 
 import mlx_llm
 
+from .distill import distill
 from .finetune import evaluate as evaluate_task, export, finetune, fuse, predict
 from .generate import chat, generate
 from .models import convert, embed, info
@@ -50,6 +51,7 @@ main.add_command(predict)
 main.add_command(evaluate_task)
 main.add_command(fuse)
 main.add_command(export)
+main.add_command(distill)
 
 if __name__ == "__main__":
     main()

@@ -857,6 +857,7 @@ class _ExampleBatches:
         self._epoch = 0
         self._position = 0
         self._order: tuple[int, np.ndarray] | None = None
+        self.include_indices = False  # add "example_index" (B,) int32 to every batch
 
     # -- subclasses: one batch of examples ---------------------------------
 
@@ -880,7 +881,10 @@ class _ExampleBatches:
         rows = [self.encoded[int(index)] for index in indices]
         longest = max(len(item["input_ids"]) for item in rows)
         length = min(-(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of, self.max_length)
-        return {key: mx.array(value) for key, value in self._collate(rows, length).items()}
+        batch = {key: mx.array(value) for key, value in self._collate(rows, length).items()}
+        if self.include_indices:  # e.g. to look up teacher outputs computed once per example
+            batch["example_index"] = mx.array(np.asarray(indices, dtype=np.int32))
+        return batch
 
     # -- training: endless and resumable -------------------------------------
 

@@ -34,6 +34,28 @@ class CausalLMObjective:
         return {"loss": (self.sums(model, batch)["lm"], count)}
 
 
+class MaskedLMObjective:
+    """Masked-LM alone on batches with ``input_ids``, ``attention_mask``, optional
+    ``token_type_ids`` and ``mlm_labels`` (any extra keys are ignored); the loss is
+    the mean over masked tokens, and validation adds their accuracy."""
+
+    def counts(self, batch: dict) -> dict[str, mx.array]:
+        return {"loss": (batch["mlm_labels"] != IGNORE).sum()}
+
+    def _logits(self, model: nn.Module, batch: dict) -> mx.array:
+        segments = batch.get("token_type_ids") if model.args.type_vocab_size > 0 else None  # DistilBERT has none
+        return model(batch["input_ids"], batch.get("attention_mask"), segments).mlm_logits
+
+    def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
+        return {"loss": cross_entropy(self._logits(model, batch), batch["mlm_labels"], reduction="sum")}
+
+    def evaluate(self, model: nn.Module, batch: dict) -> dict[str, tuple[mx.array, mx.array]]:
+        logits, labels = self._logits(model, batch), batch["mlm_labels"]
+        count = self.counts(batch)["loss"]
+        correct = ((logits.argmax(-1) == labels) & (labels != IGNORE)).sum()
+        return {"loss": (cross_entropy(logits, labels, reduction="sum"), count), "accuracy": (correct, count)}
+
+
 class BertPretrainingObjective:
     """Masked-LM + next-sentence prediction on batches with ``input_ids``,
     ``token_type_ids``, ``attention_mask``, ``mlm_labels`` and

@@ -283,12 +283,14 @@ class Trainer:
             loss, grads = micro_step(batch, totals)
             return loss, apply(grads)
 
+        # Arrays the objective reads besides the batch (a distillation teacher) are compiled as inputs.
+        objective_state = getattr(objective, "state", [])
         state = [model.state, mx.random.state]
-        self._micro_step = mx.compile(micro_step, inputs=state, outputs=state)
+        self._micro_step = mx.compile(micro_step, inputs=state + [objective_state], outputs=state)
         self._apply = mx.compile(apply, inputs=[model.state, optimizer.state], outputs=[model.state, optimizer.state])
         # Without accumulation or other processes, gradients and update are one compiled graph.
         everything = [model.state, optimizer.state, mx.random.state]
-        self._whole_step = mx.compile(whole_step, inputs=everything, outputs=everything)
+        self._whole_step = mx.compile(whole_step, inputs=everything + [objective_state], outputs=everything)
 
     def _shard(self, batch: Batch) -> Batch:
         """This process's rows of a job-wide micro-batch."""
