@@ -43,7 +43,6 @@ from .losses import (
     binary_cross_entropy_with_logits,
     cosine_embedding_loss,
     cross_entropy,
-    forward_kl,
     hidden_mse_loss,
     jensen_shannon,
     mean_squared_error,
@@ -260,7 +259,7 @@ class DistillationObjective:
     @property
     def state(self) -> list:
         """The arrays the loss reads besides the batch (for the trainer's compiled step)."""
-        return [self.teacher.state] + ([] if self.teacher_logits is None else [self.teacher_logits])
+        return [self.teacher.state]  # cached logits are constants: captured as they are
 
     # which positions each term averages over
     def _soft_positions(self, batch: dict) -> mx.array | None:

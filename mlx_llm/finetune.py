@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -306,10 +305,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     if config.valid is not None:
         valid_examples = _read(config.task, config.valid, config)
         valid_encoded = _encode(config.task, valid_examples, tokenizer, labels, info)
-        valid_batches = _batches(config.task, valid_encoded, config.batch_size, pad_id, info, shuffle=False)
-
-        def eval_data() -> Iterator[dict]:
-            return (batch for _, batch in valid_batches.iterate_once())
+        eval_data = _batches(config.task, valid_encoded, config.batch_size, pad_id, info,
+                             shuffle=False).evaluation_batches
 
     steps_per_epoch = max(1, math.ceil(train_batches.epoch_batches / config.grad_accum))
     steps = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))

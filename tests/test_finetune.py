@@ -5,14 +5,21 @@ export to transformers; resume is exact; bad input gives clear errors."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
-import tokenizer_fixtures as fx
 from click.testing import CliRunner
+from finetune_fixtures import (
+    build_models,
+    instruction_records,
+    sentiment_rows,
+    tagged_sentences,
+    write_conll,
+    write_jsonl,
+    write_tsv,
+)
 
 from mlx_llm.finetune import FinetuneConfig, evaluate, finetune, fuse, predict, read_run
 from mlx_llm_cli.main import main
@@ -20,68 +27,11 @@ from mlx_llm_cli.main import main
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-# Whole words of the tiny WordPiece vocabulary (others split into characters).
-POSITIVE, NEGATIVE = ["brown", "data", "fox"], ["jumps", "model", "over"]
-FILLER = ["quick", "streams", "text", "tokenizer", "the", "lazy", "dog"]
-NAMES, PLACES = ["world", "brown"], ["data", "fox"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny random BERT (WordPiece) and a tiny random Llama (byte-level BPE), in HF layout."""
-    root = tmp_path_factory.mktemp("finetune_models")
-    bert = fx.build_wordpiece_bert(root / "bert")
-    vocab = len((bert / "vocab.txt").read_text().split("\n")) - 1
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(bert)
-    llama = fx.build_byte_level_bpe(root / "llama")
-    config = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      bos_token_id=0, eos_token_id=0,
-                                      # Wide enough an output layer for a frozen random base to become confident.
-                                      initializer_range=0.3)
-    transformers.LlamaForCausalLM(config).save_pretrained(llama)
-    return {"bert": bert, "llama": llama}
-
-
-def sentiment_rows(count: int, seed: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        label = rng.choice(["positive", "negative"])
-        words = rng.choices(FILLER, k=4) + [rng.choice(POSITIVE if label == "positive" else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return rows
-
-
-def write_tsv(path: Path, rows) -> Path:
-    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
-    return path
-
-
-def tagged_sentences(count: int, seed: int) -> list[list[tuple[str, str]]]:
-    rng = random.Random(seed)
-    sentences = []
-    for _ in range(count):
-        words = [(word, "O") for word in rng.choices(FILLER, k=4)]
-        name = [(rng.choice(NAMES), "B-PER")] + ([(rng.choice(NAMES), "I-PER")] if rng.random() < 0.5 else [])
-        place = [(rng.choice(PLACES), "B-LOC")]
-        position = rng.randrange(len(words) + 1)
-        words[position:position] = name
-        words.insert(rng.randrange(len(words) + 1), place[0])
-        sentences.append(words)
-    return sentences
-
-
-def write_conll(path: Path, sentences) -> Path:
-    lines = ["-DOCSTART- -X- O", ""]
-    for sentence in sentences:
-        lines += [f"{word} NN {tag}" for word, tag in sentence] + [""]
-    path.write_text("\n".join(lines))
-    return path
+    return build_models(tmp_path_factory.mktemp("finetune_models"))
 
 
 def config_for(models, tmp_path, task, train, valid, **options) -> FinetuneConfig:
@@ -161,25 +111,11 @@ def test_tagging_learns_entities_and_predicts_tags_per_word(models, tmp_path):
     assert scores["f1"] == pytest.approx(result.metrics["f1"])
 
 
-def instruction_records(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    records = []
-    for _ in range(count):
-        word = rng.choice(FILLER)
-        records.append({"prompt": f"repeat {word}:", "completion": f" {word} {word}"})
-    return records
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
 @pytest.mark.parametrize("quantize", [None, 4])
 def test_instruction_tuning_lora_learns_the_completions(models, tmp_path, quantize):
     train = write_jsonl(tmp_path / "train.jsonl", instruction_records(96, seed=6))
     valid = write_jsonl(tmp_path / "valid.jsonl", instruction_records(16, seed=7))
-    result = finetune(config_for(models, tmp_path, "lm", train, valid, lora=True, rank=8, epochs=10,
+    finetune(config_for(models, tmp_path, "lm", train, valid, lora=True, rank=8, epochs=10,
                                  learning_rate=1e-2, batch_size=8, quantize=quantize), progress=False)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evaluations = [record["eval_loss"] for record in history if "eval_loss" in record]

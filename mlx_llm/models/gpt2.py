@@ -38,6 +38,7 @@ class ModelArgs:
     task: str = "causal_lm"  # or "sequence_classification", "token_classification"
     num_labels: int = 2
     classifier_dropout: float = 0.1  # before the token classifier
+    model_type: str = "gpt2"
 
     def __post_init__(self) -> None:
         if self.task not in DECODER_TASKS:
