@@ -48,7 +48,8 @@ from .errors import library_errors
 @click.option("--best-metric", help="Validation metric that picks the kept weights (default: by task).")
 @click.option("--early-stopping", "patience", default=0, show_default=True, type=click.IntRange(min=0),
               help="Stop after N evaluations without improvement (0 = never).")
-@click.option("--save-every", default=0, show_default=True, type=click.IntRange(min=0), help="Checkpoint every N steps.")
+@click.option("--save-every", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Checkpoint every N steps.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
@@ -67,7 +68,8 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
     from mlx_llm.finetune import FinetuneConfig, finetune as run
 
     config = FinetuneConfig(
-        task=task, model=model, train=str(train_file), out=str(out), valid=None if valid_file is None else str(valid_file),
+        task=task, model=model, train=str(train_file), out=str(out),
+        valid=None if valid_file is None else str(valid_file),
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column, problem=problem,
         scheme=scheme, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs,
         steps=steps, learning_rate=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora, rank=rank,

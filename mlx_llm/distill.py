@@ -37,7 +37,7 @@ from . import finetune as finetuning
 from .export import dequantize_model
 from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
-from .loading import load_model
+from .loading import DTYPES, load_model
 from .losses import (
     attention_score_mse_loss,
     binary_cross_entropy_with_logits,
@@ -469,16 +469,21 @@ class DistillConfig:
     seed: int = 0
     log_every: int = 10
     speed_batches: int = 5
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {self.dtype!r}")
         if (self.student_layers is None) == (self.student_config is None) and self.layer_map is None:
             raise ValueError("give the student's size: --student-layers N, --layer-map, or --student-config FILE")
         if self.student_config is not None and (self.student_layers is not None or self.layer_map is not None):
             raise ValueError("--student-config builds a fresh student; do not combine it with "
                              "--student-layers or --layer-map (they copy teacher layers)")
-        if self.layer_map is not None and self.student_layers is not None and len(self.layer_map) != self.student_layers:
+        if (self.layer_map is not None and self.student_layers is not None
+                and len(self.layer_map) != self.student_layers):
             raise ValueError(f"--layer-map names {len(self.layer_map)} layers but --student-layers is "
                              f"{self.student_layers}")
         if isinstance(self.data, (str, Path)):
@@ -505,12 +510,14 @@ class DistillResult:
     history: list[dict] = field(default_factory=list)
 
 
-def load_teacher(teacher: str) -> tuple[nn.Module, dict, Path]:
-    """The teacher as a plain float model (LoRA fused, quantized weights dequantized), in eval mode."""
+def load_teacher(teacher: str, dtype: str = "float32") -> tuple[nn.Module, dict, Path]:
+    """The teacher as a plain float model (LoRA fused, quantized weights dequantized) in
+    ``dtype``, in eval mode. Students copied from it start in the same dtype."""
     folder = resolve_model_path(teacher)
     model, config = load_model(folder)
     fuse_lora(model, dequantize=True)
     dequantize_model(model)
+    model.set_dtype(DTYPES[dtype])
     model.freeze()
     model.eval()
     return model, config, folder
@@ -598,7 +605,7 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
     metrics.
     """
     start = time.perf_counter()
-    teacher, teacher_config, folder = load_teacher(config.teacher)
+    teacher, teacher_config, folder = load_teacher(config.teacher, config.dtype)
     tokenizer = Tokenizer.from_pretrained(folder)
     _expected_task(config.task, teacher, config.teacher)
     out = Path(config.out)
@@ -613,6 +620,7 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
             raise FileNotFoundError(f"--student-config {path} does not exist")
         fields = read_json(path)
         student, student_config = student_from_config(teacher_config, fields)
+        student.set_dtype(DTYPES[config.dtype])
         student_layers = _layer_count(student_config)
         layer_map = default_layer_map(_layer_count(teacher_config), student_layers)
     else:
