@@ -151,6 +151,8 @@ class MultiHeadAttention(nn.Module):
             it differs from ``hidden_size``.
         rope: Optional rotary embedding applied to queries and keys.
         scale: Score scale, ``1 / sqrt(head_dim)`` if ``None`` (T5 uses 1).
+        dropout: Dropout on the attention probabilities in training mode (BERT's
+            ``attention_probs_dropout_prob``); the fused kernel runs otherwise.
     """
 
     def __init__(
@@ -164,9 +166,12 @@ class MultiHeadAttention(nn.Module):
         key_value_size: int | None = None,
         rope: nn.Module | None = None,
         scale: float | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
         if hidden_size < 1 or num_heads < 1 or num_kv_heads < 1:
             raise ValueError(
                 f"hidden_size, num_heads and num_kv_heads must be positive, got "
@@ -198,6 +203,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=output_bias)
         self.rope = rope
+        self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def _split_heads(self, projected: mx.array, num_heads: int) -> mx.array:
         batch, length, _ = projected.shape
@@ -262,7 +268,13 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
 
-        output = scaled_dot_product_attention(queries, keys, values, mask=mask, scale=self.scale)
+        if self.attention_dropout is not None and self.training:
+            # Dropout needs the probabilities themselves: the textbook computation, unfused.
+            weights = self.attention_dropout(attention_weights(queries, keys, mask=mask, scale=self.scale))
+            repeats = self.num_heads // self.num_kv_heads
+            output = weights @ (mx.repeat(values, repeats, axis=1) if repeats > 1 else values)  # (B, H, L, D)
+        else:
+            output = scaled_dot_product_attention(queries, keys, values, mask=mask, scale=self.scale)
         # (B, H, L, D) -> (B, L, H * D), i.e. Concat(head_1..head_h), then W^O.
         output = output.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(output)

@@ -486,8 +486,10 @@ class DistillConfig:
                 and len(self.layer_map) != self.student_layers):
             raise ValueError(f"--layer-map names {len(self.layer_map)} layers but --student-layers is "
                              f"{self.student_layers}")
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
+        self.data = [str(self.data)] if isinstance(self.data, (str, Path)) else [str(path) for path in self.data]
+        for name in ("teacher", "out", "valid", "student_config"):  # paths are recorded as JSON
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
         self.weights()  # validates the alphas
 
     def weights(self) -> LossWeights:

@@ -125,13 +125,20 @@ class FinetuneConfig:
             raise ValueError(f"quantize must be 4 or 8 bits, got {self.quantize}")
         if self.target_modules is not None:
             self.target_modules = tuple(self.target_modules)
+        for name in ("model", "train", "out", "valid"):  # paths are recorded as JSON
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
 
 
 @dataclass
 class FinetuneResult:
+    """A finished run: ``seconds`` in all, ``train_seconds`` in training steps alone
+    (what ``examples_per_second`` divides by), tokens/s counting padding."""
+
     out: Path
     steps: int
     seconds: float
+    train_seconds: float
     examples_per_second: float
     tokens_per_second: float
     num_parameters: int
@@ -334,10 +341,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
                  "num_parameters": num_parameters, "trainable_parameters": trainable})
     if mx.distributed.init().rank() == 0:  # one writer when data-parallel
         _save_run(out, model, task_config, tokenizer, folder, info, lora_config, config.dtype)
-    examples = result.steps * config.batch_size * config.grad_accum
-    return FinetuneResult(out=out, steps=result.steps, seconds=result.seconds,
-                          examples_per_second=examples / max(result.seconds, 1e-9),
-                          tokens_per_second=result.tokens / max(result.seconds, 1e-9),
+    return FinetuneResult(out=out, steps=result.steps, seconds=result.seconds, train_seconds=result.train_seconds,
+                          examples_per_second=result.examples / max(result.train_seconds, 1e-9),
+                          tokens_per_second=result.tokens / max(result.train_seconds, 1e-9),
                           num_parameters=num_parameters, trainable_parameters=trainable, metrics=metrics, best=best)
 
 

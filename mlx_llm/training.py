@@ -136,7 +136,17 @@ class TrainingConfig:
 
 
 class AdamWMatrixDecay(optim.AdamW):
-    """AdamW whose weight decay skips vectors (biases, norm scales)."""
+    """AdamW whose weight decay skips vectors (biases, norm scales).
+
+    Bias correction is on by default, as in the AdamW paper, PyTorch and
+    transformers (MLX's own default is off: its first steps are then up to
+    several times larger, which short fine-tuning runs feel most).
+    """
+
+    def __init__(self, learning_rate, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
+                 bias_correction: bool = True):
+        super().__init__(learning_rate=learning_rate, betas=list(betas), eps=eps, weight_decay=weight_decay,
+                         bias_correction=bias_correction)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
         if parameter.ndim < 2:
@@ -172,6 +182,8 @@ class TrainResult:
     evaluations: list[dict] = field(default_factory=list)
     best: dict | None = None  # {"step", "metric", "value"} of the weights in ``best/``
     stopped_early: bool = False
+    examples: int = 0  # rows of every micro-batch of this session
+    train_seconds: float = 0.0  # in training steps (data included), without evaluation and checkpoints
 
 
 def _fingerprint(values: dict) -> str:
@@ -485,9 +497,13 @@ class Trainer:
         loss = float("nan")
         evaluations = []
         stopped_early = False
+        examples, train_seconds = 0, 0.0
         while self.step < config.steps and not stopped_early:
+            step_start = time.perf_counter()
             micro_batches = [next(batches) for _ in range(config.grad_accum)]
             loss, norm = self.train_step(micro_batches)
+            train_seconds += time.perf_counter() - step_start
+            examples += sum(int(batch[self.tokens_key].shape[0]) for batch in micro_batches)
             tokens = sum(int(batch[self.tokens_key].size) for batch in micro_batches)
             self.step += 1
             self.tokens_seen += tokens
@@ -528,7 +544,8 @@ class Trainer:
             bar.close()
         self.write_loss_curve()
         return TrainResult(self.step, loss, self.tokens_seen, time.perf_counter() - start, evaluations,
-                           best=self.best, stopped_early=stopped_early)
+                           best=self.best, stopped_early=stopped_early, examples=examples,
+                           train_seconds=train_seconds)
 
     def write_loss_curve(self) -> Path | None:
         """``loss_curve.png``: training loss and validation loss against steps."""

@@ -60,6 +60,7 @@ class TransformerEncoderLayer(nn.Module):
         dropout: Dropout on each sublayer's output before the residual add.
         rope: Optional rotary embedding for queries and keys.
         attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
+        attention_dropout: Dropout on the attention probabilities (training only).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class TransformerEncoderLayer(nn.Module):
         dropout: float = 0.0,
         rope: nn.Module | None = None,
         attention_scale: float | None = None,
+        attention_dropout: float = 0.0,
     ):
         super().__init__()
         self.norm_first = norm_first
@@ -94,6 +96,7 @@ class TransformerEncoderLayer(nn.Module):
             output_bias=attention_output_bias,
             rope=rope,
             scale=attention_scale,
+            dropout=attention_dropout,
         )
         self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
         feed_forward = GatedFeedForward if gated else FeedForward

@@ -233,3 +233,31 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     np.testing.assert_array_equal(np.array(scaled_dot_product_attention(q, k, v)), np.array(explicit))
     unscaled, _ = reference_attention(to_numpy(q), to_numpy(k), to_numpy(v), scale=1.0)
     np.testing.assert_allclose(to_numpy(scaled_dot_product_attention(q, k, v, scale=1.0)), unscaled, atol=1e-5)
+
+
+def test_attention_dropout_drops_probabilities_in_training_only():
+    mx.random.seed(0)
+    attention = MultiHeadAttention(16, 4, num_kv_heads=2, dropout=0.25)
+    hidden = mx.random.normal((2, 5, 16))
+    mask = mx.array([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    attention.eval()
+    plain = MultiHeadAttention(16, 4, num_kv_heads=2)
+    from mlx.utils import tree_flatten
+
+    plain.load_weights(tree_flatten(attention.parameters()))
+    np.testing.assert_allclose(np.array(attention(hidden, mask=mask)), np.array(plain(hidden, mask=mask)), atol=1e-6)
+    attention.train()
+    mx.random.seed(7)
+    output = attention(hidden, mask=mask)
+    # The same computation by hand: probabilities, a Bernoulli keep mask scaled by 1 / (1 - p), then V and W^O.
+    queries = attention._split_heads(attention.q_proj(hidden), 4)
+    keys = attention._split_heads(attention.k_proj(hidden), 2)
+    values = mx.repeat(attention._split_heads(attention.v_proj(hidden), 2), 2, axis=1)
+    weights = attention_weights(queries, keys, mask=mask, scale=attention.scale)
+    mx.random.seed(7)
+    keep = mx.random.bernoulli(0.75, weights.shape)
+    expected = ((weights * keep / 0.75) @ values).transpose(0, 2, 1, 3).reshape(2, 5, 16)
+    np.testing.assert_allclose(np.array(output), np.array(attention.o_proj(expected)), atol=1e-5)
+    assert not np.allclose(np.array(output), np.array(plain(hidden, mask=mask)), atol=1e-3)
+    with pytest.raises(ValueError, match=r"attention dropout must be in \[0, 1\)"):
+        MultiHeadAttention(16, 4, dropout=1.0)

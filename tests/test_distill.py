@@ -41,7 +41,7 @@ def teacher_run(tmp_path_factory) -> dict[str, Path]:
     train = write_tsv(root / "train.tsv", sentiment_rows(320, seed=1))
     valid = write_tsv(root / "valid.tsv", sentiment_rows(64, seed=2))
     config = FinetuneConfig(task="classify", model=str(models["bert"]), train=str(train), valid=str(valid),
-                            out=str(root / "teacher"), epochs=4, batch_size=16, learning_rate=1e-3, seed=0)
+                            out=str(root / "teacher"), epochs=4, batch_size=16, learning_rate=3e-3, seed=0)
     result = finetune(config, progress=False)
     assert result.metrics["accuracy"] >= 0.95
     return {"teacher": root / "teacher", "train": train, "valid": valid, "root": root}
@@ -113,7 +113,7 @@ def test_classification_distillation_end_to_end(teacher_run, tmp_path):
     student_config.write_text(json.dumps({"num_hidden_layers": 1, "intermediate_size": 32}))
     config = DistillConfig(task="classify", teacher=str(teacher_run["teacher"]), data=[str(teacher_run["train"])],
                            valid=str(teacher_run["valid"]), out=str(tmp_path / "student"),
-                           student_config=str(student_config), epochs=4, learning_rate=1e-3, batch_size=16,
+                           student_config=str(student_config), epochs=4, learning_rate=3e-3, batch_size=16,
                            alpha_cos=1.0, cache_teacher=True, eval_every=5, log_every=1, speed_batches=2)
     result = distill(config, progress=False)
     losses = [record["loss"] for record in result.history if "loss" in record]

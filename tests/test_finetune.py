@@ -36,7 +36,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 def config_for(models, tmp_path, task, train, valid, **options) -> FinetuneConfig:
     model = models["llama" if task == "lm" else "bert"]
-    defaults = dict(batch_size=16, learning_rate=1e-3, epochs=1, log_every=1, seed=0)
+    defaults = dict(batch_size=16, learning_rate=3e-3, epochs=1, log_every=1, seed=0)
     return FinetuneConfig(task=task, model=str(model), train=str(train), out=str(tmp_path / "run"),
                           valid=None if valid is None else str(valid), **{**defaults, **options})
 
@@ -98,7 +98,7 @@ def test_tagging_learns_entities_and_predicts_tags_per_word(models, tmp_path):
     train = write_conll(tmp_path / "train.txt", tagged_sentences(320, seed=4))
     valid_sentences = tagged_sentences(48, seed=5)
     valid = write_conll(tmp_path / "valid.txt", valid_sentences)
-    result = finetune(config_for(models, tmp_path, "tag", train, valid, epochs=8), progress=False)
+    result = finetune(config_for(models, tmp_path, "tag", train, valid, epochs=12), progress=False)
     assert result.metrics["f1"] >= 0.9, result.metrics
     info = read_run(tmp_path / "run")
     assert info["scheme"] == "IOB2" and set(info["labels"]) == {"O", "B-PER", "I-PER", "B-LOC"}

@@ -90,6 +90,27 @@ def test_weight_decay_applies_to_matrices_only():
     np.testing.assert_array_equal(np.array(layer.bias), before["bias"])
 
 
+def test_optimizer_steps_equal_torch_adamw():
+    """Three steps on a matrix and a vector equal torch.optim.AdamW with decay on the matrix only."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32)
+    gradients = [(rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32))
+                 for _ in range(3)]
+    parameters = {"weight": mx.array(weight), "bias": mx.array(bias)}
+    optimizer = AdamWMatrixDecay(learning_rate=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    torch_weight, torch_bias = torch.tensor(weight, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    reference = torch.optim.AdamW([{"params": [torch_weight], "weight_decay": 0.1},
+                                   {"params": [torch_bias], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    for weight_gradient, bias_gradient in gradients:
+        parameters = optimizer.apply_gradients({"weight": mx.array(weight_gradient), "bias": mx.array(bias_gradient)},
+                                               parameters)
+        torch_weight.grad, torch_bias.grad = torch.tensor(weight_gradient), torch.tensor(bias_gradient)
+        reference.step()
+    np.testing.assert_allclose(np.array(parameters["weight"]), torch_weight.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.array(parameters["bias"]), torch_bias.detach().numpy(), atol=1e-6)
+
+
 def parameters_of(model):
     from mlx.utils import tree_flatten
 

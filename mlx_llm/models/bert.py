@@ -52,6 +52,7 @@ BERT_KEYS: dict[str, tuple[str, object]] = {
     "layer_norm_eps": ("layer_norm_eps", 1e-12),
     "pad_token_id": ("pad_token_id", 0),
     "dropout": ("hidden_dropout_prob", 0.1),
+    "attention_dropout": ("attention_probs_dropout_prob", 0.1),
     "tie_word_embeddings": ("tie_word_embeddings", True),
 }
 ROBERTA_KEYS = {**BERT_KEYS, "vocab_size": ("vocab_size", 50265), "pad_token_id": ("pad_token_id", 1)}
@@ -65,6 +66,7 @@ DISTILBERT_KEYS: dict[str, tuple[str, object]] = {
     "max_positions": ("max_position_embeddings", 512),
     "pad_token_id": ("pad_token_id", 0),
     "dropout": ("dropout", 0.1),
+    "attention_dropout": ("attention_dropout", 0.1),
     "sinusoidal_positions": ("sinusoidal_pos_embds", False),
     "tie_word_embeddings": ("tie_word_embeddings", True),
 }
@@ -138,6 +140,7 @@ class ModelArgs:
     num_labels: int = 2
     tie_word_embeddings: bool = True
     dropout: float = 0.0
+    attention_dropout: float = 0.0
     classifier_dropout: float = 0.0
     dtype: str | None = None
 
@@ -168,7 +171,7 @@ class ModelArgs:
             )
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
-        for name in ("dropout", "classifier_dropout"):
+        for name in ("dropout", "attention_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.task not in TASKS:
@@ -422,6 +425,7 @@ class BertModel(nn.Module):
                 norm_eps=args.layer_norm_eps,
                 norm_first=False,
                 dropout=args.dropout,
+                attention_dropout=args.attention_dropout,
             )
             for _ in range(args.num_layers)
         ]

@@ -35,6 +35,7 @@ class ModelArgs:
     scale_attention: bool = True
     tie_word_embeddings: bool = True
     dropout: float = 0.0  # on embeddings and sublayer outputs, in training mode only
+    attention_dropout: float = 0.0  # on attention probabilities, in training mode only
     task: str = "causal_lm"  # or "sequence_classification", "token_classification"
     num_labels: int = 2
     classifier_dropout: float = 0.1  # before the token classifier
@@ -70,6 +71,7 @@ class ModelArgs:
             scale_attention=config.get("scale_attn_weights", True),
             tie_word_embeddings=config.get("tie_word_embeddings", True),
             dropout=config.get("resid_pdrop", 0.0),
+            attention_dropout=config.get("attn_pdrop", 0.0),
             task=decoder_task(config.get("architectures"), "GPT-2"),
             num_labels=len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2),
             classifier_dropout=(
@@ -98,6 +100,7 @@ class GPT2Model(nn.Module):
                 norm_first=True,
                 attention_scale=None if args.scale_attention else 1.0,
                 dropout=args.dropout,
+                attention_dropout=args.attention_dropout,
             )
             for _ in range(args.num_layers)
         ]
