@@ -1,0 +1,90 @@
+"""The CPU approximations of exp, erf, GELU and SiLU against float64 references,
+values and gradients, in every dtype the models use."""
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_llm import fast_math
+
+GRID = np.linspace(-12, 12, 48001).astype(np.float32)
+
+
+def erf64(x):
+    return np.vectorize(math.erf)(x.astype(np.float64))
+
+
+def gelu64(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + erf64(x / math.sqrt(2)))
+
+
+def gelu_tanh64(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def silu64(x):
+    x = x.astype(np.float64)
+    return x / (1 + np.exp(-x))
+
+
+def test_runs_on_the_cpu_here():
+    assert fast_math.on_cpu()  # this suite runs on the CPU, so the approximations are what it checks
+
+
+def test_exp_relative_error():
+    x = np.linspace(-87, 88, 200001).astype(np.float32)
+    got = np.array(fast_math.exp(mx.array(x))).astype(np.float64)
+    expected = np.exp(x.astype(np.float64))
+    assert (np.abs(got - expected) / expected).max() < 2e-7
+    assert float(fast_math.exp(mx.array(0.0))) == 1.0
+
+
+def test_erf_and_activations_match_float64():
+    x = mx.array(GRID)
+    assert np.abs(np.array(fast_math.erf(x)) - erf64(GRID)).max() < 5e-7
+    for function, reference in ((fast_math.gelu, gelu64), (fast_math.gelu_tanh, gelu_tanh64),
+                                (fast_math.silu, silu64)):
+        got = np.array(function(x)).astype(np.float64)
+        expected = reference(GRID)
+        # Absolute near zero, relative for large outputs (float32 has 7 digits).
+        assert (np.abs(got - expected) / np.maximum(1.0, np.abs(expected))).max() < 2e-6, function.__name__
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "exp"])
+def test_gradients_match_the_analytic_derivatives(name):
+    x = np.linspace(-8, 8, 4001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    pdf = np.exp(-0.5 * x64**2) / math.sqrt(2 * math.pi)
+    u = math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)
+    sigmoid = 1 / (1 + np.exp(-x64))
+    expected = {
+        "gelu": 0.5 * (1 + erf64(x / math.sqrt(2))) + x64 * pdf,
+        "gelu_tanh": 0.5 * (1 + np.tanh(u)) + 0.5 * x64 * (1 - np.tanh(u) ** 2)
+        * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x64**2),
+        "silu": sigmoid * (1 + x64 * (1 - sigmoid)),
+        "exp": np.exp(x64),
+    }[name]
+    got = np.array(mx.grad(lambda v: getattr(fast_math, name)(v).sum())(mx.array(x))).astype(np.float64)
+    assert (np.abs(got - expected) / np.maximum(1.0, np.abs(expected))).max() < 5e-6
+
+
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    x = mx.array(GRID[::50]).astype(dtype)
+    for function, native in ((fast_math.gelu, nn.gelu), (fast_math.silu, nn.silu),
+                             (fast_math.gelu_tanh, nn.gelu_approx)):
+        got = function(x)
+        assert got.dtype == dtype
+        expected = native(x.astype(mx.float32)).astype(dtype)
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(expected.astype(mx.float32)),
+                                   rtol=1e-2, atol=1e-2)
+
+
+def test_saturation_is_finite():
+    assert np.isfinite(np.array(fast_math.silu(mx.array([-200.0, 200.0])))).all()
+    np.testing.assert_allclose(np.array(fast_math.gelu(mx.array([-30.0, 30.0]))), [0.0, 30.0], atol=1e-6)
