@@ -698,8 +698,12 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
         speed_batch = next(iter(train))
     speed_batch = {key: value for key, value in speed_batch.items() if key != "example_index"}
     encoder = teacher.args.model_type in ENCODERS
-    teacher_speed = measure_speed(teacher, speed_batch, config.speed_batches, encoder)
-    student_speed = measure_speed(student, speed_batch, config.speed_batches, encoder)
+    # Alternate the two, so that a change in machine load touches both alike.
+    teacher_speeds, student_speeds = [], []
+    for _ in range(3):
+        teacher_speeds.append(measure_speed(teacher, speed_batch, config.speed_batches, encoder))
+        student_speeds.append(measure_speed(student, speed_batch, config.speed_batches, encoder))
+    teacher_speed, student_speed = statistics.median(teacher_speeds), statistics.median(student_speeds)
 
     report = {
         "teacher": str(config.teacher), "task": config.task, "layer_map": layer_map,
