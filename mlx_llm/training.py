@@ -504,7 +504,7 @@ class Trainer:
             loss, norm = self.train_step(micro_batches)
             train_seconds += time.perf_counter() - step_start
             examples += sum(int(batch[self.tokens_key].shape[0]) for batch in micro_batches)
-            tokens = sum(int(batch[self.tokens_key].size) for batch in micro_batches)
+            tokens = sum(self._real_tokens(batch) for batch in micro_batches)
             self.step += 1
             self.tokens_seen += tokens
             window_tokens += tokens
@@ -546,6 +546,12 @@ class Trainer:
         return TrainResult(self.step, loss, self.tokens_seen, time.perf_counter() - start, evaluations,
                            best=self.best, stopped_early=stopped_early, examples=examples,
                            train_seconds=train_seconds)
+
+    def _real_tokens(self, batch: Batch) -> int:
+        """Tokens of a micro-batch for tokens/s: padding (``attention_mask`` 0) not counted."""
+        if "attention_mask" in batch:
+            return int(batch["attention_mask"].sum())
+        return int(batch[self.tokens_key].size)
 
     def write_loss_curve(self) -> Path | None:
         """``loss_curve.png``: training loss and validation loss against steps."""
