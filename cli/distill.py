@@ -27,7 +27,7 @@ def _layer_map(value: str | None) -> list[int] | None:
 @click.option("--data", multiple=True, required=True, type=click.Path(path_type=Path, exists=True),
               help="Training data: text (mlm, lm; repeatable) or the fine-tuning format (classify, tag).")
 @click.option("--valid", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Validation data (mlm/lm default: the last 10%% of --data).")
+              help="Validation data (mlm/lm default: the last 10% of --data).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder for the student.")
 @click.option("--student-layers", type=click.IntRange(min=1), help="Copy this many teacher layers.")
 @click.option("--student-config", type=click.Path(path_type=Path, exists=True, dir_okay=False),

@@ -50,7 +50,7 @@ def _size(value: str):
 @click.option("--data", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Text file, folder or JSONL; repeatable.")
 @click.option("--valid", "valid_data", multiple=True, type=click.Path(path_type=Path),
-              help="Validation text (default: the last 10%% of --data).")
+              help="Validation text (default: the last 10% of --data).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--config", "size", default="tiny", show_default=True,
               help="Size preset (gpt: tiny, demo, small, gpt2; bert: tiny, mini, small, base) or a JSON file.")

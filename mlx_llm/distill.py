@@ -569,14 +569,19 @@ def _text_data(config: DistillConfig, tokenizer: Tokenizer, out: Path, progress:
                 yield {"input_ids": inputs, "targets": targets}
 
         return _DictBatches(train), evaluation, train.batches_per_epoch, CausalLMObjective()
-    documents = tokenize_documents_for_bert(config.data, tokenizer, show_progress=progress)
+    # Documents are separated by blank lines; masked-LM distillation needs no random next
+    # sentences, so every pair is a true continuation (next_sentence_probability=1).
+    documents = tokenize_documents_for_bert(config.data, tokenizer, split_on_blank_lines=True,
+                                            show_progress=progress)
     if config.valid:
-        valid_documents = tokenize_documents_for_bert([config.valid], tokenizer, show_progress=progress)
+        valid_documents = tokenize_documents_for_bert([config.valid], tokenizer, split_on_blank_lines=True,
+                                                      show_progress=progress)
     else:
         documents, valid_documents = split_documents(documents, 0.1)
-    train = BertPretrainingBatches(documents, tokenizer, config.max_length, config.batch_size, seed=config.seed)
+    train = BertPretrainingBatches(documents, tokenizer, config.max_length, config.batch_size, seed=config.seed,
+                                   next_sentence_probability=1.0)
     valid = BertPretrainingBatches(valid_documents, tokenizer, config.max_length, config.batch_size,
-                                   seed=config.seed + 1)
+                                   seed=config.seed + 1, next_sentence_probability=1.0)
     return train, valid.evaluation_batches, train.batches_per_epoch, MaskedLMObjective()
 
 

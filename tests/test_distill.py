@@ -184,3 +184,29 @@ def test_bad_setups_give_clear_errors(teacher_run, tmp_path):
     assert result.exit_code == 2 and "causal_lm head" in result.output
     result = runner.invoke(main, base + ["--student-layers", "1", "--alpha-soft", "0", "--alpha-hard", "0"])
     assert result.exit_code == 2 and "every alpha is 0" in result.output
+
+
+def test_masked_lm_distillation_of_an_encoder(tmp_path):
+    """Task-agnostic distillation: a 1-layer student of a 2-layer BERT, on masked positions."""
+    import torch
+    import transformers
+    import tokenizer_fixtures as fx
+
+    folder = fx.build_wordpiece_bert(tmp_path / "teacher")
+    vocab = len((folder / "vocab.txt").read_text().split("\n")) - 1
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64,
+                                     initializer_range=0.2)  # a confident teacher: a KL worth learning
+    transformers.BertForPreTraining(config).save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    lines = fx.corpus_lines(200)
+    text.write_text("\n\n".join(" . ".join(lines[i:i + 4]) + " ." for i in range(0, 200, 4)))
+    result = distill(DistillConfig(task="mlm", teacher=str(folder), data=[str(text)], out=str(tmp_path / "s"),
+                                   student_layers=1, max_length=32, batch_size=8, steps=40, learning_rate=3e-3,
+                                   alpha_hard=0.0, alpha_cos=1.0, log_every=1, speed_batches=1), progress=False)
+    losses = [record["loss"] for record in result.history if "loss" in record]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert {"loss", "accuracy", "agreement"} <= set(result.student_metrics)
+    student, student_config = load_model(tmp_path / "s")
+    assert student_config["architectures"] == ["BertForMaskedLM"] and len(student.layers) == 1
