@@ -61,6 +61,8 @@ def _layer_map(value: str | None) -> list[int] | None:
 @click.option("--warmup-ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N steps (default: each epoch).")
+@click.option("--eval-batches", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Validate on the first N batches (0 = all).")
 @click.option("--save-every", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
@@ -69,7 +71,7 @@ def _layer_map(value: str | None) -> list[int] | None:
 def distill(teacher, task, data, valid, out, student_layers, student_config, layer_map, temperature, alpha_soft,
             alpha_hard, alpha_cos, alpha_hidden, alpha_attention, alpha_pkd, divergence, jsd_beta, cache_teacher,
             text_column, text_pair_column, label_column, max_length, batch_size, epochs, steps, lr, warmup_ratio,
-            weight_decay, eval_every, save_every, seed, resume, quiet) -> None:
+            weight_decay, eval_every, eval_batches, save_every, seed, resume, quiet) -> None:
     """Distill TEACHER into a smaller student.
 
     Prints the student folder on stdout; on stderr, the teacher's and student's
@@ -88,7 +90,7 @@ def distill(teacher, task, data, valid, out, student_layers, student_config, lay
         jsd_beta=jsd_beta, cache_teacher=cache_teacher, text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, max_length=max_length, batch_size=batch_size, epochs=epochs, steps=steps,
         learning_rate=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_every=eval_every,
-        save_every=save_every, seed=seed,
+        eval_batches=eval_batches, save_every=save_every, seed=seed,
     )
     result = run(config, resume=resume, progress=not quiet)
     click.echo(str(result.out))

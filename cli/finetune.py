@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -103,8 +105,12 @@ def predict(model_dir, input_file, output, batch_size, max_tokens, temp) -> None
     (label and probabilities, tags per word, or a completion)."""
     from mlx_llm.finetune import predict as run, write_predictions
 
-    count = write_predictions(run(model_dir, input_file, batch_size=batch_size, max_tokens=max_tokens,
-                                  temperature=temp), output)
+    try:
+        count = write_predictions(run(model_dir, input_file, batch_size=batch_size, max_tokens=max_tokens,
+                                      temperature=temp), output)
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     click.echo(f"{count} predictions" + (f" written to {output}" if output else ""), err=True)
 
 

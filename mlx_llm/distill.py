@@ -21,6 +21,7 @@ causal-LM distillation of decoders (``lm``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -431,6 +432,7 @@ class DistillConfig:
         layer_map: Teacher layer of each student layer (overrides the default map).
         temperature, alpha_*: Loss terms (see `LossWeights`).
         divergence, jsd_beta: Causal-LM soft term.
+        eval_batches: Validate on the first N batches only (0 = all).
         cache_teacher: classify/tag: compute the teacher's logits once, store
             them in the run folder, and train from the cache.
     """
@@ -465,6 +467,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int | None = None
+    eval_batches: int = 0
     save_every: int = 0
     seed: int = 0
     log_every: int = 10
@@ -685,8 +688,8 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
     training = TrainingConfig(
         steps=steps, learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * steps),
         schedule="linear", weight_decay=config.weight_decay, betas=(0.9, 0.999), max_grad_norm=config.max_grad_norm,
-        eval_every=config.eval_every or max(1, epoch_batches), save_every=config.save_every,
-        log_every=config.log_every, seed=config.seed,
+        eval_every=config.eval_every or max(1, epoch_batches), eval_batches=config.eval_batches,
+        save_every=config.save_every, log_every=config.log_every, seed=config.seed,
     )
     trainer = Trainer(distiller, objective, train, training, out, eval_data=evaluation,
                       run_config={"distill": asdict(config)}, progress=progress)
@@ -696,8 +699,12 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
     # Quality of both, and inference speed on the same batch.
     teacher_metrics, student_metrics = {}, {}
     if evaluation is not None:
-        teacher_metrics = evaluate_objective(teacher, task_objective, evaluation())
-        student_metrics = objective.evaluate_dataset(distiller, evaluation())
+        def validation() -> Iterator[dict]:
+            batches = evaluation()
+            return itertools.islice(batches, config.eval_batches) if config.eval_batches else batches
+
+        teacher_metrics = evaluate_objective(teacher, task_objective, validation())
+        student_metrics = objective.evaluate_dataset(distiller, validation())
         speed_batch = next(iter(evaluation()))
     else:
         speed_batch = next(iter(train))
