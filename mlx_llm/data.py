@@ -115,32 +115,47 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
-    line_number = 0
+def not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> ValueError:
+    """The error for a text file that is not UTF-8, naming where reading stopped."""
+    return ValueError(f"{path}, after line {line}: not UTF-8 text ({error}); convert the file to UTF-8")
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line, object)`` for each non-blank line of a .jsonl file.
+
+    Raises:
+        ValueError: naming ``FILE:LINE`` for a line that is not a JSON object,
+            or where the file stops being UTF-8.
+    """
+    line = 0
     try:
         with path.open(encoding="utf-8-sig") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(text)
                 except json.JSONDecodeError as error:
                     raise ValueError(
-                        f"{path}, line {line_number}: not valid JSON ({error.msg}); each line of a .jsonl "
-                        'corpus must be an object like {"text": "..."}'
+                        f"{path}:{line}: not valid JSON ({error.msg}, column {error.colno}); "
+                        "each line of a .jsonl file must be one JSON object"
                     ) from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    found = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
-                    raise ValueError(
-                        f'{path}, line {line_number}: no "text" string field (found {found}); each line '
-                        'of a .jsonl corpus must be an object like {"text": "..."}'
-                    )
-                if record["text"].strip():
-                    yield record["text"]
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+                yield line, record
     except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}, after line {line_number}: not UTF-8 text ({error}); convert the file to UTF-8"
-        ) from None
+        raise not_utf8(path, line, error) from None
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for line, record in jsonl_records(path):
+        if not isinstance(record.get("text"), str):
+            raise ValueError(
+                f'{path}:{line}: no "text" string field (found keys {sorted(record)}); each line '
+                'of a .jsonl corpus must be an object like {"text": "..."}'
+            )
+        if record["text"].strip():
+            yield record["text"]
 
 
 def _file_documents(path: Path, split_on_blank_lines: bool) -> Iterator[str]:

@@ -22,7 +22,6 @@ Every error about user data names the file and the line, and says what to do.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import warnings
@@ -34,7 +33,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .data import IGNORE_INDEX, _check_positive, _check_seed, _restore_position
+from .data import IGNORE_INDEX, _check_positive, _check_seed, _restore_position, jsonl_records, not_utf8
 from .tokenizer import Tokenizer
 
 PathLike = str | Path
@@ -106,32 +105,6 @@ def _existing_file(path: PathLike, what: str) -> Path:
     return path
 
 
-def _not_utf8(path: Path, line: int, error: UnicodeDecodeError) -> ValueError:
-    return ValueError(f"{path}, after line {line}: not UTF-8 text ({error}); convert the file to UTF-8")
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """``(line, object)`` for each non-blank line of a .jsonl file."""
-    line = 0
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"{path}:{line}: not valid JSON ({error.msg}, column {error.colno}); "
-                        "each line of a .jsonl file must be one JSON object"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
-                yield line, record
-    except UnicodeDecodeError as error:
-        raise _not_utf8(path, line, error) from None
-
-
 def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and ``(line, {column: cell})`` rows of a .csv, or of a .tsv read with
     tabs and no quoting (GLUE's TSVs have unbalanced quotes inside sentences)."""
@@ -159,7 +132,7 @@ def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
                 else:
                     rows.append((start, dict(zip(header, cells))))
     except UnicodeDecodeError as error:
-        raise _not_utf8(path, end, error) from None
+        raise not_utf8(path, end, error) from None
     except csv.Error as error:
         raise ValueError(f"{path}:{end + 1}: cannot parse the row ({error})") from None
     return header or [], rows
@@ -200,7 +173,7 @@ def read_classification(
     path = _existing_file(path, "classification data")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = list(_jsonl_records(path))
+        records = list(jsonl_records(path))
         columns = list(records[0][1]) if records else []
     elif suffix in (".csv", ".tsv"):
         columns, records = _read_table(path)
@@ -310,7 +283,7 @@ def _conll_sentences(path: Path, token_column: int, tag_column: int, require_tag
                 if len(cells) > 1:
                     tags.append(cells[tag_column])
     except UnicodeDecodeError as error:
-        raise _not_utf8(path, line, error) from None
+        raise not_utf8(path, line, error) from None
     if words:
         examples.append(TaggingExample(words, tags if columns[0] > 1 else None, start, str(path)))
     return examples
@@ -333,7 +306,7 @@ def _check_conll_columns(
 
 def _tagging_records(path: Path, require_tags: bool) -> list[TaggingExample]:
     examples = []
-    for line, record in _jsonl_records(path):
+    for line, record in jsonl_records(path):
         where = f"{path}:{line}"
         words = record.get("tokens")
         if not isinstance(words, list) or not words or not all(isinstance(word, str) for word in words):
@@ -371,7 +344,7 @@ def read_instructions(path: PathLike) -> list[InstructionExample]:
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{path}: instruction data must be a .jsonl file (one JSON object per line)")
     examples = []
-    for line, record in _jsonl_records(path):
+    for line, record in jsonl_records(path):
         example = _instruction_example(f"{path}:{line}", record)
         example.line, example.path = line, str(path)
         examples.append(example)

@@ -90,7 +90,7 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
 )
 def test_bad_jsonl_line_names_file_and_line(tmp_path, bad_line, message):
     path = write(tmp_path / "docs.jsonl", '{"text": "fine"}\n\n' + bad_line + "\n")
-    with pytest.raises(ValueError, match=rf"docs\.jsonl, line 3: {message}"):
+    with pytest.raises(ValueError, match=rf"docs\.jsonl:3: {message}"):
         list(read_documents([path]))
 
 
