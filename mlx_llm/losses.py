@@ -210,6 +210,17 @@ def _kl_from_log_probs(log_p: mx.array, log_q: mx.array) -> mx.array:
     return (p * difference).sum(axis=-1)
 
 
+def _distribution_pair(student_logits, teacher_logits, mask, temperature: float, reduction: str):
+    """Checked inputs of a divergence: the position mask and both log-distributions at
+    ``temperature`` (the teacher's without gradient)."""
+    _check_reduction(reduction)
+    _check_logit_pair(student_logits, teacher_logits)
+    _check_temperature(temperature)
+    keep = _position_mask(mask, student_logits.shape[:-1])
+    teacher_log_probs = _log_probs(mx.stop_gradient(teacher_logits), temperature)
+    return keep, teacher_log_probs, _log_probs(student_logits, temperature)
+
+
 def forward_kl(
     student_logits: mx.array,
     teacher_logits: mx.array,
@@ -235,12 +246,8 @@ def forward_kl(
     Returns:
         A float32 scalar, or a ``(...)`` array for ``"none"``.
     """
-    _check_reduction(reduction)
-    _check_logit_pair(student_logits, teacher_logits)
-    _check_temperature(temperature)
-    keep = _position_mask(mask, student_logits.shape[:-1])
-    teacher_log_probs = _log_probs(mx.stop_gradient(teacher_logits), temperature)
-    student_log_probs = _log_probs(student_logits, temperature)
+    keep, teacher_log_probs, student_log_probs = _distribution_pair(
+        student_logits, teacher_logits, mask, temperature, reduction)
     return _reduce_positions(_kl_from_log_probs(teacher_log_probs, student_log_probs), keep, reduction)
 
 
@@ -268,12 +275,8 @@ def reverse_kl(
     Returns:
         A float32 scalar, or a ``(...)`` array for ``"none"``.
     """
-    _check_reduction(reduction)
-    _check_logit_pair(student_logits, teacher_logits)
-    _check_temperature(temperature)
-    keep = _position_mask(mask, student_logits.shape[:-1])
-    teacher_log_probs = _log_probs(mx.stop_gradient(teacher_logits), temperature)
-    student_log_probs = _log_probs(student_logits, temperature)
+    keep, teacher_log_probs, student_log_probs = _distribution_pair(
+        student_logits, teacher_logits, mask, temperature, reduction)
     return _reduce_positions(_kl_from_log_probs(student_log_probs, teacher_log_probs), keep, reduction)
 
 
@@ -340,16 +343,12 @@ def jensen_shannon(
     Returns:
         A float32 scalar, or a ``(...)`` array for ``"none"``.
     """
-    _check_reduction(reduction)
-    _check_logit_pair(student_logits, teacher_logits)
-    _check_temperature(temperature)
     if not 0 < beta < 1:
         raise ValueError(
             f"beta must be strictly between 0 and 1, got {beta}; use forward_kl (beta -> 0) or reverse_kl (beta -> 1)"
         )
-    keep = _position_mask(mask, student_logits.shape[:-1])
-    teacher_log_probs = _log_probs(mx.stop_gradient(teacher_logits), temperature)
-    student_log_probs = _log_probs(student_logits, temperature)
+    keep, teacher_log_probs, student_log_probs = _distribution_pair(
+        student_logits, teacher_logits, mask, temperature, reduction)
     # log M = logaddexp(log beta + log P, log(1 - beta) + log Q); where both are
     # -inf, logaddexp's gradient is NaN, and M is never used there (P = Q = 0).
     both_zero = mx.isneginf(teacher_log_probs) & mx.isneginf(student_log_probs)
