@@ -33,7 +33,7 @@ from .errors import library_errors
 @click.option("--alpha", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--lora-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--lora-layers", type=click.IntRange(min=1), help="Adapt the last N layers (default: all).")
-@click.option("--target-modules", help="Comma-separated linear layers to adapt (default: q_proj,v_proj).")
+@click.option("--target-modules", help="Comma-separated linear layers to adapt (default: q_proj,v_proj; qkv_proj for GPT-2).")
 @click.option("--quantize", type=click.Choice(["4", "8"]), help="QLoRA: quantize the frozen base to 4 or 8 bits.")
 @click.option("--epochs", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs).")

@@ -138,7 +138,10 @@ class MultiHeadAttention(nn.Module):
     ``num_kv_heads`` below ``num_heads`` gives grouped-query attention
     (``num_kv_heads == 1``: multi-query attention). Parameter names follow
     the most common Hugging Face layout (``q_proj``, ``k_proj``, ``v_proj``,
-    ``o_proj``), so checkpoint converters are short key maps.
+    ``o_proj``), so checkpoint converters are short key maps. With
+    ``fused_qkv`` one ``qkv_proj`` computes queries, keys and values in a
+    single matrix product (GPT-2's ``c_attn``): fewer, larger products, which
+    is faster when decoding one token at a time.
 
     Args:
         hidden_size: Model width, the size of queries in and outputs out.
@@ -153,6 +156,8 @@ class MultiHeadAttention(nn.Module):
         scale: Score scale, ``1 / sqrt(head_dim)`` if ``None`` (T5 uses 1).
         dropout: Dropout on the attention probabilities in training mode (BERT's
             ``attention_probs_dropout_prob``); the fused kernel runs otherwise.
+        fused_qkv: One ``qkv_proj`` (rows: queries, keys, values) instead of
+            three projections; self-attention only.
     """
 
     def __init__(
@@ -167,6 +172,7 @@ class MultiHeadAttention(nn.Module):
         rope: nn.Module | None = None,
         scale: float | None = None,
         dropout: float = 0.0,
+        fused_qkv: bool = False,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -197,10 +203,20 @@ class MultiHeadAttention(nn.Module):
         key_value_size = hidden_size if key_value_size is None else key_value_size
         self.key_value_size = key_value_size
         output_bias = bias if output_bias is None else output_bias
+        self.projection_bias = bias
 
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+        if fused_qkv:
+            if key_value_size != hidden_size:
+                raise ValueError(
+                    f"fused_qkv projects queries, keys and values from one input (self-attention), but "
+                    f"key_value_size={key_value_size} differs from hidden_size={hidden_size}; "
+                    "use separate projections for cross-attention"
+                )
+            self.qkv_proj = nn.Linear(hidden_size, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
+        else:
+            self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
+            self.k_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+            self.v_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=output_bias)
         self.rope = rope
         self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
@@ -209,6 +225,28 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = projected.shape
         # (B, L, H * D) -> (B, H, L, D)
         return projected.reshape(batch, length, num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def project(
+        self, hidden_states: mx.array, key_value_states: mx.array | None = None
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """Queries ``(B, num_heads, L, head_dim)`` from ``hidden_states`` and keys and
+        values ``(B, num_kv_heads, S, head_dim)`` from ``key_value_states`` (or, for
+        self-attention, ``hidden_states``), before rotary positions."""
+        if "qkv_proj" in self:
+            if key_value_states is not None:
+                raise ValueError("this attention has a fused qkv_proj and cannot attend to key_value_states")
+            query_size, key_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            queries, keys, values = mx.split(
+                self.qkv_proj(hidden_states), [query_size, query_size + key_size], axis=-1
+            )
+        else:
+            source = hidden_states if key_value_states is None else key_value_states
+            queries, keys, values = self.q_proj(hidden_states), self.k_proj(source), self.v_proj(source)
+        return (
+            self._split_heads(queries, self.num_heads),
+            self._split_heads(keys, self.num_kv_heads),
+            self._split_heads(values, self.num_kv_heads),
+        )
 
     def __call__(
         self,
@@ -240,18 +278,17 @@ class MultiHeadAttention(nn.Module):
                 f"{self.hidden_size}), got {tuple(hidden_states.shape)}"
             )
         batch, length, _ = hidden_states.shape
-        queries = self._split_heads(self.q_proj(hidden_states), self.num_heads)
 
         if key_value_states is None:
             offset = 0 if cache is None else cache.position_offset
-            keys = self._split_heads(self.k_proj(hidden_states), self.num_kv_heads)
-            values = self._split_heads(self.v_proj(hidden_states), self.num_kv_heads)
+            queries, keys, values = self.project(hidden_states)
             if self.rope is not None:
                 queries = self.rope(queries, offset=offset)
                 keys = self.rope(keys, offset=offset)
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
         elif cache is not None and cache.offset > 0:
+            queries = self._split_heads(self.q_proj(hidden_states), self.num_heads)
             keys, values = cache.state  # encoder keys/values projected on an earlier step
         else:
             if (
@@ -263,8 +300,7 @@ class MultiHeadAttention(nn.Module):
                     f"cross-attention expects key_value_states of shape ({batch}, length, "
                     f"{self.key_value_size}), got {tuple(key_value_states.shape)}"
                 )
-            keys = self._split_heads(self.k_proj(key_value_states), self.num_kv_heads)
-            values = self._split_heads(self.v_proj(key_value_states), self.num_kv_heads)
+            queries, keys, values = self.project(hidden_states, key_value_states)
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
 

@@ -202,9 +202,7 @@ def attention_scores(layer: nn.Module, hidden_states: mx.array, attention_mask: 
     """A post-LN encoder layer's unnormalized attention scores ``(B, H, L, L)`` for its
     input ``hidden_states`` (``q k^T / sqrt(d)``, padding keys at -inf-like values)."""
     attention = layer.self_attn
-    batch, length, _ = hidden_states.shape
-    queries = attention.q_proj(hidden_states).reshape(batch, length, attention.num_heads, -1).transpose(0, 2, 1, 3)
-    keys = attention.k_proj(hidden_states).reshape(batch, length, attention.num_kv_heads, -1).transpose(0, 2, 1, 3)
+    queries, keys, _ = attention.project(hidden_states)
     scores = (queries * attention.scale) @ keys.transpose(0, 1, 3, 2)
     if attention_mask is not None:
         scores = mx.where(attention_mask[:, None, None, :] != 0, scores, mx.array(-1e4, scores.dtype))

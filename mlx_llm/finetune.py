@@ -247,7 +247,9 @@ def _default_best_metric(info: dict) -> str:
 
 
 def _lora_targets(model_type: str) -> tuple[str, ...]:
-    return ("q_proj", "v_proj")  # every family names its attention projections so
+    """The attention's query and value projections (LoRA's choice); GPT-2 computes
+    queries, keys and values in one ``qkv_proj`` (its ``c_attn``, peft's default there)."""
+    return ("qkv_proj",) if model_type == "gpt2" else ("q_proj", "v_proj")
 
 
 def _trainable_heads(model: nn.Module) -> tuple[str, ...]:

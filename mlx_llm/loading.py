@@ -28,7 +28,8 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 QUANTIZATION_BITS = (4, 8)
 # Marks a folder written by `convert`: weights already carry mlx_llm's names.
 FORMAT_KEY = "mlx_llm"
-FORMAT_VERSION = 1
+# 2: GPT-2's attention keeps one fused qkv_proj (format 1 had q_proj, k_proj, v_proj).
+FORMAT_VERSION = 2
 
 
 def _dtype(name: str | None) -> mx.Dtype | None:
@@ -94,6 +95,18 @@ HEAD_PREFIXES = ("classifier.", "head.", "mlm_head.", "nsp_head.", "lm_head.", "
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def upgrade_weights(family, weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
+    """Weights mlx_llm saved in an older format, in today's names and layouts."""
+    version = config[FORMAT_KEY].get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"this checkpoint was written by a newer mlx_llm (format {version}; this one reads up to "
+            f"{FORMAT_VERSION}); upgrade mlx_llm"
+        )
+    upgrade = getattr(family, "upgrade_weights", None)
+    return weights if upgrade is None else upgrade(weights, version)
+
+
 def _fresh_heads(model: nn.Module, weights: dict[str, mx.array], std: float) -> dict[str, mx.array]:
     """Head tensors the checkpoint lacks (or holds for another label set), initialized
     as transformers does: normal(0, ``std``) weights, zero biases. Tensors of
@@ -144,6 +157,8 @@ def load_model(
     weights = load_safetensors(find_weight_files(folder))
     if FORMAT_KEY not in config:
         weights = family.convert_hf_weights(weights, args)
+    else:
+        weights = upgrade_weights(family, weights, config)
     quantization = config.get("quantization")
     if quantization is not None:
         nn.quantize(

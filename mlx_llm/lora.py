@@ -124,7 +124,9 @@ class LoRAConfig:
         alpha: Adapter outputs are scaled by ``alpha / rank``.
         dropout: Dropout on adapter inputs while training.
         target_modules: Linear modules to adapt, matched on the end of their
-            path inside a layer: ``"q_proj"`` or ``"self_attn.o_proj"``.
+            path inside a layer: ``"q_proj"`` or ``"self_attn.o_proj"``. GPT-2
+            has one ``qkv_proj`` where other families have ``q_proj``, ``k_proj``
+            and ``v_proj``.
         num_layers: Adapt the last ``num_layers`` of ``model.layers``; all if ``None``.
         trainable_modules: Module paths trained in full, e.g. ``("classifier",
             "model.pooler")`` for a new classification head.

@@ -429,9 +429,23 @@ class Trainer:
         """Put the best weights (see ``best_metric``) back into the model; their record, or ``None``."""
         if self.best is None or not (self.best_dir / "model.safetensors").is_file():
             return None
-        self.model.load_weights(str(self.best_dir / "model.safetensors"), strict=False)
+        self._load_trained(self.best_dir / "model.safetensors")
         mx.eval(self.model.parameters())
         return self.best
+
+    def _load_trained(self, path: Path) -> None:
+        """Load weights this trainer saved (its trainable ones), refusing any tensor the model lacks."""
+        weights = mx.load(str(path))
+        expected = dict(tree_flatten(self.model.parameters()))
+        wrong = sorted(name for name, value in weights.items()
+                       if name not in expected or expected[name].shape != value.shape)
+        if wrong:
+            raise ValueError(
+                f"{path} does not fit this model: {len(wrong)} tensor(s) it lacks or shapes differently "
+                f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}); it was written for another model "
+                "or by an older mlx_llm: start a new run in another folder"
+            )
+        self.model.load_weights(list(weights.items()), strict=False)
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted(path for path in self.checkpoint_dir.glob("step-*") if (path / "trainer_state.json").is_file())
@@ -452,7 +466,7 @@ class Trainer:
                 f"cannot resume from {checkpoint}: the run's settings differ ({'; '.join(differences)}); "
                 "resume with the same settings, or start a new run in another folder"
             )
-        self.model.load_weights(str(checkpoint / "model.safetensors"), strict=False)
+        self._load_trained(checkpoint / "model.safetensors")
         self.optimizer.state = tree_unflatten(list(mx.load(str(checkpoint / "optimizer.safetensors")).items()))
         self.train_data.restore(state["data"])
         self.step = state["step"]

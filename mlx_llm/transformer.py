@@ -61,6 +61,7 @@ class TransformerEncoderLayer(nn.Module):
         rope: Optional rotary embedding for queries and keys.
         attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
         attention_dropout: Dropout on the attention probabilities (training only).
+        fused_qkv: One ``qkv_proj`` for queries, keys and values (GPT-2's ``c_attn``).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class TransformerEncoderLayer(nn.Module):
         rope: nn.Module | None = None,
         attention_scale: float | None = None,
         attention_dropout: float = 0.0,
+        fused_qkv: bool = False,
     ):
         super().__init__()
         self.norm_first = norm_first
@@ -97,6 +99,7 @@ class TransformerEncoderLayer(nn.Module):
             rope=rope,
             scale=attention_scale,
             dropout=attention_dropout,
+            fused_qkv=fused_qkv,
         )
         self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
         feed_forward = GatedFeedForward if gated else FeedForward
@@ -138,7 +141,7 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
             num_heads,
             num_kv_heads=self_attn.num_kv_heads,
             head_dim=self_attn.head_dim,
-            bias="bias" in self_attn.q_proj,
+            bias=self_attn.projection_bias,
             output_bias="bias" in self_attn.o_proj,
             key_value_size=memory_size,
             scale=self_attn.scale,

@@ -53,7 +53,7 @@ def write_conll(path: Path, sentences) -> Path:
 
 
 def build_models(root: Path) -> dict[str, Path]:
-    """A tiny random BERT (WordPiece) and a tiny random Llama (byte-level BPE), in HF layout."""
+    """A tiny random BERT (WordPiece), Llama and GPT-2 (byte-level BPE), in HF layout."""
     import torch
     import transformers
 
@@ -70,7 +70,11 @@ def build_models(root: Path) -> dict[str, Path]:
                                       # Wide enough an output layer for a frozen random base to become confident.
                                       initializer_range=0.3)
     transformers.LlamaForCausalLM(config).save_pretrained(llama)
-    return {"bert": bert, "llama": llama}
+    gpt2 = fx.build_byte_level_bpe(root / "gpt2")
+    config = transformers.GPT2Config(vocab_size=400, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(gpt2)
+    return {"bert": bert, "llama": llama, "gpt2": gpt2}
 
 
 def instruction_records(count: int, seed: int) -> list[dict]:

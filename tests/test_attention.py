@@ -9,6 +9,7 @@ from reference import attention as reference_attention
 from reference import to_numpy
 
 from mlx_llm import (
+    KVCache,
     MultiHeadAttention,
     attention_weights,
     causal_mask,
@@ -151,6 +152,38 @@ def test_mha_equals_per_head_attention_concat_times_wo():
         heads_out.append(head[:, 0])
     expected = np.concatenate(heads_out, axis=-1) @ params["wo"].T + params["bo"]
     np.testing.assert_allclose(output, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads, bias", [(None, True), (2, False)])
+def test_fused_qkv_equals_separate_projections_with_stacked_rows(kv_heads, bias):
+    hidden, heads = 16, 4
+    separate = MultiHeadAttention(hidden, heads, num_kv_heads=kv_heads, bias=bias)
+    fused = MultiHeadAttention(hidden, heads, num_kv_heads=kv_heads, bias=bias, fused_qkv=True)
+    assert "q_proj" not in fused and fused.qkv_proj.weight.shape == (hidden + 2 * hidden * (kv_heads or heads) // heads,
+                                                                     hidden)
+    parts = [separate.q_proj, separate.k_proj, separate.v_proj]
+    fused.qkv_proj.weight = mx.concatenate([part.weight for part in parts])
+    if bias:
+        fused.qkv_proj.bias = mx.concatenate([part.bias for part in parts])
+    fused.o_proj = separate.o_proj
+    x = mx.random.normal((B, L, hidden))
+    np.testing.assert_allclose(np.array(fused(x, mask="causal")), np.array(separate(x, mask="causal")), atol=1e-6)
+    for got, expected in zip(fused.project(x), separate.project(x)):
+        np.testing.assert_allclose(np.array(got), np.array(expected), atol=1e-6)
+    # Step by step through a cache, as in generation.
+    cache_fused, cache_separate = KVCache(), KVCache()
+    for start in range(L):
+        step = x[:, start:start + 1]
+        np.testing.assert_allclose(np.array(fused(step, cache=cache_fused)),
+                                   np.array(separate(step, cache=cache_separate)), atol=1e-6)
+
+
+def test_fused_qkv_is_self_attention_only():
+    with pytest.raises(ValueError, match="key_value_size=8 differs from hidden_size=16; use separate projections"):
+        MultiHeadAttention(16, 4, key_value_size=8, fused_qkv=True)
+    fused = MultiHeadAttention(16, 4, fused_qkv=True)
+    with pytest.raises(ValueError, match="fused qkv_proj and cannot attend to key_value_states"):
+        fused(mx.zeros((1, 2, 16)), key_value_states=mx.zeros((1, 3, 16)))
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])

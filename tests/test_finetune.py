@@ -34,8 +34,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return build_models(tmp_path_factory.mktemp("finetune_models"))
 
 
-def config_for(models, tmp_path, task, train, valid, **options) -> FinetuneConfig:
-    model = models["llama" if task == "lm" else "bert"]
+def config_for(models, tmp_path, task, train, valid, model=None, **options) -> FinetuneConfig:
+    model = models[model or ("llama" if task == "lm" else "bert")]
     defaults = dict(batch_size=16, learning_rate=3e-3, epochs=1, log_every=1, seed=0)
     return FinetuneConfig(task=task, model=str(model), train=str(train), out=str(tmp_path / "run"),
                           valid=None if valid is None else str(valid), **{**defaults, **options})
@@ -91,6 +91,26 @@ def test_lora_run_equals_its_fused_model_and_exports(models, tmp_path):
     with torch.no_grad():
         logits = exported(input_ids=torch.tensor(np.array(batch["input_ids"])),
                           attention_mask=torch.tensor(np.array(batch["attention_mask"]))).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_gpt2_lora_adapts_the_fused_qkv_and_exports(models, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", instruction_records(16, seed=6))
+    finetune(config_for(models, tmp_path, "lm", train, train, model="gpt2", lora=True, rank=4, steps=2,
+                        learning_rate=1e-2), progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "adapter_config.json").read_text())["target_modules"] == ["qkv_proj"]
+    from mlx_llm.loading import load_model
+
+    lora_model, _ = load_model(run)
+    adapter = lora_model.layers[1].self_attn.qkv_proj
+    assert np.abs(np.array(adapter.lora_b)).max() > 0  # trained away from its zero start
+    input_ids = mx.array([[5, 17, 33, 2, 64, 9]])
+    expected = np.array(lora_model(input_ids))
+    CliRunner().invoke(main, ["export", str(run), "--to-hf", str(tmp_path / "hf")], catch_exceptions=False)
+    exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        logits = exported(input_ids=torch.tensor(np.array(input_ids))).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from mlx_llm.hub import UnsafeCheckpointError
-from mlx_llm.loading import convert, load_model
+from mlx_llm.loading import FORMAT_VERSION, convert, load_model
 
 INPUT_IDS = mx.array([[5, 17, 33, 2, 64, 9, 11, 70]])
 
@@ -37,7 +37,7 @@ def test_convert_round_trip_float_and_bfloat16(llama_checkpoint, tmp_path):
     report = convert(llama_checkpoint, tmp_path / "f32")
     assert report.bytes_written > 0 and report.megabytes_per_second > 0
     config = json.loads((tmp_path / "f32" / "config.json").read_text())
-    assert config["mlx_llm"]["format_version"] == 1 and config["dtype"] == "float32"
+    assert config["mlx_llm"]["format_version"] == FORMAT_VERSION == 2 and config["dtype"] == "float32"
     reloaded, _ = load_model(tmp_path / "f32")
     np.testing.assert_array_equal(np.array(reloaded(INPUT_IDS)), reference)
 
@@ -153,3 +153,46 @@ def test_bad_conversion_options(llama_checkpoint, tmp_path):
         convert(llama_checkpoint, tmp_path / "o", quantize=True, bits=3)
     with pytest.raises(ValueError, match="unsupported dtype 'float8'"):
         load_model(llama_checkpoint, dtype="float8")
+
+
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _as_format_1(folder, version=1):
+    """Rewrite a converted GPT-2 folder as mlx_llm format 1 wrote it: q_proj, k_proj and v_proj."""
+    def split(weights):
+        for name in [name for name in weights if ".qkv_proj." in name]:
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(weights.pop(name), 3, axis=0)):
+                weights[name.replace("qkv_proj", part)] = piece
+
+    _rewrite_weights(folder, split)
+    config = json.loads((folder / "config.json").read_text())
+    config["mlx_llm"]["format_version"] = version
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_format_1_gpt2_with_separate_qkv_loads_as_fused(gpt2_checkpoint, tmp_path, quantize):
+    convert(gpt2_checkpoint, tmp_path / "now", quantize=quantize, bits=8, group_size=32)
+    expected = np.array(load_model(tmp_path / "now")[0](INPUT_IDS))
+    old = copy_of(tmp_path / "now", tmp_path)
+    _as_format_1(old)
+    assert "model.layers.0.self_attn.q_proj.weight" in mx.load(str(old / "model.safetensors"))
+    model, _ = load_model(old)
+    assert "qkv_proj" in model.layers[0].self_attn
+    np.testing.assert_array_equal(np.array(model(INPUT_IDS)), expected)
+
+
+def test_newer_format_is_refused(gpt2_checkpoint, tmp_path):
+    convert(gpt2_checkpoint, tmp_path / "now")
+    config = json.loads((tmp_path / "now" / "config.json").read_text())
+    config["mlx_llm"]["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "now" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"written by a newer mlx_llm \\(format {FORMAT_VERSION + 1}; .*upgrade mlx_llm"):
+        load_model(tmp_path / "now")

@@ -173,6 +173,17 @@ def test_resume_with_different_settings_is_refused(tmp_path):
         make_trainer(tmp_path / "empty").fit(resume=True)
 
 
+def test_resume_from_weights_of_another_layout_is_refused(tmp_path):
+    make_trainer(tmp_path, steps=2).fit()
+    saved = next((tmp_path / "checkpoints").iterdir()) / "model.safetensors"
+    weights = mx.load(str(saved))
+    name = next(name for name in weights if name.endswith("qkv_proj.weight"))
+    weights[name.replace("qkv_proj", "q_proj")] = weights.pop(name)  # as an older layout named it
+    mx.save_safetensors(str(saved), weights)
+    with pytest.raises(ValueError, match=r"does not fit this model: 1 tensor\(s\) .*q_proj.weight.*start a new run"):
+        make_trainer(tmp_path, steps=2).fit(resume=True)
+
+
 class ExplodingBatches(ArrayBatches):
     """Batches whose loss scale turns NaN from the 4th batch on."""
 

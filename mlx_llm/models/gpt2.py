@@ -101,6 +101,7 @@ class GPT2Model(nn.Module):
                 attention_scale=None if args.scale_attention else 1.0,
                 dropout=args.dropout,
                 attention_dropout=args.attention_dropout,
+                fused_qkv=True,  # GPT-2's c_attn: one product for queries, keys and values
             )
             for _ in range(args.num_layers)
         ]
@@ -178,17 +179,16 @@ HEAD_NAMES = {"sequence_classification": "score", "token_classification": "class
 
 def _linear_weight(conv1d_weight: mx.array) -> mx.array:
     """``nn.Linear``'s ``(out, in)`` weight from a Conv1D ``(in, out)`` one, as a
-    transposed view of contiguous ``(in, out)`` memory: ``x @ W.T`` then reads
-    it in its stored order (about 2x faster with a reference BLAS), and slices
-    of the fused ``c_attn`` are made contiguous once instead of at every matmul."""
+    transposed view of the stored memory: ``x @ W.T`` then reads it in its
+    stored order (about 2x faster with a reference BLAS)."""
     return mx.contiguous(conv1d_weight).T
 
 
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
     """Map ``transformer.h.N.attn.c_attn`` & co. to this file's modules.
 
-    GPT-2 stores its projections as ``Conv1D`` with ``(in, out)`` weights:
-    they are transposed, and the fused ``c_attn`` is split into q, k and v.
+    GPT-2 stores its projections as ``Conv1D`` with ``(in, out)`` weights, which
+    are transposed; the fused ``c_attn`` becomes ``qkv_proj`` as it is.
     """
     converted: dict[str, mx.array] = {}
     for name, tensor in weights.items():
@@ -212,13 +212,8 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
         elif parts[0] == "h" and len(parts) == 5:
             prefix = f"model.layers.{parts[1]}"
             module, kind = ".".join(parts[2:4]), parts[4]
-            if module == "attn.c_attn":
-                for projection, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(tensor, 3, axis=-1)):
-                    converted[f"{prefix}.self_attn.{projection}.{kind}"] = (
-                        _linear_weight(piece) if kind == "weight" else mx.contiguous(piece)
-                    )
-                continue
             target = {
+                "attn.c_attn": "self_attn.qkv_proj",
                 "attn.c_proj": "self_attn.o_proj",
                 "mlp.c_fc": "feed_forward.up_proj",
                 "mlp.c_proj": "feed_forward.down_proj",
@@ -234,11 +229,30 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
     return converted
 
 
+def upgrade_weights(weights: dict[str, mx.array], format_version: int) -> dict[str, mx.array]:
+    """Weights saved by mlx_llm format 1, with separate ``q_proj``, ``k_proj`` and
+    ``v_proj``, in today's layout: their rows stacked into ``qkv_proj`` (the same
+    for quantized weights, whose scales and biases are per output row)."""
+    if format_version >= 2:
+        return weights
+    upgraded: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        module, _, kind = name.rpartition(".")
+        attention, _, projection = module.rpartition(".")
+        if not attention.endswith("self_attn") or projection not in ("q_proj", "k_proj", "v_proj"):
+            upgraded[name] = tensor
+        elif projection == "q_proj":  # k_proj and v_proj are stacked with it
+            upgraded[f"{attention}.qkv_proj.{kind}"] = mx.concatenate(
+                [weights[f"{attention}.{part}.{kind}"] for part in ("q_proj", "k_proj", "v_proj")]
+            )
+    return upgraded
+
+
 def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-    """The inverse of `convert_hf_weights`: Conv1D ``(in, out)`` weights, q, k and v
-    fused back into ``c_attn``, ``transformer.`` names and the task's head name."""
+    """The inverse of `convert_hf_weights`: Conv1D ``(in, out)`` weights,
+    ``transformer.`` names and the task's head name."""
     exported: dict[str, mx.array] = {}
-    renames = {"self_attn.o_proj": "attn.c_proj", "feed_forward.up_proj": "mlp.c_fc",
+    renames = {"self_attn.qkv_proj": "attn.c_attn", "self_attn.o_proj": "attn.c_proj", "feed_forward.up_proj": "mlp.c_fc",
                "feed_forward.down_proj": "mlp.c_proj", "self_attn_norm": "ln_1", "feed_forward_norm": "ln_2"}
     for name, tensor in weights.items():
         module, _, kind = name.rpartition(".")
@@ -252,15 +266,6 @@ def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str
             exported[f"transformer.{name.removeprefix('model.')}"] = tensor
         elif module.startswith("model.layers."):
             index, _, rest = module.removeprefix("model.layers.").partition(".")
-            if rest in ("self_attn.k_proj", "self_attn.v_proj"):
-                continue  # written with q_proj
-            if rest == "self_attn.q_proj":
-                pieces = [weights[f"model.layers.{index}.self_attn.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")]
-                exported[f"transformer.h.{index}.attn.c_attn.{kind}"] = (
-                    mx.concatenate([piece.T for piece in pieces], axis=1) if kind == "weight"
-                    else mx.concatenate(pieces)
-                )
-                continue
             if rest not in renames:
                 raise ValueError(f"no transformers name for GPT-2 tensor {name!r}")
             exported[f"transformer.h.{index}.{renames[rest]}.{kind}"] = (
