@@ -19,6 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import KVCache
+from .layers import Linear
 
 Mask = mx.array | str | None
 
@@ -212,12 +213,12 @@ class MultiHeadAttention(nn.Module):
                     f"key_value_size={key_value_size} differs from hidden_size={hidden_size}; "
                     "use separate projections for cross-attention"
                 )
-            self.qkv_proj = nn.Linear(hidden_size, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
+            self.qkv_proj = Linear(hidden_size, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias)
         else:
-            self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
-            self.k_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
-            self.v_proj = nn.Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=output_bias)
+            self.q_proj = Linear(hidden_size, num_heads * head_dim, bias=bias)
+            self.k_proj = Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+            self.v_proj = Linear(key_value_size, num_kv_heads * head_dim, bias=bias)
+        self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=output_bias)
         self.rope = rope
         self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
 

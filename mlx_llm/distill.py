@@ -38,6 +38,7 @@ from . import finetune as finetuning
 from .export import dequantize_model
 from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
+from .layers import Linear
 from .loading import DTYPES, load_model
 from .losses import (
     attention_score_mse_loss,
@@ -160,7 +161,7 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         if needs_projection and student_width != teacher_width:
-            self.projection = nn.Linear(student_width, teacher_width)
+            self.projection = Linear(student_width, teacher_width)
 
     def project(self, hidden_states: mx.array) -> mx.array:
         return self.projection(hidden_states) if "projection" in self else hidden_states

@@ -11,6 +11,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, save_safetensors, write_json
+from .layers import Embedding, Linear
 from .loading import DTYPES, FORMAT_KEY, load_model
 from .lora import fuse_lora
 from .models import get_family
@@ -44,11 +45,11 @@ def dequantize_model(model: nn.Module) -> int:
             weight = mx.dequantize(module.weight, module.scales, module.biases, module.group_size, module.bits)
             if isinstance(module, nn.QuantizedLinear):
                 output_dims, input_dims = weight.shape
-                replacement = nn.Linear(input_dims, output_dims, bias="bias" in module)
+                replacement = Linear(input_dims, output_dims, bias="bias" in module)
                 if "bias" in module:
                     replacement.bias = module.bias
             else:
-                replacement = nn.Embedding(*weight.shape)
+                replacement = Embedding(*weight.shape)
             replacement.weight = weight
             replacements.append((path, replacement))
     if replacements:

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import fast_math
+from .layers import Linear
 
 # On the CPU, GELU and SiLU come from `fast_math` (vectorized approximations, 2e-6 of
 # MLX's); on Metal and CUDA they are MLX's own.
@@ -62,8 +63,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.activation_name = activation
         self.activation = get_activation(activation)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
         return self.down_proj(self.activation(self.up_proj(hidden_states)))
@@ -81,9 +82,9 @@ class GatedFeedForward(nn.Module):
         self.activation_name = activation
         get_activation(activation)  # validates the name
         self.gate_and_up = GATED_ACTIVATIONS[activation]
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
         return self.down_proj(self.gate_and_up(self.gate_proj(hidden_states), self.up_proj(hidden_states)))

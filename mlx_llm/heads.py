@@ -11,6 +11,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import Linear
+
 # The tasks a decoder family builds, and the Hugging Face architecture suffix of each.
 DECODER_TASKS = {
     "causal_lm": "ForCausalLM",
@@ -72,7 +74,7 @@ class DecoderTaskHead(nn.Module):
         super().__init__()
         self.task = task
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.linear = nn.Linear(hidden_size, num_labels, bias=task == "token_classification")
+        self.linear = Linear(hidden_size, num_labels, bias=task == "token_classification")
 
     def __call__(self, hidden_states: mx.array, attention_mask: mx.array | None) -> mx.array:
         """``(B, L, H)`` states to ``(B, num_labels)`` or ``(B, L, num_labels)`` logits."""

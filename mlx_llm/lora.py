@@ -21,6 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .hub import load_safetensors, read_json, write_json
+from .layers import Linear
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -106,7 +107,7 @@ class LoRALinear(nn.Module):
             weight = base.weight
         delta = self.scale * (self.lora_a @ self.lora_b).T  # (output_dims, input_dims), float32
         input_dims, output_dims = _linear_dims(base)
-        fused = nn.Linear(input_dims, output_dims, bias="bias" in base)  # random init is lazy, never computed
+        fused = Linear(input_dims, output_dims, bias="bias" in base)  # random init is lazy, never computed
         fused.weight = (weight.astype(mx.float32) + delta).astype(weight.dtype)
         if "bias" in base:
             fused.bias = base.bias

@@ -7,6 +7,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import Embedding
+
 
 def _check_positions(length: int, offset: int, max_positions: int, what: str) -> None:
     if length < 0 or offset < 0:
@@ -30,7 +32,7 @@ class LearnedPositionalEmbedding(nn.Module):
     def __init__(self, max_positions: int, dims: int):
         super().__init__()
         self.max_positions = max_positions
-        self.embedding = nn.Embedding(max_positions, dims)
+        self.embedding = Embedding(max_positions, dims)
 
     def __call__(self, length: int, offset: int = 0, position_ids: mx.array | None = None) -> mx.array:
         """Embeddings ``(length, dims)`` of positions ``offset .. offset + length - 1``,

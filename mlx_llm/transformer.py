@@ -17,6 +17,7 @@ import mlx.nn as nn
 from .attention import Mask, MultiHeadAttention
 from .cache import KVCache
 from .feed_forward import FeedForward, GatedFeedForward
+from .layers import Embedding, Linear
 from .masks import create_attention_mask, padding_mask
 from .positions import SinusoidalPositionalEncoding
 
@@ -285,8 +286,8 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
         self.hidden_size = hidden_size
-        self.source_embed = nn.Embedding(source_vocab_size, hidden_size)
-        self.target_embed = nn.Embedding(target_vocab_size, hidden_size)
+        self.source_embed = Embedding(source_vocab_size, hidden_size)
+        self.target_embed = Embedding(target_vocab_size, hidden_size)
         self.positions = SinusoidalPositionalEncoding(hidden_size, max_positions)
         self.dropout = nn.Dropout(dropout)
         self.encoder = TransformerEncoder(
@@ -295,7 +296,7 @@ class EncoderDecoder(nn.Module):
         self.decoder = TransformerDecoder(
             num_decoder_layers, hidden_size, num_heads, intermediate_size, dropout=dropout, **options
         )
-        self.output_proj = nn.Linear(hidden_size, target_vocab_size, bias=False)
+        self.output_proj = Linear(hidden_size, target_vocab_size, bias=False)
 
     def _embed(self, embedding: nn.Embedding, token_ids: mx.array, offset: int = 0) -> mx.array:
         if token_ids.ndim != 2:

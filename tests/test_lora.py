@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from mlx_llm.layers import Linear
 from mlx_llm.lora import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -317,7 +318,7 @@ def test_fusing_a_quantized_layer_requantizes_within_one_step():
     assert np.abs(np.array(base_weight) - exact).max() > 3 * step.max()  # so the bound has teeth
 
     dequantized = layer.fuse(dequantize=True)
-    assert type(dequantized) is nn.Linear
+    assert type(dequantized) is Linear  # float again, mlx_llm.layers.Linear like every model layer
     np.testing.assert_allclose(np.array(dequantized.weight), exact, atol=1e-6)
 
 
@@ -343,7 +344,7 @@ def test_qlora_fused_models_match_the_adapted_model():
     assert requantization_error < 0.4 * np.abs(base_logits - adapted).mean()
 
     assert fuse_lora(model, dequantize=True) == 2 * 7
-    assert type(model.layers[0].self_attn.q_proj) is nn.Linear
+    assert type(model.layers[0].self_attn.q_proj) is Linear
     np.testing.assert_allclose(np.array(model(INPUT_IDS)), adapted, atol=1e-4)
 
 

@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..feed_forward import ACTIVATIONS, get_activation
+from ..layers import Embedding, Linear
 from ..masks import create_attention_mask
 from ..positions import LearnedPositionalEmbedding, sinusoidal_table
 from ..transformer import TransformerEncoderLayer
@@ -308,13 +309,13 @@ class Embeddings(nn.Module):
         super().__init__()
         self.model_type = args.model_type
         self.pad_token_id = args.pad_token_id
-        self.word_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.word_embeddings = Embedding(args.vocab_size, args.hidden_size)
         self.position_embeddings = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
         if args.sinusoidal_positions:
             # DistilBERT's option: start from the fixed table (the checkpoint stores it anyway).
             self.position_embeddings.embedding.weight = sinusoidal_table(args.max_positions, args.hidden_size)
         if args.type_vocab_size > 0:
-            self.token_type_embeddings = nn.Embedding(args.type_vocab_size, args.hidden_size)
+            self.token_type_embeddings = Embedding(args.type_vocab_size, args.hidden_size)
         self.norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.dropout = nn.Dropout(args.dropout)
         # RoBERTa's positions run pad_token_id + 1 .. pad_token_id + L.
@@ -349,7 +350,7 @@ class Pooler(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = Linear(hidden_size, hidden_size)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
         return mx.tanh(self.dense(hidden_states[:, 0]))  # (B, H)
@@ -360,11 +361,11 @@ class MaskedLMHead(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.dense = nn.Linear(args.hidden_size, args.hidden_size)
+        self.dense = Linear(args.hidden_size, args.hidden_size)
         self.activation = get_activation(args.head_activation)
         self.norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         if not args.tie_word_embeddings:
-            self.decoder = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.decoder = Linear(args.hidden_size, args.vocab_size, bias=False)
         self.bias = mx.zeros((args.vocab_size,))
 
     def __call__(self, hidden_states: mx.array, word_embeddings: nn.Embedding) -> mx.array:
@@ -398,9 +399,9 @@ class ClassificationHead(nn.Module):
         super().__init__()
         self.activation = activation
         self.input_dropout = nn.Dropout(input_dropout)
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden_size, num_labels)
+        self.out_proj = Linear(hidden_size, num_labels)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
         """``(B, L, H)`` states to ``(B, num_labels)`` logits."""
@@ -468,7 +469,7 @@ class Model(nn.Module):
         if args.has_mlm_head:
             self.mlm_head = MaskedLMHead(args)
         if args.has_nsp_head:
-            self.nsp_head = nn.Linear(args.hidden_size, 2)
+            self.nsp_head = Linear(args.hidden_size, 2)
         if args.task == "sequence_classification" and args.model_type != "bert":
             roberta = args.model_type == "roberta"
             self.classifier = ClassificationHead(
@@ -480,7 +481,7 @@ class Model(nn.Module):
             )
         elif args.has_classifier:
             # BERT sequence classification (on the pooler output) and every token classifier.
-            self.classifier = nn.Linear(args.hidden_size, args.num_labels)
+            self.classifier = Linear(args.hidden_size, args.num_labels)
         self.classifier_dropout = nn.Dropout(args.classifier_dropout)
 
     @property

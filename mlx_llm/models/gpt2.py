@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
 from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
+from ..layers import Embedding, Linear
 from ..masks import decoder_mask
 from ..positions import LearnedPositionalEmbedding
 from ..transformer import TransformerEncoderLayer
@@ -86,7 +87,7 @@ class GPT2Model(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.wte = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.wte = Embedding(args.vocab_size, args.hidden_size)
         self.wpe = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
         self.layers = [
             TransformerEncoderLayer(
@@ -142,7 +143,7 @@ class Model(nn.Module):
         if args.task != "causal_lm":
             self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
         elif not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(
         self,

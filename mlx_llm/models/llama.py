@@ -18,6 +18,7 @@ import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
 from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
+from ..layers import Embedding, Linear
 from ..masks import decoder_mask
 from ..positions import RotaryEmbedding
 from ..transformer import TransformerEncoderLayer
@@ -131,7 +132,7 @@ class LlamaModel(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size)
         rope = make_rope(args)  # shared by every layer; it has no parameters
         self.layers = [
             TransformerEncoderLayer(
@@ -179,7 +180,7 @@ class Model(nn.Module):
         if args.task != "causal_lm":
             self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
         elif not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(
         self,

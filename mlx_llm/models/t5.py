@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache
+from ..layers import Embedding, Linear
 from ..masks import causal_mask, combine_masks, padding_mask
 from ..transformer import TransformerDecoder, TransformerEncoder
 
@@ -284,7 +285,7 @@ class RelativePositionBias(nn.Module):
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.bidirectional = bidirectional
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = Embedding(num_buckets, num_heads)
 
     def __call__(self, query_length: int, key_length: int, offset: int = 0) -> mx.array:
         """Bias ``(1, H, L, S)`` for queries at ``offset .. offset + L - 1`` and keys ``0 .. S - 1``."""
@@ -333,7 +334,7 @@ class Model(nn.Module):
             norm_first=True,
             attention_scale=1.0,  # T5 folds 1/sqrt(d_kv) into its weight initialization
         )
-        self.shared = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.shared = Embedding(args.vocab_size, args.hidden_size)
         self.encoder = TransformerEncoder(
             args.num_encoder_layers, args.hidden_size, args.num_heads, args.intermediate_size, **layer_options
         )
@@ -347,7 +348,7 @@ class Model(nn.Module):
             args.num_heads, args.num_buckets, args.max_distance, bidirectional=False
         )
         if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def _embed(self, token_ids: mx.array, what: str) -> mx.array:
         if token_ids.ndim != 2:
