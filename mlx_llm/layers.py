@@ -87,7 +87,8 @@ def _input_major_product_vjp(primals, cotangent, output):
     x, weight = primals
     rows = cotangent.reshape(-1, cotangent.shape[-1])
     grad_weight = rows.T @ x.reshape(-1, x.shape[-1])  # (out, in): a transposed first operand is fast
-    return cotangent @ weight, grad_weight
+    # A relaid-out (frozen, say) weight is copied back to (out, in) order first: cheap next to the product.
+    return cotangent @ mx.contiguous(weight), grad_weight
 
 
 def linear_product(x: mx.array, weight: mx.array) -> mx.array:
