@@ -125,6 +125,6 @@ def relayout(model: nn.Module) -> int:
     for _, module in model.named_modules():
         if type(module) in (nn.Linear, nn.Embedding, Linear, Embedding) and module.weight.dtype == mx.float32:
             module.weight = mx.contiguous(module.weight.T).T
+            mx.eval(module.weight)  # one matrix at a time: the old one is freed before the next copy
             moved += 1
-    mx.eval(model.parameters())
     return moved

@@ -172,6 +172,7 @@ def load_model(
         weights.update(_fresh_heads(model, weights, model_config.get("initializer_range", 0.02)))
     check_weights(model, weights, str(folder))
     model.load_weights(list(weights.items()))
+    del weights  # the model holds the only references now, so relayout frees each matrix it copies
     if target_dtype is not None:
         model.set_dtype(target_dtype)
     relayout(model)  # (in, out) weights where the CPU's reference BLAS reads them faster
