@@ -106,3 +106,44 @@ def tree_items(model):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_with_an_optimized_blas_each_shape_gets_its_timed_order(monkeypatch):
+    monkeypatch.setattr(layers, "_reference_blas", lambda: False)
+    monkeypatch.setattr(layers, "_INPUT_MAJOR_FASTER", {})
+    timed = []
+
+    def faster(out_in, in_out):  # (in, out) wins for wide outputs, say
+        timed.append(tuple(out_in.shape))
+        np.testing.assert_array_equal(np.array(out_in), np.array(in_out))
+        return out_in.shape[0] > out_in.shape[1]
+
+    monkeypatch.setattr(layers, "_input_major_faster", faster)
+    mx.random.seed(3)
+    model = nn.Sequential(Linear(8, 12), Linear(12, 6), Linear(8, 12), Embedding(10, 8))
+    x = mx.random.normal((2, 8))
+    expected = np.array(model.layers[1](model.layers[0](x)))
+    assert relayout(model) == 4
+    assert sorted(timed) == [(6, 12), (10, 8), (12, 8)]  # each shape timed once
+    assert layers._INPUT_MAJOR_FASTER == {(12, 8): True, (6, 12): False, (10, 8): True}
+    # The same products, up to float32 summation order.
+    np.testing.assert_allclose(np.array(model.layers[1](model.layers[0](x))), expected, rtol=1e-5, atol=1e-6)
+    layers.set_input_major(False)  # forced off: weights stay as stored, nothing timed
+    try:
+        assert relayout(model) == 0 and len(timed) == 3
+    finally:
+        layers.set_input_major(None)
+
+
+@pytest.mark.parametrize("in_out_time, expected", [(0.90, True), (0.97, False), (1.2, False)])
+def test_input_major_faster_compares_medians_with_a_margin(monkeypatch, in_out_time, expected):
+    calls = []
+
+    def fake_time(x, weight):  # calls alternate: (out, in), then (in, out)
+        calls.append(weight)
+        return 1e-3 if len(calls) % 2 else in_out_time * 1e-3
+
+    monkeypatch.setattr(layers, "_time_product", fake_time)
+    weight = mx.ones((4, 3))
+    assert layers._input_major_faster(weight, mx.contiguous(weight.T).T, budget=0.05) is expected
+    assert len(calls) >= 4 + 2 * 5
