@@ -162,11 +162,12 @@ def load_model(
         weights = upgrade_weights(family, weights, config)
     quantization = config.get("quantization")
     if quantization is not None:
+        quantized = {name.removesuffix(".scales") for name in weights if name.endswith(".scales")}
         nn.quantize(
             model,
             group_size=quantization["group_size"],
             bits=quantization["bits"],
-            class_predicate=lambda path, module: f"{path}.scales" in weights,
+            class_predicate=lambda path, module: path in quantized,
         )
     if task_config is not None:
         weights.update(_fresh_heads(model, weights, model_config.get("initializer_range", 0.02)))
