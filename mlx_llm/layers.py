@@ -19,28 +19,20 @@ So, where the reference BLAS computes on the CPU ("input-major" mode):
   gradients are computed as ``dy @ W`` and ``dy.T @ x``, the two fast forms.
 
 Everywhere else they are MLX's own ``nn.Linear`` and ``nn.Embedding``, with
-the same parameters, and results equal up to float32 summation order. With
-an optimized BLAS on the CPU, `relayout` still picks each weight's memory
-order, by timing: their matrix-vector kernels differ by order and shape
-(OpenBLAS here: a GPT-2 ``(3072, 768)`` weight took 320 us ``(out, in)`` and
-518 us ``(in, out)``, its ``(768, 3072)`` one 802 and 275 us).
+the same parameters, and results equal up to float32 summation order.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import statistics
 import sys
-import time
 
 import mlx.core as mx
 import mlx.nn as nn
 
 # Shared libraries that are optimized BLAS implementations (any mapped one wins).
 _OPTIMIZED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl", "flexiblas", "atlas")
-# Per (out, in) weight shape, whether (in, out) memory order computes faster (see `relayout`).
-_INPUT_MAJOR_FASTER: dict[tuple[int, ...], bool] = {}
 # MLX_LLM_INPUT_MAJOR=1 or 0 forces the mode on or off (e.g. a BLAS preloaded under the name libblas).
 _override: bool | None = {"1": True, "0": False}.get(os.environ.get("MLX_LLM_INPUT_MAJOR", ""))
 
@@ -123,54 +115,16 @@ class Embedding(nn.Embedding):
         return linear_product(x, self.weight)
 
 
-def _time_product(x: mx.array, weight: mx.array) -> float:
-    start = time.perf_counter()
-    mx.eval(x @ weight.T)
-    return time.perf_counter() - start
-
-
-def _input_major_faster(out_in: mx.array, in_out: mx.array, budget: float = 0.03) -> bool:
-    """Whether a one-row product reads the ``(in, out)``-ordered copy of a weight at
-    least 5% faster than the ``(out, in)`` one: both timed alternately, medians compared."""
-    x = mx.ones((1, out_in.shape[1]), dtype=out_in.dtype)
-    for candidate in (out_in, in_out, out_in, in_out):  # warm-up
-        _time_product(x, candidate)
-    times: tuple[list[float], list[float]] = ([], [])
-    while len(times[0]) < 5 or sum(times[0]) + sum(times[1]) < budget:
-        times[0].append(_time_product(x, out_in))
-        times[1].append(_time_product(x, in_out))
-    return statistics.median(times[1]) < 0.95 * statistics.median(times[0])
-
-
 def relayout(model: nn.Module) -> int:
-    """Store the float32 weights of ``model``'s linear and embedding layers in
-    the memory order the CPU computes fastest with (values unchanged); returns
-    how many weights were timed or moved.
-
-    In input-major mode every weight is stored ``(in, out)``. Otherwise, on the
-    CPU, each weight shape is timed once per process in both orders on a
-    one-row product (a decoding step: optimized BLAS libraries pick different
-    kernels per order and shape, up to 3x apart) and stored ``(in, out)`` when
-    that is 5% faster, ``(out, in)`` otherwise. On a GPU, or with
-    ``MLX_LLM_INPUT_MAJOR=0``, weights stay as stored.
-    """
-    if _override is False or mx.default_device().type != mx.cpu:
+    """In input-major mode, store the float32 weights of ``model``'s linear and
+    embedding layers ``(in, out)`` in memory (values unchanged); returns how
+    many were moved. Does nothing otherwise."""
+    if not input_major():
         return 0
-    everything = input_major()
-    count = 0
+    moved = 0
     for _, module in model.named_modules():
-        if type(module) not in (nn.Linear, nn.Embedding, Linear, Embedding) or module.weight.dtype != mx.float32:
-            continue
-        shape = tuple(module.weight.shape)
-        if not everything and shape not in _INPUT_MAJOR_FASTER:
-            # Time both orders (one of them aliases the stored memory, the other is a copy).
-            out_in, in_out = mx.contiguous(module.weight), mx.contiguous(module.weight.T).T
-            mx.eval(out_in, in_out)
-            _INPUT_MAJOR_FASTER[shape] = _input_major_faster(out_in, in_out)
-            del out_in, in_out
-        wanted_in_out = everything or _INPUT_MAJOR_FASTER[shape]
-        # A copy only where the stored order is the other one.
-        module.weight = mx.contiguous(module.weight.T).T if wanted_in_out else mx.contiguous(module.weight)
-        mx.eval(module.weight)  # one matrix at a time: the old memory is freed before the next copy
-        count += 1
-    return count
+        if type(module) in (nn.Linear, nn.Embedding, Linear, Embedding) and module.weight.dtype == mx.float32:
+            module.weight = mx.contiguous(module.weight.T).T
+            mx.eval(module.weight)  # one matrix at a time: the old one is freed before the next copy
+            moved += 1
+    return moved
