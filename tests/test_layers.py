@@ -106,3 +106,16 @@ def tree_items(model):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_with_an_optimized_blas_weights_are_stored_out_in(monkeypatch):
+    monkeypatch.setattr(layers, "_reference_blas", lambda: False)
+    mx.random.seed(3)
+    model = nn.Sequential(Linear(8, 12), Linear(12, 6), Embedding(10, 8))
+    conv1d = mx.random.normal((8, 12))  # stored (in, out), as GPT-2's Conv1D
+    model.layers[0].weight = conv1d.T
+    x = mx.random.normal((2, 8))
+    expected = np.array(model.layers[1](model.layers[0](x)))
+    assert relayout(model) == 3
+    np.testing.assert_array_equal(np.array(model.layers[0].weight), np.array(conv1d).T)
+    np.testing.assert_allclose(np.array(model.layers[1](model.layers[0](x))), expected, rtol=1e-5, atol=1e-6)
