@@ -176,7 +176,7 @@ def load_model(
     del weights  # the model holds the only references now, so relayout frees each matrix it copies
     if target_dtype is not None:
         model.set_dtype(target_dtype)
-    relayout(model)  # (in, out) weights where the CPU's reference BLAS reads them faster
+    relayout(model)  # each weight in the memory order the CPU's BLAS reads fastest
     model.eval()
     mx.eval(model.parameters())
     return model, model_config
