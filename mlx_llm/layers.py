@@ -100,7 +100,7 @@ def linear_product(x: mx.array, weight: mx.array) -> mx.array:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same init) computed by `linear_product`."""
+    """``nn.Linear`` (same parameters, same init) whose product is formed as in `linear_product`."""
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.weight.dtype != mx.float32 or not input_major():
