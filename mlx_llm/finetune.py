@@ -246,10 +246,11 @@ def _default_best_metric(info: dict) -> str:
     return "f1" if info["task"] == "tag" else "loss"
 
 
-def _lora_targets(model_type: str) -> tuple[str, ...]:
-    """The attention's query and value projections (LoRA's choice); GPT-2 computes
-    queries, keys and values in one ``qkv_proj`` (its ``c_attn``, peft's default there)."""
-    return ("qkv_proj",) if model_type == "gpt2" else ("q_proj", "v_proj")
+def _lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The attention's query and value projections (LoRA's choice), or the fused
+    ``qkv_proj`` where one product computes all three (GPT-2's ``c_attn``, peft's default there)."""
+    fused = any(name.endswith(".qkv_proj") for name, _ in model.named_modules())
+    return ("qkv_proj",) if fused else ("q_proj", "v_proj")
 
 
 def _trainable_heads(model: nn.Module) -> tuple[str, ...]:
@@ -300,7 +301,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
                         class_predicate=quantization_predicate(group_size))
             info["quantization"] = {"group_size": group_size, "bits": config.quantize}
         lora_config = LoRAConfig(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                                 target_modules=config.target_modules or _lora_targets(task_config["model_type"]),
+                                 target_modules=config.target_modules or _lora_targets(model),
                                  num_layers=config.lora_layers,
                                  trainable_modules=_trainable_heads(model) if config.task != "lm" else ())
         apply_lora(model, lora_config)
