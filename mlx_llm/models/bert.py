@@ -309,7 +309,9 @@ class Embeddings(nn.Module):
         super().__init__()
         self.model_type = args.model_type
         self.pad_token_id = args.pad_token_id
-        self.word_embeddings = Embedding(args.vocab_size, args.hidden_size)
+        self.word_embeddings = Embedding(
+            args.vocab_size, args.hidden_size, output_layer=args.has_mlm_head and args.tie_word_embeddings
+        )
         self.position_embeddings = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
         if args.sinusoidal_positions:
             # DistilBERT's option: start from the fixed table (the checkpoint stores it anyway).

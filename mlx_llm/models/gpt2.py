@@ -87,7 +87,9 @@ class GPT2Model(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.wte = Embedding(args.vocab_size, args.hidden_size)
+        self.wte = Embedding(
+            args.vocab_size, args.hidden_size, output_layer=args.task == "causal_lm" and args.tie_word_embeddings
+        )
         self.wpe = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
         self.layers = [
             TransformerEncoderLayer(

@@ -132,7 +132,9 @@ class LlamaModel(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = Embedding(
+            args.vocab_size, args.hidden_size, output_layer=args.task == "causal_lm" and args.tie_word_embeddings
+        )
         rope = make_rope(args)  # shared by every layer; it has no parameters
         self.layers = [
             TransformerEncoderLayer(

@@ -334,7 +334,7 @@ class Model(nn.Module):
             norm_first=True,
             attention_scale=1.0,  # T5 folds 1/sqrt(d_kv) into its weight initialization
         )
-        self.shared = Embedding(args.vocab_size, args.hidden_size)
+        self.shared = Embedding(args.vocab_size, args.hidden_size, output_layer=args.tie_word_embeddings)
         self.encoder = TransformerEncoder(
             args.num_encoder_layers, args.hidden_size, args.num_heads, args.intermediate_size, **layer_options
         )
