@@ -53,11 +53,16 @@ def _check_attention_inputs(queries: mx.array, keys: mx.array, values: mx.array,
             f"{num_heads} query heads cannot share {keys.shape[1]} key/value heads: "
             "the number of query heads must be a multiple of the number of key/value heads"
         )
+    if mask is not None:
+        _check_mask(mask, (batch, num_heads, query_length, keys.shape[2]))
+
+
+def _check_mask(mask: mx.array | str, scores_shape: tuple) -> None:
     if isinstance(mask, str):
         if mask != "causal":
             raise ValueError(f"the only string mask is 'causal', got {mask!r}")
-    elif mask is not None:
-        _check_broadcastable(tuple(mask.shape), (batch, num_heads, query_length, keys.shape[2]))
+    else:
+        _check_broadcastable(tuple(mask.shape), scores_shape)
 
 
 def scaled_dot_product_attention(
@@ -87,15 +92,18 @@ def scaled_dot_product_attention(
         outputs zeros (not NaN).
     """
     _check_attention_inputs(queries, keys, values, mask)
-    if scale is None:
-        scale = 1.0 / math.sqrt(queries.shape[-1])
-    if isinstance(mask, mx.array) and mask.dtype != mx.bool_:
-        mask = mask.astype(queries.dtype)  # additive masks must match the compute dtype
+    return _attend(queries, keys, values, mask, 1.0 / math.sqrt(queries.shape[-1]) if scale is None else scale)
+
+
+def _attend(queries: mx.array, keys: mx.array, values: mx.array, mask: Mask, scale: float) -> mx.array:
+    # `scaled_dot_product_attention` on checked inputs.
+    if mask is None or isinstance(mask, str):
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+    if mask.dtype != mx.bool_:  # additive masks must match the compute dtype
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask.astype(queries.dtype))
     output = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
-    if isinstance(mask, mx.array) and mask.dtype == mx.bool_:
-        # Backends disagree on rows with nothing to attend to; define them as 0.
-        output = mx.where(mask.any(axis=-1, keepdims=True), output, mx.zeros((), output.dtype))
-    return output
+    # Backends disagree on rows with nothing to attend to; define them as 0.
+    return mx.where(mask.any(axis=-1, keepdims=True), output, mx.zeros((), output.dtype))
 
 
 def attention_weights(
@@ -243,10 +251,13 @@ class MultiHeadAttention(nn.Module):
         else:
             source = hidden_states if key_value_states is None else key_value_states
             queries, keys, values = self.q_proj(hidden_states), self.k_proj(source), self.v_proj(source)
+        batch, length, _ = hidden_states.shape
+        source_length = length if key_value_states is None else key_value_states.shape[1]
+        # (B, L, H * D) -> (B, H, L, D)
         return (
-            self._split_heads(queries, self.num_heads),
-            self._split_heads(keys, self.num_kv_heads),
-            self._split_heads(values, self.num_kv_heads),
+            queries.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3),
+            keys.reshape(batch, source_length, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3),
+            values.reshape(batch, source_length, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3),
         )
 
     def __call__(
@@ -311,7 +322,9 @@ class MultiHeadAttention(nn.Module):
             repeats = self.num_heads // self.num_kv_heads
             output = weights @ (mx.repeat(values, repeats, axis=1) if repeats > 1 else values)  # (B, H, L, D)
         else:
-            output = scaled_dot_product_attention(queries, keys, values, mask=mask, scale=self.scale)
+            if mask is not None:  # queries, keys and values are this layer's own, and consistent
+                _check_mask(mask, (batch, self.num_heads, length, keys.shape[2]))
+            output = _attend(queries, keys, values, mask, self.scale)
         # (B, H, L, D) -> (B, L, H * D), i.e. Concat(head_1..head_h), then W^O.
         output = output.transpose(0, 2, 1, 3).reshape(batch, length, self.num_heads * self.head_dim)
         return self.o_proj(output)

@@ -49,23 +49,23 @@ class KVCache:
             Keys ``(B, H_kv, offset, D_k)`` and values ``(B, H_kv, offset, D_v)``
             including the new ones.
         """
-        if keys.ndim != 4 or values.ndim != 4 or keys.shape[:3] != values.shape[:3]:
+        key_shape, value_shape = keys.shape, values.shape
+        if len(key_shape) != 4 or len(value_shape) != 4 or key_shape[:3] != value_shape[:3]:
             raise ValueError(
                 "KVCache takes keys (B, H_kv, L, D_k) and values (B, H_kv, L, D_v), got "
-                f"{tuple(keys.shape)} and {tuple(values.shape)}"
+                f"{tuple(key_shape)} and {tuple(value_shape)}"
             )
         previous = self.offset
-        new_length = keys.shape[2]
-        if self.keys is not None and (
-            keys.shape[:2] != self.keys.shape[:2]
-            or keys.shape[3] != self.keys.shape[3]
-            or values.shape[3] != self.values.shape[3]
+        new_length = key_shape[2]
+        held_shape = None if self.keys is None else self.keys.shape
+        if held_shape is not None and (
+            key_shape[:2] != held_shape[:2] or key_shape[3] != held_shape[3] or value_shape[3] != self.values.shape[3]
         ):
             raise ValueError(
-                f"KVCache holds keys of shape {tuple(self.keys.shape)}, cannot append "
-                f"keys of shape {tuple(keys.shape)}; call reset() for a new batch"
+                f"KVCache holds keys of shape {tuple(held_shape)}, cannot append "
+                f"keys of shape {tuple(key_shape)}; call reset() for a new batch"
             )
-        if self.keys is None or previous + new_length > self.keys.shape[2]:
+        if held_shape is None or previous + new_length > held_shape[2]:
             batch, kv_heads, _, key_dim = keys.shape
             value_dim = values.shape[3]
             # Round the capacity up to a multiple of `step`; keep what is held.

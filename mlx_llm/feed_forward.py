@@ -11,7 +11,7 @@ from . import fast_math
 from .layers import Linear
 
 # On the CPU, GELU and SiLU come from `fast_math` (vectorized approximations, 2e-6 of
-# MLX's); on Metal and CUDA they are MLX's own.
+# MLX's) for all but small inputs; on Metal and CUDA they are MLX's own.
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
     "relu": nn.relu,  # the original Transformer; cheapest on CPU
     "gelu": fast_math.gelu,  # exact, x * Phi(x) (BERT)
@@ -32,7 +32,7 @@ def _gated(name: str) -> Callable[[mx.array, mx.array], mx.array]:
     activation = ACTIVATIONS[name]
 
     def gate_and_up(gate: mx.array, up: mx.array) -> mx.array:
-        if fast_math.on_cpu():
+        if fast_math.on_cpu() and gate.size >= fast_math.NATIVE_BELOW:
             return activation(gate) * up
         return _FUSED_GATES[name](gate, up)
 

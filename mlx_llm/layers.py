@@ -93,7 +93,10 @@ def input_major() -> bool:
     device is the CPU and its BLAS is the reference one (or `set_input_major` says so)."""
     if _override is not None:
         return _override
-    return mx.default_device().type == mx.cpu and _reference_blas()
+    return mx.default_device() == _CPU_DEVICE and _reference_blas()
+
+
+_CPU_DEVICE = mx.Device(mx.cpu)
 
 
 def set_input_major(enabled: bool | None) -> None:
@@ -127,10 +130,12 @@ class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same init) whose product is formed as in `linear_product`."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.weight.dtype != mx.float32 or not input_major():
-            return super().__call__(x)
-        output = _input_major_product(x, self.weight)
-        return output + self.bias if "bias" in self else output
+        # Called for every layer of every decoding step: kept to the fewest Python operations.
+        weight = self["weight"]
+        if weight.dtype == mx.float32 and input_major():
+            output = _input_major_product(x, weight)
+            return output + self["bias"] if "bias" in self else output
+        return mx.addmm(self["bias"], x, weight.T) if "bias" in self else x @ weight.T
 
 
 class Embedding(nn.Embedding):
@@ -200,8 +205,11 @@ def _write_orders(orders: dict[str, dict[str, str]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps(orders, indent=1, sort_keys=True))
         os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)  # a read-only home: measure again next time
+    except OSError:  # a read-only or missing home: measure again next time
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _pass_seconds(weights: list[mx.array], row: mx.array, flush: mx.array) -> float:

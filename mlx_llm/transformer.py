@@ -119,6 +119,10 @@ class TransformerEncoderLayer(nn.Module):
 
     def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""
+        if self.norm_first and (self.dropout is None or not self.training):
+            # The same as below, spelled out: this runs for every layer of every decoding step.
+            hidden_states = hidden_states + self.self_attn(self.self_attn_norm(hidden_states), mask=mask, cache=cache)
+            return hidden_states + self.feed_forward(self.feed_forward_norm(hidden_states))
         hidden_states = self._residual(
             hidden_states, self.self_attn_norm, lambda x: self.self_attn(x, mask=mask, cache=cache)
         )

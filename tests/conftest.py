@@ -8,3 +8,17 @@ def _seed():
     mx.random.seed(0)
     np.random.seed(0)
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _weight_order_cache(tmp_path_factory):
+    """Measured weight orders (mlx_llm.layers) go to a temporary folder, never the user's cache."""
+    import os
+
+    previous = os.environ.get("MLX_LLM_CACHE")
+    os.environ["MLX_LLM_CACHE"] = str(tmp_path_factory.mktemp("mlx_llm_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MLX_LLM_CACHE", None)
+    else:
+        os.environ["MLX_LLM_CACHE"] = previous

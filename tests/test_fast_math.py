@@ -88,3 +88,23 @@ def test_half_precision_inputs_are_computed_in_float32(dtype):
 def test_saturation_is_finite():
     assert np.isfinite(np.array(fast_math.silu(mx.array([-200.0, 200.0])))).all()
     np.testing.assert_allclose(np.array(fast_math.gelu(mx.array([-30.0, 30.0]))), [0.0, 30.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name, native", [("exp", mx.exp), ("erf", mx.erf), ("gelu", nn.gelu),
+                                          ("gelu_tanh", nn.gelu_approx), ("silu", nn.silu)])
+def test_small_inputs_use_mlx_and_large_ones_the_approximation(name, native):
+    function = getattr(fast_math, name)
+    small = mx.random.normal((1, 1, fast_math.NATIVE_BELOW - 1)) * 4
+    large = mx.random.normal((1, 1, fast_math.NATIVE_BELOW)) * 4
+    np.testing.assert_array_equal(np.array(function(small)), np.array(native(small)))  # a decoding step
+    np.testing.assert_array_equal(np.array(function(large)), np.array(fast_math._CPU[name](large)))
+    assert not np.array_equal(np.array(fast_math._CPU[name](large)), np.array(native(large)))  # they do differ
+
+
+def test_gated_feed_forward_chooses_the_same_way():
+    from mlx_llm.feed_forward import GATED_ACTIVATIONS
+
+    for size in (fast_math.NATIVE_BELOW - 1, fast_math.NATIVE_BELOW):
+        gate, up = mx.random.normal((1, size)) * 4, mx.random.normal((1, size))
+        function = nn.silu if size < fast_math.NATIVE_BELOW else fast_math._CPU["silu"]
+        np.testing.assert_array_equal(np.array(GATED_ACTIVATIONS["silu"](gate, up)), np.array(function(gate) * up))

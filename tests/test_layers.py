@@ -1,4 +1,7 @@
-"""Input-major products (mlx_llm.layers): the same numbers as nn.Linear, forward and backward."""
+"""mlx_llm.layers: input-major products give the same numbers as nn.Linear, forward and backward; weights
+are stored in the order measured faster, and the measurement is kept."""
+
+import json
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -119,3 +122,149 @@ def test_with_an_optimized_blas_weights_are_stored_out_in(monkeypatch):
     assert relayout(model) == 3
     np.testing.assert_array_equal(np.array(model.layers[0].weight), np.array(conv1d).T)
     np.testing.assert_allclose(np.array(model.layers[1](model.layers[0](x))), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- Weight order with an optimized BLAS ----------------------------------------------------------
+
+
+def _in_out(weight: mx.array) -> bool:
+    """Whether an (out, in) weight is stored (in, out) in memory, read from its strides."""
+    mx.eval(weight)
+    return memoryview(weight).strides == (4, 4 * weight.shape[0])
+
+
+def _out_in(weight: mx.array) -> bool:
+    mx.eval(weight)
+    return memoryview(weight).strides == (4 * weight.shape[1], 4)
+
+
+@pytest.fixture
+def optimized_blas(monkeypatch, tmp_path):
+    """Weight orders are measured here: an optimized BLAS on the CPU, every shape timed, a fresh cache."""
+    monkeypatch.setattr(layers, "_reference_blas", lambda: False)
+    monkeypatch.setattr(layers, "_UNTIMED_BYTES", 0)
+    monkeypatch.setenv("MLX_LLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLX_LLM_TUNE_ORDER", raising=False)
+    return tmp_path / "cache" / "weight_order.json"
+
+
+def _tuned_model():
+    mx.random.seed(4)
+    return nn.Sequential(Linear(8, 12), Linear(12, 6), Embedding(10, 8), Embedding(20, 6, output_layer=True))
+
+
+def test_measured_orders_place_each_shape_and_are_kept(optimized_blas, monkeypatch):
+    timed_shapes = []
+
+    def faster_in_out(weights):  # stands in for the timing: (12, 8) weights read faster (in, out)
+        timed_shapes.append(tuple(weights[0].shape))
+        return tuple(weights[0].shape) == (12, 8)
+
+    monkeypatch.setattr(layers, "in_out_is_faster", faster_in_out)
+    model = _tuned_model()
+    x = mx.random.normal((3, 8))
+    expected = [np.array(model.layers[1](model.layers[0](x))), np.array(model.layers[3].as_linear(x[:, :6]))]
+    assert relayout(model) == 4
+    assert sorted(timed_shapes) == [(6, 12), (12, 8), (20, 6)]  # the lookup-only embedding is not timed
+    assert _in_out(model.layers[0].weight)
+    assert _out_in(model.layers[1].weight) and _out_in(model.layers[2].weight) and _out_in(model.layers[3].weight)
+    np.testing.assert_allclose(np.array(model.layers[1](model.layers[0](x))), expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(model.layers[3].as_linear(x[:, :6])), expected[1], rtol=1e-5, atol=1e-6)
+
+    saved = json.loads(optimized_blas.read_text())
+    assert list(saved.values()) == [{"12x8": "in_out", "6x12": "out_in", "20x6": "out_in"}]
+    assert not [path for path in optimized_blas.parent.iterdir() if path.name.endswith(".tmp")]
+
+    # A second load reads the orders instead of timing again.
+    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: pytest.fail("measured twice"))
+    again = _tuned_model()
+    again.layers[0].weight = mx.contiguous(again.layers[0].weight)
+    relayout(again)
+    assert _in_out(again.layers[0].weight) and _out_in(again.layers[1].weight)
+
+
+def test_unreadable_order_file_is_measured_again_and_unwritable_cache_is_harmless(optimized_blas, monkeypatch,
+                                                                                   tmp_path):
+    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: True)
+    optimized_blas.parent.mkdir(parents=True)
+    optimized_blas.write_text("{not json")
+    relayout(_tuned_model())
+    assert set(json.loads(optimized_blas.read_text()).popitem()[1].values()) == {"in_out"}
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("MLX_LLM_CACHE", str(blocker / "cache"))  # cannot be created
+    model = _tuned_model()
+    assert relayout(model) == 4
+    assert _in_out(model.layers[0].weight) and _out_in(model.layers[2].weight)
+
+
+def test_small_shapes_and_tune_order_0_are_not_measured(optimized_blas, monkeypatch):
+    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: pytest.fail("measured"))
+    monkeypatch.setenv("MLX_LLM_TUNE_ORDER", "0")
+    model = _tuned_model()
+    relayout(model)
+    assert all(_out_in(layer.weight) for layer in model.layers)
+    monkeypatch.delenv("MLX_LLM_TUNE_ORDER")
+    monkeypatch.setattr(layers, "_UNTIMED_BYTES", 4 * 2**20)  # the default: these shapes are far below it
+    relayout(model)
+    assert not optimized_blas.exists()
+
+
+@pytest.mark.parametrize("out_in_ms, in_out_ms, expected", [
+    ((50, 10.0, 10.1, 9.9), (9.0, 9.2, 9.1, 9.3), True),  # 9% faster; the slow warm-up pass is ignored
+    ((10.0, 10.0, 10.1, 9.9), (9.7, 9.6, 9.8, 9.7), False),  # 3% faster: within the margin, kept (out, in)
+    ((10.0, 8.0, 8.1, 8.2), (7.0, 9.0, 9.1, 9.2), False),  # slower once warm
+])
+def test_in_out_is_faster_compares_the_best_warm_passes(monkeypatch, out_in_ms, in_out_ms, expected):
+    monkeypatch.setattr(layers, "_FLUSH_BYTES", 4096)
+    calls = []
+
+    def pass_seconds(weights, row, flush):
+        in_out = _in_out(weights[0])
+        assert row.shape == (1, 16) and len(weights) == 2
+        calls.append(in_out)
+        return (in_out_ms if in_out else out_in_ms)[sum(1 for c in calls if c == in_out) - 1] / 1e3
+
+    monkeypatch.setattr(layers, "_pass_seconds", pass_seconds)
+    weights = [mx.random.normal((24, 16)), mx.random.normal((24, 16))]
+    before = [np.array(w) for w in weights]
+    assert layers.in_out_is_faster(weights) is expected
+    assert calls == [False, True] * 4  # alternating orders
+    for weight, values in zip(weights, before):
+        np.testing.assert_array_equal(np.array(weight), values)
+        assert _out_in(weight)
+
+
+def test_lookup_embeddings_keep_rows_in_input_major_mode():
+    layers.set_input_major(True)
+    try:
+        model = _tuned_model()
+        relayout(model)
+        assert _in_out(model.layers[0].weight) and _in_out(model.layers[3].weight)  # products
+        assert _out_in(model.layers[2].weight)  # looked up only
+    finally:
+        layers.set_input_major(None)
+
+
+@pytest.mark.parametrize("family, task, tied, output_layer", [
+    ("gpt2", "causal_lm", True, True),
+    ("gpt2", "sequence_classification", True, False),
+    ("llama", "causal_lm", True, True),
+    ("llama", "causal_lm", False, False),
+])
+def test_decoders_mark_a_tied_output_embedding(family, task, tied, output_layer):
+    if family == "gpt2":
+        from mlx_llm.models.gpt2 import Model, ModelArgs
+
+        args = ModelArgs(vocab_size=32, max_positions=16, hidden_size=8, num_layers=1, num_heads=2,
+                         intermediate_size=16, task=task, tie_word_embeddings=tied)
+        embedding = Model(args).model.wte
+    else:
+        from mlx_llm.models.llama import Model, ModelArgs
+
+        args = ModelArgs(model_type="llama", vocab_size=32, hidden_size=8, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=4, intermediate_size=16, max_positions=16, task=task,
+                         tie_word_embeddings=tied)
+        embedding = Model(args).model.embed_tokens
+    assert embedding.output_layer is output_layer
