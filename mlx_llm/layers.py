@@ -157,7 +157,9 @@ class Embedding(nn.Embedding):
 # --- Weight order with an optimized BLAS: measured once per machine -----------------------------
 
 _ORDER_MARGIN = 0.95  # the (in, out) order is kept only when it is at least 5% faster
-_UNTIMED_BYTES = 4 * 2**20  # a shape with less weight in all is left (out, in): its products take microseconds
+# Smaller models stay (out, in): their weights stay in the caches and their products take microseconds.
+_UNTIMED_MODEL_BYTES = 64 * 2**20
+_UNTIMED_SHAPE_BYTES = 2**20  # likewise a shape with less weight in all, in a larger model
 _TIMED_BYTES = 128 * 2**20  # at most this much of a shape's weights is copied and timed
 _FLUSH_BYTES = 64 * 2**20  # read before every timed pass, so that the weights come from memory
 _PASSES = 4  # per order, alternating; the first of each warms up
@@ -294,9 +296,9 @@ def relayout(model: nn.Module) -> int:
     - With an optimized BLAS, each weight shape gets the order measured faster
       on this machine for one-row products, the products of decoding
       (`in_out_is_faster`, once per machine and BLAS, kept in
-      `weight_order_file`). Shapes with under 4 MB of weight in all, and every
-      shape when ``MLX_LLM_TUNE_ORDER=0``, are stored ``(out, in)``, the order
-      ``nn.Linear`` assumes.
+      `weight_order_file`). Models with under 64 MB of such weights, shapes
+      with under 1 MB, and every shape when ``MLX_LLM_TUNE_ORDER=0``, are
+      stored ``(out, in)``, the order ``nn.Linear`` assumes.
     - Embeddings that are only looked up keep their rows contiguous.
 
     Checkpoints stored the other way (GPT-2's ``Conv1D`` weights) are copied.
@@ -314,9 +316,11 @@ def relayout(model: nn.Module) -> int:
     groups: dict[tuple[int, int], list[nn.Module]] = defaultdict(list)
     for module in products:
         groups[tuple(module.weight.shape)].append(module)
-    tuned = {shape: modules for shape, modules in groups.items()
-             if sum(module.weight.nbytes for module in modules) >= _UNTIMED_BYTES}
-    orders = _measured_orders(tuned) if tuned and os.environ.get("MLX_LLM_TUNE_ORDER", "1") != "0" else {}
+    sizes = {shape: sum(module.weight.nbytes for module in modules) for shape, modules in groups.items()}
+    tuned = {shape: groups[shape] for shape, size in sizes.items() if size >= _UNTIMED_SHAPE_BYTES}
+    if sum(sizes.values()) < _UNTIMED_MODEL_BYTES or os.environ.get("MLX_LLM_TUNE_ORDER", "1") == "0":
+        tuned = {}
+    orders = _measured_orders(tuned) if tuned else {}
     for shape, modules in groups.items():
         for module in modules:
             _place(module, orders.get(shape, False))

@@ -142,7 +142,8 @@ def _out_in(weight: mx.array) -> bool:
 def optimized_blas(monkeypatch, tmp_path):
     """Weight orders are measured here: an optimized BLAS on the CPU, every shape timed, a fresh cache."""
     monkeypatch.setattr(layers, "_reference_blas", lambda: False)
-    monkeypatch.setattr(layers, "_UNTIMED_BYTES", 0)
+    monkeypatch.setattr(layers, "_UNTIMED_MODEL_BYTES", 0)
+    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 0)
     monkeypatch.setenv("MLX_LLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLX_LLM_TUNE_ORDER", raising=False)
     return tmp_path / "cache" / "weight_order.json"
@@ -182,6 +183,13 @@ def test_measured_orders_place_each_shape_and_are_kept(optimized_blas, monkeypat
     relayout(again)
     assert _in_out(again.layers[0].weight) and _out_in(again.layers[1].weight)
 
+    # A model with a new shape adds it to what is kept.
+    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: True)
+    relayout(nn.Sequential(Linear(8, 12), Linear(8, 20)))
+    assert list(json.loads(optimized_blas.read_text()).values()) == [
+        {"12x8": "in_out", "6x12": "out_in", "20x6": "out_in", "20x8": "in_out"}
+    ]
+
 
 def test_unreadable_order_file_is_measured_again_and_unwritable_cache_is_harmless(optimized_blas, monkeypatch,
                                                                                    tmp_path):
@@ -206,7 +214,10 @@ def test_small_shapes_and_tune_order_0_are_not_measured(optimized_blas, monkeypa
     relayout(model)
     assert all(_out_in(layer.weight) for layer in model.layers)
     monkeypatch.delenv("MLX_LLM_TUNE_ORDER")
-    monkeypatch.setattr(layers, "_UNTIMED_BYTES", 4 * 2**20)  # the default: these shapes are far below it
+    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 2**20)  # the default: these shapes are far below it
+    relayout(model)
+    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 0)
+    monkeypatch.setattr(layers, "_UNTIMED_MODEL_BYTES", 64 * 2**20)  # and so is the model
     relayout(model)
     assert not optimized_blas.exists()
 
