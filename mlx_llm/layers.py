@@ -257,7 +257,6 @@ def _measured_orders(groups: dict[tuple[int, int], list[nn.Module]]) -> dict[tup
                 timed.append(module.weight)
                 total += module.weight.nbytes
             known[name] = "in_out" if in_out_is_faster(timed) else "out_in"
-            del timed
         orders[shape] = known[name] == "in_out"
     if known != saved.get(key):
         saved[key] = known
