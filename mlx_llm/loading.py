@@ -218,8 +218,9 @@ def load(path_or_repo: str | Path, dtype: str | None = None, revision: str | Non
     from .tokenizer import Tokenizer
 
     folder = resolve_model_path(path_or_repo, revision=revision)
+    tokenizer = Tokenizer.from_pretrained(folder)  # first: a folder without one fails before the weights load
     model, _ = load_model(folder, dtype=dtype)
-    return model, Tokenizer.from_pretrained(folder)
+    return model, tokenizer
 
 
 @dataclass

@@ -196,3 +196,11 @@ def test_newer_format_is_refused(gpt2_checkpoint, tmp_path):
     (tmp_path / "now" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"written by a newer mlx_llm \\(format {FORMAT_VERSION + 1}; .*upgrade mlx_llm"):
         load_model(tmp_path / "now")
+
+
+def test_load_without_a_tokenizer_fails_before_reading_weights(llama_checkpoint, monkeypatch):
+    from mlx_llm import loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: pytest.fail("weights were loaded"))
+    with pytest.raises(FileNotFoundError, match="no tokenizer files in"):
+        loading.load(llama_checkpoint)
