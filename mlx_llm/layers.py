@@ -52,6 +52,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from .fast_math import on_cpu
+
 # Names of optimized BLAS libraries, looked for in LD_PRELOAD and in the path of a mapped libblas.
 _OPTIMIZED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl", "flexiblas", "atlas")
 # MLX_LLM_INPUT_MAJOR=1 or 0 forces the mode on or off (e.g. a BLAS preloaded under the name libblas).
@@ -93,10 +95,7 @@ def input_major() -> bool:
     device is the CPU and its BLAS is the reference one (or `set_input_major` says so)."""
     if _override is not None:
         return _override
-    return mx.default_device() == _CPU_DEVICE and _reference_blas()
-
-
-_CPU_DEVICE = mx.Device(mx.cpu)
+    return on_cpu() and _reference_blas()
 
 
 def set_input_major(enabled: bool | None) -> None:
@@ -303,7 +302,7 @@ def relayout(model: nn.Module) -> int:
     Checkpoints stored the other way (GPT-2's ``Conv1D`` weights) are copied.
     On a GPU, or with ``MLX_LLM_INPUT_MAJOR=0``, weights stay as stored.
     """
-    if _override is False or mx.default_device().type != mx.cpu:
+    if _override is False or not on_cpu():
         return 0
     products, lookups = _float32_layers(model)
     for module in lookups:
