@@ -27,6 +27,7 @@ from mlx_llm import (
     scaled_dot_product_attention,
     sinusoidal_table,
 )
+from mlx_llm.fast_math import on_cpu
 
 
 def linear(x, layer):
@@ -104,6 +105,55 @@ def test_rope_equals_rotate_half_formula_and_preserves_relative_scores(offset):
     # Partial rotary leaves the tail untouched.
     partial = RotaryEmbedding(4)(x, offset=offset)
     np.testing.assert_array_equal(np.array(partial[..., 4:]), np.array(x[..., 4:]))
+
+
+def _rope64(x, dims, traditional, scale, inverse, offset):
+    """Rotary embedding in float64 NumPy on the first ``dims`` features of (..., L, D)."""
+    x = np.asarray(x, dtype=np.float64)
+    length = x.shape[-2]
+    angles = (np.arange(offset, offset + length) * scale)[:, None] * np.asarray(inverse, np.float64)[None]
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotated, rest = x[..., :dims], x[..., dims:]
+    if traditional:
+        first, second = rotated[..., 0::2], rotated[..., 1::2]
+        out = np.stack([first * cos - second * sin, second * cos + first * sin], axis=-1).reshape(rotated.shape)
+    else:
+        first, second = rotated[..., : dims // 2], rotated[..., dims // 2:]
+        out = np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return np.concatenate([out, rest], axis=-1)
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("dims, scale, explicit", [(8, 1.0, False), (4, 1.0, False), (8, 0.5, False), (8, 1.0, True)])
+def test_rope_on_the_cpu_reads_a_table_equal_to_float64_and_to_mx_fast_rope(traditional, dims, scale, explicit):
+    assert on_cpu()
+    inverse = 1.0 / 500.0 ** (np.arange(0, dims, 2) / dims)
+    if explicit:  # given as a float32 array (Llama 3's scaled frequencies): those values are the frequencies
+        inverse = np.array(mx.array(inverse * 0.7, mx.float32)).astype(np.float64)
+        rope = RotaryEmbedding(dims, traditional=traditional, scale=scale, freqs=mx.array(inverse, mx.float32))
+    else:
+        rope = RotaryEmbedding(dims, base=500.0, traditional=traditional, scale=scale)
+    x = mx.random.normal((2, 3, 5, 8))
+    for offset in (0, 7, 6000):  # 6000: past the first table of 4096 positions, which then grows
+        expected = _rope64(np.array(x), dims, traditional, scale, inverse, offset)
+        np.testing.assert_allclose(np.array(rope(x, offset=offset)), expected, atol=2e-6)
+        # mx.fast.rope (an array offset takes that path) agrees as far as its float32 angles allow.
+        fast = np.array(rope(x, offset=mx.array(offset)))
+        np.testing.assert_allclose(fast, expected, atol=2e-6 if offset < 100 else 2e-3)
+    assert rope._table(1)[0].shape[0] == 8192
+    half = rope(x.astype(mx.bfloat16), offset=7)
+    assert half.dtype == mx.bfloat16
+    np.testing.assert_allclose(np.array(half.astype(mx.float32)),
+                               _rope64(np.array(x.astype(mx.bfloat16).astype(mx.float32)), dims, traditional, scale,
+                                       inverse, 7), atol=3e-2)
+
+
+def test_rope_table_path_has_the_gradient_of_mx_fast_rope():
+    rope = RotaryEmbedding(8, base=10000.0)
+    x, cotangent = mx.random.normal((1, 2, 4, 8)), mx.random.normal((1, 2, 4, 8))
+    table = mx.grad(lambda x: (rope(x, offset=3) * cotangent).sum())(x)
+    fast = mx.grad(lambda x: (rope(x, offset=mx.array(3)) * cotangent).sum())(x)
+    np.testing.assert_allclose(np.array(table), np.array(fast), atol=1e-5)
 
 
 def reference_encoder_layer(layer, x, mask, norm_first):
