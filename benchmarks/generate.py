@@ -5,7 +5,8 @@
 
 Random-weight checkpoints of the named shapes are written once to --workdir
 (transformers is needed for that). The implementations alternate within
-each repeat, in one process, on the same weights and token ids; medians are
+each repeat, in one process, on the same weights and token ids (mlx_llm and
+mlx-lm swap places every repeat, so neither always runs first); medians are
 reported with the ratios mlx_llm / mlx-lm. Decode speed is also compared with
 the memory-bandwidth limit: measured copy bandwidth / bytes of weights read
 per token. Prints a table and one JSON line.
@@ -172,8 +173,10 @@ def main() -> None:
     # Warm-up (kernels, allocator), then alternate implementations in every repeat.
     for name, model in implementations.items():
         (run_mlx_llm if name == "mlx_llm" else run_mlx_lm)(model, prompt[:16], 4, options.prefill_step_size)
-    for _ in range(options.repeats):
-        for name, model in implementations.items():
+    for repeat in range(options.repeats):
+        # Swap the order every repeat, so that neither implementation always runs first (after PyTorch's).
+        order = list(implementations.items())
+        for name, model in order[::-1] if repeat % 2 else order:
             runner = run_mlx_llm if name == "mlx_llm" else run_mlx_lm
             results[name].append(runner(model, prompt, options.gen_tokens, options.prefill_step_size))
         if reference is not None:
