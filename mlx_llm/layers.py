@@ -7,7 +7,8 @@ operand is transposed, which is exactly that product (measured on this
 project's 2-core x86 machine: a ``(1024, 384) x (384, 1536)`` product took
 456 ms against 196 ms with the weight stored ``(in, out)``; a decode-time
 matrix-vector product 712 against 300 us). Optimized BLAS libraries (MKL,
-OpenBLAS, Accelerate) have no such penalty, and the GPU does not use a BLAS.
+OpenBLAS, Accelerate) have no such penalty for batched products (see below
+for one-row ones), and the GPU does not use a BLAS.
 
 So, where the reference BLAS computes on the CPU ("input-major" mode):
 
