@@ -110,22 +110,19 @@ class TransformerEncoderLayer(nn.Module):
         self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # no call at all when off
 
-    def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[[mx.array], mx.array]) -> mx.array:
+    def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[..., mx.array], **inputs) -> mx.array:
+        # `inputs` go to the sublayer as keywords (no closure: this runs for every layer of every decoding step).
         if self.norm_first:
-            output = sublayer(norm(hidden_states))
-            return hidden_states + (output if self.dropout is None else self.dropout(output))
-        output = sublayer(hidden_states)
-        return norm(hidden_states + (output if self.dropout is None else self.dropout(output)))
+            output = sublayer(norm(hidden_states), **inputs)
+        else:
+            output = sublayer(hidden_states, **inputs)
+        if self.dropout is not None and self.training:
+            output = self.dropout(output)
+        return hidden_states + output if self.norm_first else norm(hidden_states + output)
 
     def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""
-        if self.norm_first and (self.dropout is None or not self.training):
-            # The same as below, spelled out: this runs for every layer of every decoding step.
-            hidden_states = hidden_states + self.self_attn(self.self_attn_norm(hidden_states), mask=mask, cache=cache)
-            return hidden_states + self.feed_forward(self.feed_forward_norm(hidden_states))
-        hidden_states = self._residual(
-            hidden_states, self.self_attn_norm, lambda x: self.self_attn(x, mask=mask, cache=cache)
-        )
+        hidden_states = self._residual(hidden_states, self.self_attn_norm, self.self_attn, mask=mask, cache=cache)
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
 
@@ -173,13 +170,10 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
                 incremental decoding.
         """
         self_cache, cross_cache = (None, None) if cache is None else cache
+        hidden_states = self._residual(hidden_states, self.self_attn_norm, self.self_attn, mask=mask, cache=self_cache)
         hidden_states = self._residual(
-            hidden_states, self.self_attn_norm, lambda x: self.self_attn(x, mask=mask, cache=self_cache)
-        )
-        hidden_states = self._residual(
-            hidden_states,
-            self.cross_attn_norm,
-            lambda x: self.cross_attn(x, key_value_states=memory, mask=memory_mask, cache=cross_cache),
+            hidden_states, self.cross_attn_norm, self.cross_attn, key_value_states=memory, mask=memory_mask,
+            cache=cross_cache,
         )
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
