@@ -170,7 +170,20 @@ def learning_rate_schedule(config: TrainingConfig) -> Callable[[mx.array], mx.ar
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite.
+
+    Attributes:
+        step: The step whose loss was not finite.
+        checkpoint: The last good checkpoint kept (``None`` if none was written).
+        loss: The loss value (nan or inf).
+    """
+
+    def __init__(self, message: str, step: int | None = None, checkpoint: Path | None = None,
+                 loss: float = float("nan")):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+        self.loss = loss
 
 
 @dataclass
@@ -524,10 +537,13 @@ class Trainer:
             window_tokens += tokens
             if not math.isfinite(loss):
                 last = self.latest_checkpoint()
+                if bar is not None:
+                    bar.close()  # so that the error starts a line of its own
                 raise TrainingDiverged(
                     f"the loss became {loss} at step {self.step}; training stopped and the last good checkpoint "
                     f"({last if last else 'none was written yet'}) is kept. Lower the learning rate, raise warmup, "
-                    "or check the data"
+                    "or check the data",
+                    step=self.step, checkpoint=last, loss=loss,
                 )
             if self.step % config.log_every == 0 or self.step == config.steps:
                 elapsed = time.perf_counter() - window_start
