@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .errors import library_errors
+from .errors import InputError, library_errors
 
 
 @click.group()
@@ -35,14 +35,30 @@ def train_tokenizer_command(inputs, vocab_size, model_type, bert, out, overwrite
     click.echo(f"{Tokenizer.from_pretrained(folder).vocab_size} tokens", err=True)
 
 
-def _size(value: str):
-    """A preset name, or a JSON file of config fields."""
+def _size(value: str, arch: str):
+    """A preset name, or the fields of a JSON config file, checked before any work starts."""
+    from mlx_llm.pretrain import BERT_PRESETS, GPT_PRESETS, check_size_fields
+
     path = Path(value)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise click.BadParameter(f"{path} does not exist", param_hint="--config")
-        return json.loads(path.read_text())
-    return value
+    if path.suffix != ".json":
+        presets = GPT_PRESETS if arch == "gpt" else BERT_PRESETS
+        if value not in presets:
+            raise InputError(f"--config {value!r} is neither a {arch} size ({', '.join(presets)}) nor a .json file")
+        return value
+    if not path.is_file():
+        raise InputError(f"--config {path} does not exist")
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InputError(f"--config {path} is not valid JSON: {error.msg} (line {error.lineno}, "
+                         f"column {error.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--config {path} is not UTF-8 text") from None
+    try:
+        check_size_fields(arch, fields)
+    except ValueError as error:
+        raise InputError(f"--config {path}: {error}") from None
+    return fields
 
 
 @click.command()
@@ -93,7 +109,7 @@ def train(arch, data, valid_data, out, size, tokenizer_dir, vocab_size, seq_len,
     if tokenizer_dir is None and vocab_size is None and not resume:
         raise click.UsageError("give --tokenizer DIR or --vocab-size N (to train a tokenizer on --data)")
     result = pretrain(
-        arch, list(data), out, preset=_size(size), valid_data=list(valid_data) or None, tokenizer=tokenizer_dir, vocab_size=vocab_size, seq_len=seq_len,
+        arch, list(data), out, preset=_size(size, arch), valid_data=list(valid_data) or None, tokenizer=tokenizer_dir, vocab_size=vocab_size, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, min_learning_rate=min_lr,
         warmup_steps=warmup, steps=steps, epochs=epochs, weight_decay=weight_decay, dropout=dropout,
         eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, dtype=dtype, save_dtype=save_dtype,

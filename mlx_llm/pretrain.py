@@ -51,11 +51,54 @@ BERT_PRESETS: dict[str, dict] = {
     "small": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 2048},
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
+# Config-file fields: the ones every preset sets are required; the others may be given.
+# vocab_size and the context length are not among them: the tokenizer and --seq-len set those.
+SIZE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "gpt": (("n_embd", "n_layer", "n_head"),
+            ("n_inner", "activation_function", "layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+             "tie_word_embeddings", "scale_attn_weights")),
+    "bert": (("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+             ("hidden_act", "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
+              "tie_word_embeddings")),
+}
+
+
+def check_size_fields(arch: str, fields: dict) -> None:
+    """Check the config fields of a size given as a dict (a ``--config`` JSON file).
+
+    Args:
+        arch: ``"gpt"`` or ``"bert"``.
+        fields: Hugging Face config fields, as in `GPT_PRESETS` / `BERT_PRESETS`.
+
+    Raises:
+        ValueError: naming the missing required fields and the unknown ones.
+    """
+    if not isinstance(fields, dict):
+        raise ValueError(f"a {arch} config must be a JSON object of config fields, got {type(fields).__name__}")
+    required, optional = SIZE_FIELDS[arch]
+    missing = [name for name in required if name not in fields]
+    unknown = sorted(name for name in fields if name not in required + optional)
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unknown:
+        problems.append(f"unknown {', '.join(unknown)}")
+    if problems:
+        raise ValueError(
+            f"{arch} config fields: {'; '.join(problems)} (required: {', '.join(required)}; "
+            f"optional: {', '.join(optional)})"
+        )
 
 
 def model_config(arch: str, preset: str | dict, vocab_size: int, seq_len: int, tokenizer: Tokenizer,
                  dropout: float) -> dict:
-    """A Hugging Face style ``config.json`` for a new model."""
+    """A Hugging Face style ``config.json`` for a new model.
+
+    Raises:
+        ValueError: An unknown architecture or size name, config fields that
+            are missing or unknown (`check_size_fields`), or a BERT without
+            its special tokens.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
     presets = GPT_PRESETS if arch == "gpt" else BERT_PRESETS
@@ -64,6 +107,7 @@ def model_config(arch: str, preset: str | dict, vocab_size: int, seq_len: int, t
             raise ValueError(f"unknown {arch} size {preset!r}; choose one of {sorted(presets)} or pass a config file")
         sizes = dict(presets[preset])
     else:
+        check_size_fields(arch, preset)
         sizes = dict(preset)
     if arch == "gpt":
         return {
