@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import library_errors
+from .errors import InputError, library_errors
 
 
 @click.command()
@@ -105,6 +105,9 @@ def predict(model_dir, input_file, output, batch_size, max_tokens, temp) -> None
     (label and probabilities, tags per word, or a completion)."""
     from mlx_llm.finetune import predict as run, write_predictions
 
+    if output is not None and not output.parent.is_dir():
+        # Checked before the model runs; no folder is created that the user did not ask for.
+        raise InputError(f"--output {output}: the folder {output.parent} does not exist; create it first")
     try:
         count = write_predictions(run(model_dir, input_file, batch_size=batch_size, max_tokens=max_tokens,
                                       temperature=temp), output)

@@ -606,8 +606,15 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     Raises:
         FileExistsError: ``out`` exists and is non-empty (without
             ``overwrite``), or is a file.
+        ValueError: ``out`` is the working folder or one of its parents.
     """
     out = Path(out).expanduser()
+    # The folder is built beside ``out`` and renamed into place, which cannot be done to the
+    # working folder or one that holds it (``.``, ``..``): the shell would be left in a removed folder.
+    if out.name in ("", ".", "..") or out.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise ValueError(
+            f"output folder {out} is the current folder or holds it; name a new folder inside it instead"
+        )
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is a file, not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
