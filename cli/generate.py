@@ -9,19 +9,14 @@ import click
 
 from .errors import InputError, library_errors
 
-# The built-in demo model, trained by `mlx-llm train` (see weights/README.md).
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "weights" / "demo"
-
 
 def resolve_model(model: str | None) -> str:
     if model is not None:
         return model
-    if (DEMO_MODEL / "config.json").is_file():
-        return str(DEMO_MODEL)
-    raise InputError(
-        f"no --model given and the built-in demo model is not available at {DEMO_MODEL}; "
-        "pass --model with a local folder or a Hugging Face repo id (for example --model gpt2)"
-    )
+    # The built-in demo model ships inside the package (see weights/README.md).
+    from mlx_llm.demo import demo_model_path
+
+    return str(demo_model_path())
 
 
 def sampling_options(command):

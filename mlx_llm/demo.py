@@ -1,14 +1,39 @@
-"""A tiny end-to-end run of the building blocks, for a first check of an install."""
+"""The built-in demo model that ships with the package, and a tiny end-to-end
+run of the building blocks, for a first check of an install."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import mlx.core as mx
 
 from .transformer import EncoderDecoder
 from .utils import num_parameters
+
+
+def demo_model_path() -> Path:
+    """The folder of the built-in demo model (a 5.3M-parameter GPT trained on
+    tinyshakespeare), installed with the package as ``mlx_llm/demo_model``.
+
+    Returns:
+        The folder, for ``mlx_llm.load``.
+
+    Raises:
+        FileNotFoundError: The package was installed without its data files
+            (or from a zip archive, which this model cannot be read from).
+    """
+    folder = resources.files("mlx_llm").joinpath("demo_model")
+    # Installed wheels and source trees are plain folders; a zipped install has no
+    # real path to hand to the safetensors reader.
+    if not isinstance(folder, Path) or not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in demo model is missing from this installation ({folder}); "
+            "reinstall mlx-llm-kit, or pass --model with a local folder or a Hub repo id (for example --model gpt2)"
+        )
+    return folder
 
 
 @dataclass

@@ -1,24 +1,34 @@
-"""The built-in demo model (weights/demo): it loads, generates and keeps its
-measured quality (a golden value on part of the validation text)."""
+"""The built-in demo model (mlx_llm/demo_model, linked as weights/demo): it ships
+in the package, loads, generates and keeps its measured quality (a golden value
+on part of the validation text)."""
 
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import mlx_llm
+from mlx_llm.demo import demo_model_path
 from mlx_llm.loading import load
 from mlx_llm.pretrain import evaluate_text
 from mlx_llm_cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "weights" / "demo"
+DEMO = demo_model_path()
 VALID = ROOT / "data" / "tinyshakespeare" / "valid.txt"
 # `mlx-llm eval weights/demo --data <first 10,000 characters of valid.txt> --dtype float32`, measured when the
 # model was trained (weights/train_demo.sh); any change to the model, tokenizer or loading code that alters
 # the numbers shows here.
 GOLDEN_NATS_PER_CHARACTER = 1.431732
 
-pytestmark = pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="the demo model is not trained yet")
+
+
+def test_demo_model_ships_inside_the_package():
+    assert DEMO == Path(mlx_llm.__file__).resolve().parent / "demo_model"
+    # The repository's historical path points at the same files.
+    assert (ROOT / "weights" / "demo").resolve() == DEMO.resolve()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        assert (DEMO / name).is_file(), name
 
 
 def test_demo_model_quality_is_unchanged(tmp_path):
