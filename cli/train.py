@@ -10,6 +10,11 @@ import click
 from .errors import InputError, library_errors
 
 
+# mlx_llm.tokenizer_training.min_vocab_size() (GPT layout; BERT's needs one more, which the
+# library reports), written out so that --help need not import sentencepiece; a test keeps them equal.
+MIN_VOCAB_SIZE = 262
+
+
 @click.group()
 def tokenizer() -> None:
     """Train tokenizers."""
@@ -18,7 +23,8 @@ def tokenizer() -> None:
 @tokenizer.command("train")
 @click.option("--input", "inputs", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Text file, folder or JSONL; repeatable.")
-@click.option("--vocab-size", required=True, type=click.IntRange(min=8))
+@click.option("--vocab-size", required=True, type=click.IntRange(min=MIN_VOCAB_SIZE),
+              help="Tokens, with 4 specials (5 with --bert) and 256 byte pieces; a corpus needs one per character too.")
 @click.option("--type", "model_type", default="bpe", show_default=True, type=click.Choice(["bpe", "unigram"]))
 @click.option("--bert", is_flag=True, help="Add BERT's [CLS] [SEP] [MASK] [PAD] [UNK] tokens.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
@@ -72,7 +78,8 @@ def _size(value: str, arch: str):
               help="Size preset (gpt: tiny, demo, small, gpt2; bert: tiny, mini, small, base) or a JSON file.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Tokenizer folder (otherwise one is trained; needs --vocab-size).")
-@click.option("--vocab-size", type=click.IntRange(min=8), help="Train a tokenizer of this size on --data.")
+@click.option("--vocab-size", type=click.IntRange(min=MIN_VOCAB_SIZE),
+              help="Train a tokenizer of this size on --data (gpt at least 262, bert 263; more for real text).")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1))

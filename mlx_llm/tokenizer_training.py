@@ -34,10 +34,29 @@ MODEL_TYPES = ("bpe", "unigram")
 GPT_SPECIAL_TOKENS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}
 BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 _BYTE_PIECES = 256
+# Text pieces any corpus needs: the word-start mark "▁" (SentencePiece prefixes every
+# chunk with it) and at least one character. Found by training on the text "a":
+# 262 ids work and 261 fail for the GPT layout (263 / 262 for BERT's five specials).
+_MIN_TEXT_PIECES = 2
 # Longest training chunk in bytes; documents are cut at line breaks into chunks up to this size.
 _MAX_CHUNK_BYTES = 8192
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def min_vocab_size(bert_special_tokens: bool = False, byte_fallback: bool = True) -> int:
+    """The smallest vocabulary SentencePiece can train, whatever the corpus.
+
+    Args:
+        bert_special_tokens: BERT's five special tokens instead of GPT's four.
+        byte_fallback: Count the 256 byte pieces.
+
+    Returns:
+        Special tokens + byte pieces + 2 (262 for GPT, 263 for BERT with byte
+        fallback). A real corpus needs one more id per distinct character.
+    """
+    specials = len(BERT_SPECIAL_TOKENS if bert_special_tokens else GPT_SPECIAL_TOKENS)
+    return specials + (_BYTE_PIECES if byte_fallback else 0) + _MIN_TEXT_PIECES
 
 
 def _training_chunks(documents: Iterable[str], max_bytes: int = _MAX_CHUNK_BYTES) -> Iterator[str]:
@@ -162,12 +181,13 @@ def train_tokenizer(
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     special_options, tokens = _special_token_layout(bert_special_tokens)
-    reserved = len(tokens) + (_BYTE_PIECES if byte_fallback else 0)
-    if not isinstance(vocab_size, int) or vocab_size <= reserved:
+    minimum = min_vocab_size(bert_special_tokens, byte_fallback)
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
         raise ValueError(
-            f"vocab_size={vocab_size!r} is too small: {len(tokens)} special tokens"
-            f"{f' and {_BYTE_PIECES} byte-fallback pieces' if byte_fallback else ''} take {reserved} ids "
-            f"before any text piece; use a vocab_size well above {reserved}"
+            f"vocab_size={vocab_size!r} (--vocab-size) is too small: {len(tokens)} special tokens"
+            f"{f', {_BYTE_PIECES} byte-fallback pieces' if byte_fallback else ''} and at least "
+            f"{_MIN_TEXT_PIECES} text pieces need {minimum} ids; pass vocab_size >= {minimum} (more for a real "
+            "corpus: one id per distinct character, then the learned pieces)"
         )
     if character_coverage is None:
         character_coverage = 0.9995 if byte_fallback else 1.0
@@ -213,12 +233,12 @@ def _training_error(error: RuntimeError, vocab_size: int) -> Exception:
     message = str(error)
     if match := _TOO_HIGH.search(message):
         return ValueError(
-            f"vocab_size={vocab_size} is too large for this corpus: at most {match.group(2)} distinct "
-            f"pieces can be learned from it; pass vocab_size <= {match.group(2)} or more text"
+            f"vocab_size={vocab_size} (--vocab-size) is too large for this corpus: at most {match.group(2)} "
+            f"distinct pieces can be learned from it; pass vocab_size <= {match.group(2)} or more text"
         )
     if match := _TOO_SMALL.search(message):
         return ValueError(
-            f"vocab_size={vocab_size} is too small: the special tokens, byte pieces and the characters "
+            f"vocab_size={vocab_size} (--vocab-size) is too small: the special tokens, byte pieces and the characters "
             f"this corpus needs take {match.group(2)} ids; pass vocab_size >= {match.group(2)}, or a "
             "lower character_coverage"
         )

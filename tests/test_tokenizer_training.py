@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlx_llm.tokenizer import Tokenizer
-from mlx_llm.tokenizer_training import train_tokenizer
+from mlx_llm.tokenizer_training import min_vocab_size, train_tokenizer
 
 # Not in the training text: the emoji and CJK characters must come back through byte fallback.
 ROUND_TRIP_TEXT = "Grüße aus München, naïve café! 世界 🙂\nSecond line  with  two spaces.\n\tTabbed."
@@ -94,7 +94,7 @@ def test_without_byte_fallback_unknown_characters_become_unk(corpus, tmp_path):
 
 
 def test_vocab_too_large_names_the_maximum(corpus, tmp_path):
-    with pytest.raises(ValueError, match=r"vocab_size=50000 is too large") as error:
+    with pytest.raises(ValueError, match=r"vocab_size=50000 \(--vocab-size\) is too large") as error:
         train_tokenizer([corpus], 50_000, tmp_path / "tok", model_type="unigram", num_threads=1)
     maximum = int(re.search(r"vocab_size <= (\d+)", str(error.value)).group(1))
     assert not (tmp_path / "tok").exists()
@@ -107,9 +107,22 @@ def test_vocab_too_large_names_the_maximum(corpus, tmp_path):
 @pytest.mark.parametrize("vocab_size", [50, 262])
 def test_vocab_too_small(corpus, tmp_path, vocab_size):
     # 50 is below the 260 fixed pieces; 262 leaves no room for the corpus' characters.
-    with pytest.raises(ValueError, match=rf"vocab_size={vocab_size} is too small"):
+    with pytest.raises(ValueError, match=rf"vocab_size={vocab_size} \(--vocab-size\) is too small"):
         train_tokenizer([corpus], vocab_size, tmp_path / "tok", num_threads=1)
     assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("bert", [False, True])
+def test_min_vocab_size_is_the_real_bound(tmp_path, bert):
+    # A one-character corpus needs the fewest pieces: the minimum trains, one less is refused up front.
+    text = tmp_path / "a.txt"
+    text.write_text("a", encoding="utf-8")
+    minimum = min_vocab_size(bert_special_tokens=bert)
+    assert minimum == (263 if bert else 262)
+    with pytest.raises(ValueError, match=rf"pass vocab_size >= {minimum} "):
+        train_tokenizer([text], minimum - 1, tmp_path / "small", bert_special_tokens=bert, num_threads=1)
+    out = train_tokenizer([text], minimum, tmp_path / "tok", bert_special_tokens=bert, num_threads=1)
+    assert Tokenizer.from_pretrained(out).vocab_size == minimum
 
 
 def test_empty_or_missing_input(tmp_path):
