@@ -4,9 +4,10 @@ On the CPU, MLX evaluates ``exp``, ``erf`` and ``tanh`` one element at a
 time, while multiplies, adds and divides are vectorized and fused by
 `mx.compile`: a GELU over a ``(32, 48, 1536)`` tensor took 93 ms natively
 and 14 ms as the rational approximation below (2-core x86). On Metal and
-CUDA the native kernels are fast already, so every function here dispatches
-on the default device and uses MLX's own op there, as it does on the CPU
-for inputs under `NATIVE_BELOW` elements.
+CUDA the native kernels are fast already, so every function here asks
+`mlx_llm.backend.cpu_kernels_enabled` (the CPU, and ``MLX_LLM_CPU_KERNELS``
+not ``0``) and uses MLX's own op otherwise, as it does on the CPU for inputs
+under `NATIVE_BELOW` elements.
 
 Accuracy (float32, checked in ``tests/test_fast_math.py``): ``exp`` within
 2e-7 relative on [-87, 88]; ``erf`` within 5e-7 absolute; the activations
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from .backend import cpu_kernels_enabled
 
 _LOG2_E = 1.4426950408889634
 # ln 2 split in two (Cody-Waite), so that n * ln2 is exact in float32 for the reduction.
@@ -115,15 +118,6 @@ def _silu_vjp(x, cotangent, output):
 _CPU = {name: mx.compile(function) for name, function in
         (("exp", _exp), ("erf", _erf), ("gelu", _gelu), ("gelu_tanh", _gelu_tanh), ("silu", _silu))}
 
-
-_CPU_DEVICE = mx.Device(mx.cpu)
-
-
-def on_cpu() -> bool:
-    """Whether MLX computes on the CPU (where the approximations pay off)."""
-    return mx.default_device() == _CPU_DEVICE
-
-
 # MLX's own ops, one kernel each.
 _NATIVE = {"exp": mx.exp, "erf": mx.erf, "gelu": nn.gelu, "gelu_tanh": nn.gelu_approx, "silu": nn.silu}
 # Below this many elements (a decoding step's activations, say) MLX's own ops are faster: the
@@ -143,24 +137,24 @@ def _computed_in_float32(name: str, x: mx.array) -> mx.array:
 
 def exp(x: mx.array) -> mx.array:
     """``e^x``."""
-    return _computed_in_float32("exp", x) if on_cpu() else mx.exp(x)
+    return _computed_in_float32("exp", x) if cpu_kernels_enabled() else mx.exp(x)
 
 
 def erf(x: mx.array) -> mx.array:
     """The error function."""
-    return _computed_in_float32("erf", x) if on_cpu() else mx.erf(x)
+    return _computed_in_float32("erf", x) if cpu_kernels_enabled() else mx.erf(x)
 
 
 def gelu(x: mx.array) -> mx.array:
     """Exact GELU, ``x * Phi(x)`` (BERT)."""
-    return _computed_in_float32("gelu", x) if on_cpu() else nn.gelu(x)
+    return _computed_in_float32("gelu", x) if cpu_kernels_enabled() else nn.gelu(x)
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
     """GELU's tanh approximation (GPT-2's ``gelu_new``)."""
-    return _computed_in_float32("gelu_tanh", x) if on_cpu() else nn.gelu_approx(x)
+    return _computed_in_float32("gelu_tanh", x) if cpu_kernels_enabled() else nn.gelu_approx(x)
 
 
 def silu(x: mx.array) -> mx.array:
     """``x * sigmoid(x)`` (Llama's SwiGLU)."""
-    return _computed_in_float32("silu", x) if on_cpu() else nn.silu(x)
+    return _computed_in_float32("silu", x) if cpu_kernels_enabled() else nn.silu(x)

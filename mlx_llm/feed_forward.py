@@ -8,10 +8,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import fast_math
+from .backend import cpu_kernels_enabled
 from .layers import Linear
 
 # On the CPU, GELU and SiLU come from `fast_math` (vectorized approximations, 2e-6 of
-# MLX's) for all but small inputs; on Metal and CUDA they are MLX's own.
+# MLX's) for all but small inputs; on Metal and CUDA, and with MLX_LLM_CPU_KERNELS=0, they are MLX's own.
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
     "relu": nn.relu,  # the original Transformer; cheapest on CPU
     "gelu": fast_math.gelu,  # exact, x * Phi(x) (BERT)
@@ -32,7 +33,7 @@ def _gated(name: str) -> Callable[[mx.array, mx.array], mx.array]:
     activation = ACTIVATIONS[name]
 
     def gate_and_up(gate: mx.array, up: mx.array) -> mx.array:
-        if fast_math.on_cpu() and gate.size >= fast_math.NATIVE_BELOW:
+        if cpu_kernels_enabled() and gate.size >= fast_math.NATIVE_BELOW:
             return activation(gate) * up
         return _FUSED_GATES[name](gate, up)
 

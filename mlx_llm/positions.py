@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .fast_math import on_cpu
+from .backend import cpu_kernels_enabled
 from .layers import Embedding
 
 _ROTARY_TABLE_MIN = 4096  # positions in the first cos/sin table; it doubles when a longer one is needed
@@ -89,7 +89,8 @@ class RotaryEmbedding(nn.Module):
     twenty small ones that recomputes the angles on every call, the rotation
     reads ``cos`` and ``sin`` from a table computed once in float64: a Llama
     135M decoding step took 54 instead of 57.6 ms (2-core x86, OpenBLAS). A
-    left-padded batch (an array ``offset``) always uses `mx.fast.rope`.
+    left-padded batch (an array ``offset``), and ``MLX_LLM_CPU_KERNELS=0``
+    (`mlx_llm.backend`), always use `mx.fast.rope`.
 
     Args:
         dims: Number of leading features per head to rotate (the head width
@@ -157,7 +158,7 @@ class RotaryEmbedding(nn.Module):
 
     def __call__(self, hidden_states: mx.array, offset: int | mx.array = 0) -> mx.array:
         """Rotate ``(B, H, L, D)`` queries or keys sitting at positions ``offset + 0 .. L - 1``."""
-        if isinstance(offset, int) and on_cpu():
+        if isinstance(offset, int) and cpu_kernels_enabled():
             if offset < 0:
                 raise ValueError(f"rotary offset must be >= 0, got {offset}")
             return self._rotate(hidden_states, offset)

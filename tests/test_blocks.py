@@ -27,7 +27,7 @@ from mlx_llm import (
     scaled_dot_product_attention,
     sinusoidal_table,
 )
-from mlx_llm.fast_math import on_cpu
+from mlx_llm import backend
 
 
 def linear(x, layer):
@@ -125,8 +125,9 @@ def _rope64(x, dims, traditional, scale, inverse, offset):
 
 @pytest.mark.parametrize("traditional", [False, True])
 @pytest.mark.parametrize("dims, scale, explicit", [(8, 1.0, False), (4, 1.0, False), (8, 0.5, False), (8, 1.0, True)])
+@backend.cpu_kernels(True)  # the CPU branch itself, also when the suite runs with MLX_LLM_CPU_KERNELS=0
 def test_rope_on_the_cpu_reads_a_table_equal_to_float64_and_to_mx_fast_rope(traditional, dims, scale, explicit):
-    assert on_cpu()
+    assert backend.cpu_kernels_enabled()
     inverse = 1.0 / 500.0 ** (np.arange(0, dims, 2) / dims)
     if explicit:  # given as a float32 array (Llama 3's scaled frequencies): those values are the frequencies
         inverse = np.array(mx.array(inverse * 0.7, mx.float32)).astype(np.float64)
@@ -148,12 +149,25 @@ def test_rope_on_the_cpu_reads_a_table_equal_to_float64_and_to_mx_fast_rope(trad
                                        inverse, 7), atol=3e-2)
 
 
+@backend.cpu_kernels(True)
 def test_rope_table_path_has_the_gradient_of_mx_fast_rope():
     rope = RotaryEmbedding(8, base=10000.0)
     x, cotangent = mx.random.normal((1, 2, 4, 8)), mx.random.normal((1, 2, 4, 8))
     table = mx.grad(lambda x: (rope(x, offset=3) * cotangent).sum())(x)
+    assert rope._cos_sin is not None  # the table path did run
     fast = mx.grad(lambda x: (rope(x, offset=mx.array(3)) * cotangent).sum())(x)
     np.testing.assert_allclose(np.array(table), np.array(fast), atol=1e-5)
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+def test_rope_with_the_cpu_kernels_off_is_mx_fast_rope(traditional):
+    rope = RotaryEmbedding(4, base=500.0, traditional=traditional)
+    x = mx.random.normal((2, 3, 5, 8))
+    with backend.cpu_kernels(False):
+        got = rope(x, offset=7)
+    expected = mx.fast.rope(x, 4, traditional=traditional, base=500.0, scale=1.0, offset=7)
+    np.testing.assert_array_equal(np.array(got), np.array(expected))
+    assert rope._cos_sin is None  # no table was built
 
 
 def reference_encoder_layer(layer, x, mask, norm_first):

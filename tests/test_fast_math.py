@@ -1,5 +1,6 @@
 """The CPU approximations of exp, erf, GELU and SiLU against float64 references,
-values and gradients, in every dtype the models use."""
+values and gradients, in every dtype the models use; and MLX's own ops where the
+CPU branches are off (MLX_LLM_CPU_KERNELS=0, as on Metal)."""
 
 import math
 
@@ -8,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_llm import fast_math
+from mlx_llm import backend, fast_math
 
 GRID = np.linspace(-12, 12, 48001).astype(np.float32)
 
@@ -32,8 +33,15 @@ def silu64(x):
     return x / (1 + np.exp(-x))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_kernels_on():
+    """These tests check the CPU branch itself, so it runs even when the suite runs with MLX_LLM_CPU_KERNELS=0."""
+    with backend.cpu_kernels(True):
+        yield
+
+
 def test_runs_on_the_cpu_here():
-    assert fast_math.on_cpu()  # this suite runs on the CPU, so the approximations are what it checks
+    assert backend.on_cpu() and backend.cpu_kernels_enabled()  # so the approximations are what this file checks
 
 
 def test_exp_relative_error():
@@ -108,3 +116,26 @@ def test_gated_feed_forward_chooses_the_same_way():
         gate, up = mx.random.normal((1, size)) * 4, mx.random.normal((1, size))
         function = nn.silu if size < fast_math.NATIVE_BELOW else fast_math._CPU["silu"]
         np.testing.assert_array_equal(np.array(GATED_ACTIVATIONS["silu"](gate, up)), np.array(function(gate) * up))
+
+
+@pytest.mark.parametrize("name, native", [("exp", mx.exp), ("erf", mx.erf), ("gelu", nn.gelu),
+                                          ("gelu_tanh", nn.gelu_approx), ("silu", nn.silu)])
+def test_with_the_cpu_kernels_off_every_size_uses_mlx(name, native):
+    large = mx.random.normal((2, 3, fast_math.NATIVE_BELOW)) * 4
+    with backend.cpu_kernels(False):
+        got = getattr(fast_math, name)(large)
+        gradient = mx.grad(lambda v: getattr(fast_math, name)(v).sum())(large)
+    np.testing.assert_array_equal(np.array(got), np.array(native(large)))
+    np.testing.assert_array_equal(np.array(gradient), np.array(mx.grad(lambda v: native(v).sum())(large)))
+
+
+def test_with_the_cpu_kernels_off_the_gated_feed_forward_is_the_fused_mlx_kernel():
+    from mlx_llm.feed_forward import _FUSED_GATES, GATED_ACTIVATIONS
+
+    gate, up = mx.random.normal((4, fast_math.NATIVE_BELOW)) * 4, mx.random.normal((4, fast_math.NATIVE_BELOW))
+    for name in ("silu", "gelu", "gelu_tanh"):
+        with backend.cpu_kernels(False):
+            got = GATED_ACTIVATIONS[name](gate, up)
+        np.testing.assert_array_equal(np.array(got), np.array(_FUSED_GATES[name](gate, up)))
+        on = GATED_ACTIVATIONS[name](gate, up)  # the switch back on: the approximation again
+        np.testing.assert_array_equal(np.array(on), np.array(fast_math._CPU[name](gate) * up))

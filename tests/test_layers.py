@@ -1,5 +1,6 @@
 """mlx_llm.layers: input-major products give the same numbers as nn.Linear, forward and backward; weights
-are stored in the order measured faster, and the measurement is kept."""
+are stored in the order measured faster (mlx_llm.cpu_tuning), and the measurement is kept; with the CPU
+branches off (MLX_LLM_CPU_KERNELS=0, as on Metal) products are x @ W.T and weights stay as stored."""
 
 import json
 
@@ -8,11 +9,19 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_llm import layers
-from mlx_llm.layers import Embedding, Linear, reference_blas_in, relayout
+from mlx_llm import backend, cpu_tuning, layers
+from mlx_llm.cpu_tuning import reference_blas_in
+from mlx_llm.layers import Embedding, Linear, relayout
 
 WHEEL = "/venv/lib/python3.11/site-packages/mlx_cpu.libs/libblas-bd8a282c.so.3.10.0"
 NUMPY_OPENBLAS = "/venv/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so"
+
+
+@pytest.fixture(autouse=True)
+def _cpu_kernels_on():
+    """Most tests here check the CPU branch itself, so it runs even under MLX_LLM_CPU_KERNELS=0."""
+    with backend.cpu_kernels(True):
+        yield
 
 
 @pytest.fixture(params=[True, False], ids=["input-major", "mlx"])
@@ -112,7 +121,7 @@ def tree_items(model):
 
 
 def test_with_an_optimized_blas_weights_are_stored_out_in(monkeypatch):
-    monkeypatch.setattr(layers, "_reference_blas", lambda: False)
+    monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: False)
     mx.random.seed(3)
     model = nn.Sequential(Linear(8, 12), Linear(12, 6), Embedding(10, 8))
     conv1d = mx.random.normal((8, 12))  # stored (in, out), as GPT-2's Conv1D
@@ -141,9 +150,9 @@ def _out_in(weight: mx.array) -> bool:
 @pytest.fixture
 def optimized_blas(monkeypatch, tmp_path):
     """Weight orders are measured here: an optimized BLAS on the CPU, every shape timed, a fresh cache."""
-    monkeypatch.setattr(layers, "_reference_blas", lambda: False)
-    monkeypatch.setattr(layers, "_UNTIMED_MODEL_BYTES", 0)
-    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 0)
+    monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: False)
+    monkeypatch.setattr(cpu_tuning, "_UNTIMED_MODEL_BYTES", 0)
+    monkeypatch.setattr(cpu_tuning, "_UNTIMED_SHAPE_BYTES", 0)
     monkeypatch.setenv("MLX_LLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLX_LLM_TUNE_ORDER", raising=False)
     return tmp_path / "cache" / "weight_order.json"
@@ -161,7 +170,7 @@ def test_measured_orders_place_each_shape_and_are_kept(optimized_blas, monkeypat
         timed_shapes.append(tuple(weights[0].shape))
         return tuple(weights[0].shape) == (12, 8)
 
-    monkeypatch.setattr(layers, "in_out_is_faster", faster_in_out)
+    monkeypatch.setattr(cpu_tuning, "in_out_is_faster", faster_in_out)
     model = _tuned_model()
     x = mx.random.normal((3, 8))
     expected = [np.array(model.layers[1](model.layers[0](x))), np.array(model.layers[3].as_linear(x[:, :6]))]
@@ -177,14 +186,14 @@ def test_measured_orders_place_each_shape_and_are_kept(optimized_blas, monkeypat
     assert not [path for path in optimized_blas.parent.iterdir() if path.name.endswith(".tmp")]
 
     # A second load reads the orders instead of timing again.
-    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: pytest.fail("measured twice"))
+    monkeypatch.setattr(cpu_tuning, "in_out_is_faster", lambda weights: pytest.fail("measured twice"))
     again = _tuned_model()
     again.layers[0].weight = mx.contiguous(again.layers[0].weight)
     relayout(again)
     assert _in_out(again.layers[0].weight) and _out_in(again.layers[1].weight)
 
     # A model with a new shape adds it to what is kept.
-    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: True)
+    monkeypatch.setattr(cpu_tuning, "in_out_is_faster", lambda weights: True)
     relayout(nn.Sequential(Linear(8, 12), Linear(8, 20)))
     assert list(json.loads(optimized_blas.read_text()).values()) == [
         {"12x8": "in_out", "6x12": "out_in", "20x6": "out_in", "20x8": "in_out"}
@@ -193,7 +202,7 @@ def test_measured_orders_place_each_shape_and_are_kept(optimized_blas, monkeypat
 
 def test_unreadable_order_file_is_measured_again_and_unwritable_cache_is_harmless(optimized_blas, monkeypatch,
                                                                                    tmp_path):
-    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: True)
+    monkeypatch.setattr(cpu_tuning, "in_out_is_faster", lambda weights: True)
     optimized_blas.parent.mkdir(parents=True)
     optimized_blas.write_text("{not json")
     relayout(_tuned_model())
@@ -208,16 +217,16 @@ def test_unreadable_order_file_is_measured_again_and_unwritable_cache_is_harmles
 
 
 def test_small_shapes_and_tune_order_0_are_not_measured(optimized_blas, monkeypatch):
-    monkeypatch.setattr(layers, "in_out_is_faster", lambda weights: pytest.fail("measured"))
+    monkeypatch.setattr(cpu_tuning, "in_out_is_faster", lambda weights: pytest.fail("measured"))
     monkeypatch.setenv("MLX_LLM_TUNE_ORDER", "0")
     model = _tuned_model()
     relayout(model)
     assert all(_out_in(layer.weight) for layer in model.layers)
     monkeypatch.delenv("MLX_LLM_TUNE_ORDER")
-    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 2**20)  # the default: these shapes are far below it
+    monkeypatch.setattr(cpu_tuning, "_UNTIMED_SHAPE_BYTES", 2**20)  # the default: these shapes are far below it
     relayout(model)
-    monkeypatch.setattr(layers, "_UNTIMED_SHAPE_BYTES", 0)
-    monkeypatch.setattr(layers, "_UNTIMED_MODEL_BYTES", 64 * 2**20)  # and so is the model
+    monkeypatch.setattr(cpu_tuning, "_UNTIMED_SHAPE_BYTES", 0)
+    monkeypatch.setattr(cpu_tuning, "_UNTIMED_MODEL_BYTES", 64 * 2**20)  # and so is the model
     relayout(model)
     assert not optimized_blas.exists()
 
@@ -228,7 +237,7 @@ def test_small_shapes_and_tune_order_0_are_not_measured(optimized_blas, monkeypa
     ((10.0, 8.0, 8.1, 8.2), (7.0, 9.0, 9.1, 9.2), False),  # slower once warm
 ])
 def test_in_out_is_faster_compares_the_best_warm_passes(monkeypatch, out_in_ms, in_out_ms, expected):
-    monkeypatch.setattr(layers, "_FLUSH_BYTES", 4096)
+    monkeypatch.setattr(cpu_tuning, "_FLUSH_BYTES", 4096)
     calls = []
 
     def pass_seconds(weights, row, flush):
@@ -237,10 +246,10 @@ def test_in_out_is_faster_compares_the_best_warm_passes(monkeypatch, out_in_ms, 
         calls.append(in_out)
         return (in_out_ms if in_out else out_in_ms)[sum(1 for c in calls if c == in_out) - 1] / 1e3
 
-    monkeypatch.setattr(layers, "_pass_seconds", pass_seconds)
+    monkeypatch.setattr(cpu_tuning, "_pass_seconds", pass_seconds)
     weights = [mx.random.normal((24, 16)), mx.random.normal((24, 16))]
     before = [np.array(w) for w in weights]
-    assert layers.in_out_is_faster(weights) is expected
+    assert cpu_tuning.in_out_is_faster(weights) is expected
     assert calls == [False, True] * 4  # alternating orders
     for weight, values in zip(weights, before):
         np.testing.assert_array_equal(np.array(weight), values)
@@ -279,3 +288,46 @@ def test_decoders_mark_a_tied_output_embedding(family, task, tied, output_layer)
                          tie_word_embeddings=tied)
         embedding = Model(args).model.embed_tokens
     assert embedding.output_layer is output_layer
+
+
+# --- With the CPU branches off (MLX_LLM_CPU_KERNELS=0): the code Metal and CUDA run ------------------
+
+
+@pytest.mark.parametrize("forced", [None, True])
+def test_with_the_cpu_kernels_off_weights_stay_as_stored(monkeypatch, forced):
+    monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: True)  # the reference BLAS, as installed
+    monkeypatch.setattr(cpu_tuning, "weight_orders", lambda groups: pytest.fail("weight orders looked up"))
+    layers.set_input_major(forced)
+    try:
+        model = _tuned_model()
+        conv1d = mx.random.normal((8, 12))
+        model.layers[0].weight = conv1d.T  # stored (in, out), as GPT-2's Conv1D: relayout would copy it
+        before = [model.layers[i].weight for i in range(4)]
+        with backend.cpu_kernels(False):
+            assert not layers.input_major()
+            assert relayout(model) == 0
+        assert all(layer.weight is weight for layer, weight in zip(model.layers, before))
+        assert _in_out(model.layers[0].weight) and _out_in(model.layers[1].weight)
+        assert layers.input_major()  # and back on, the CPU branch again
+    finally:
+        layers.set_input_major(None)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_with_the_cpu_kernels_off_linear_is_nn_linear_exactly(monkeypatch, bias):
+    monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: True)
+    ours, reference = _pair(bias)
+    x, cotangent = mx.random.normal((3, 5, 24)), mx.random.normal((3, 5, 40))
+
+    def loss(model, x):
+        return (model(x) * cotangent).sum()
+
+    with backend.cpu_kernels(False):
+        output, grads = ours(x), nn.value_and_grad(ours, loss)(ours, x)[1]
+    np.testing.assert_array_equal(np.array(output), np.array(reference(x)))
+    ref_grads = nn.value_and_grad(reference, loss)(reference, x)[1]
+    for name in grads:
+        np.testing.assert_array_equal(np.array(grads[name]), np.array(ref_grads[name]))
+    embedding = Embedding(40, 24)  # a tied output layer
+    with backend.cpu_kernels(False):
+        np.testing.assert_array_equal(np.array(embedding.as_linear(x)), np.array(x @ embedding.weight.T))
