@@ -24,8 +24,9 @@ Document rules (`read_documents`):
   ``split_on_blank_lines=True``, blocks separated by blank lines are separate
   documents instead (the input format of the original BERT:
   one sentence per line, a blank line between documents).
-* A folder: its ``.txt``, ``.md`` and ``.jsonl`` files, recursively, in sorted
-  order of their paths; hidden files and folders (``.name``) are skipped.
+* A folder: its ``.txt`` and ``.jsonl`` files (not its ``README.md``), recursively,
+  in sorted order of their paths; hidden files and folders (``.name``) are
+  skipped (`mlx_llm.corpus_files`; a glob pattern picks other files).
 * Documents that are empty or only whitespace are skipped.
 """
 
@@ -47,10 +48,10 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
+from .corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files  # noqa: F401 (re-exported)
 from .hub import TOKENIZER_FILE_NAMES, TOKENIZER_FILE_PATTERNS, write_json
 from .tokenizer import Tokenizer
 
-CORPUS_SUFFIXES = (".txt", ".md", ".jsonl")
 IGNORE_INDEX = -100
 # Bump when the token file layout or the tokenization rules change: old caches are then ignored.
 _CACHE_FORMAT = 1
@@ -65,44 +66,6 @@ PathLike = str | Path
 # ---------------------------------------------------------------------------
 # Documents
 # ---------------------------------------------------------------------------
-
-
-def list_corpus_files(paths: Sequence[PathLike] | PathLike) -> list[Path]:
-    """The files a corpus is made of, in reading order.
-
-    Args:
-        paths: Files (any suffix) and folders; a folder contributes its
-            ``.txt``, ``.md`` and ``.jsonl`` files, recursively, sorted by
-            path, skipping hidden files and folders.
-
-    Returns:
-        The files, in the order given (folders expanded in place).
-
-    Raises:
-        FileNotFoundError: A path does not exist.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = [
-                candidate
-                for candidate in path.rglob("*")
-                if candidate.is_file()
-                and candidate.suffix.lower() in CORPUS_SUFFIXES
-                and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
-            ]
-            files.extend(sorted(found, key=lambda candidate: candidate.relative_to(path).as_posix()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(
-                f"corpus path {path} does not exist; pass text files (.txt, .md, ...), .jsonl files "
-                "or folders of them"
-            )
-    return files
 
 
 def _read_text(path: Path) -> str:

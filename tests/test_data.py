@@ -76,7 +76,9 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     write(tmp_path / "corpus" / ".hidden" / "x.txt", "hidden")
     write(tmp_path / "corpus" / ".notes.txt", "hidden too")
     write(tmp_path / "corpus" / "blank.txt", "  \n\n")
-    assert list(read_documents([tmp_path / "corpus"])) == ["one", "two", "zed", "bee"]
+    write(tmp_path / "corpus" / "README.md", "about this folder")
+    # Only .txt and .jsonl files: a folder's README.md and z.md are not text to learn.
+    assert list(read_documents([tmp_path / "corpus"])) == ["one", "two", "bee"]
     # Explicit files keep the given order and are read whatever their suffix.
     assert list(read_documents([tmp_path / "corpus" / "c.csv", tmp_path / "corpus" / "b.txt"])) == [
         "not,read",
@@ -99,8 +101,8 @@ def test_missing_path_and_empty_corpus(tmp_path):
         read_documents([tmp_path / "nowhere.txt"])  # raises on the call, before iteration
     (tmp_path / "empty").mkdir()
     write(tmp_path / "empty" / "ignored.csv", "text")
-    with pytest.raises(ValueError, match="the corpus is empty"):
-        list(read_documents([tmp_path / "empty"]))
+    with pytest.raises(ValueError, match=r"corpus folder .*empty holds no \.txt or \.jsonl files"):
+        read_documents([tmp_path / "empty"])
     write(tmp_path / "blank.jsonl", '{"text": "  "}\n')
     with pytest.raises(ValueError, match="the corpus is empty"):
         list(read_documents([tmp_path / "blank.jsonl"]))
