@@ -368,8 +368,8 @@ def tokenize_corpus(
     eos_id = tokenizer.eos_token_id
     if eos_between_documents and eos_id is None:
         raise ValueError(
-            "eos_between_documents=True needs an eos token and this tokenizer has none; pass "
-            "eos_between_documents=False or use a tokenizer with an eos token"
+            "this tokenizer has no eos token, which GPT training puts between documents; use a tokenizer "
+            "with one (mlx-llm tokenizer train makes one), or pass eos_between_documents=False"
         )
     dtype = _token_dtype(tokenizer.vocab_size)
     options = {
@@ -806,7 +806,8 @@ class BertPretrainingBatches:
         if missing:
             raise ValueError(
                 f"BERT pretraining needs {', '.join(missing)} token(s) the tokenizer lacks; train one "
-                "with train_tokenizer(..., bert_special_tokens=True) or use a BERT tokenizer"
+                "with train_tokenizer(..., bert_special_tokens=True) (mlx-llm tokenizer train --bert) or use a "
+                "BERT tokenizer"
             )
         self.cls_token_id, self.sep_token_id = special["cls"], special["sep"]
         self.mask_token_id, self.pad_token_id = special["mask"], special["pad"]
@@ -849,8 +850,9 @@ class BertPretrainingBatches:
         if self.next_sentence_probability < 1.0 and len(sources) < 2:
             raise ValueError(
                 "random next sentences come from other documents, and the corpus has only one; split "
-                "the text into documents (a folder of files, a .jsonl file, or split_on_blank_lines=True) "
-                "or pass next_sentence_probability=1.0"
+                "the text into documents (a folder of files, a .jsonl file, or blank lines between documents "
+                "with split_on_blank_lines=True, --split-on-blank-lines) or pass next_sentence_probability=1.0 "
+                "(--nsp-probability 1)"
             )
         # Its own stream, independent of the epoch shuffles (seed + epoch) and the masking.
         rng = np.random.default_rng([self.seed, 0x4E5350])

@@ -188,15 +188,17 @@ def read_classification(
         if text_column is None:
             raise ValueError(
                 f"{path}: no text column: looked for {list(TEXT_COLUMNS)}, the columns are {columns}; "
-                "pass text_column=<name>"
+                "pass text_column=<name> (--text-column)"
             )
     for option, name in (("text_column", text_column), ("text_pair_column", text_pair_column)):
         if name is not None and name not in columns:
-            raise ValueError(f"{path}: no column {name!r} ({option}); the columns are {columns}")
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{path}: no column {name!r} ({option}, {flag}); the columns are {columns}")
     if require_labels and label_column not in columns:
         raise ValueError(
             f"{path}: no label column {label_column!r}; the columns are {columns}; pass "
-            "label_column=<one of them>, or require_labels=False to read unlabelled data"
+            "label_column=<one of them> (--label-column); unlabelled data is for prediction "
+            "(require_labels=False, mlx-llm predict)"
         )
 
     examples = []
@@ -216,8 +218,8 @@ def read_classification(
             label = label.strip() or None
         if label is None and require_labels:
             raise ValueError(
-                f"{where}: no label in {label_column!r}; label every example, or pass "
-                "require_labels=False to read unlabelled data"
+                f"{where}: no label in {label_column!r}; label every example (unlabelled data is for "
+                "prediction: require_labels=False, mlx-llm predict)"
             )
         label = None if label is None else _check_label_value(label, where)
         examples.append(ClassificationExample(texts[0], texts[1], label, line, str(path)))
@@ -295,7 +297,7 @@ def _check_conll_columns(
     if count == 1 and require_tags:
         raise ValueError(
             f"{path}:{line}: found 1 column; tagged data needs a word column and a tag column "
-            "(pass require_tags=False to read untagged input)"
+            "(untagged input is for prediction: require_tags=False, mlx-llm predict)"
         )
     for option, index in (("token_column", token_column), ("tag_column", tag_column)):
         if not -count <= index < count:
@@ -316,7 +318,8 @@ def _tagging_records(path: Path, require_tags: bool) -> list[TaggingExample]:
             )
         tags = record.get("tags", record.get("ner_tags"))
         if tags is None and require_tags:
-            raise ValueError(f'{where}: no "tags" (or "ner_tags") list; pass require_tags=False for untagged input')
+            raise ValueError(f'{where}: no "tags" (or "ner_tags") list; untagged input is for prediction '
+                             "(require_tags=False, mlx-llm predict)")
         if tags is not None:
             if not isinstance(tags, list) or len(tags) != len(words):
                 count = len(tags) if isinstance(tags, list) else type(tags).__name__
@@ -825,7 +828,7 @@ class _ExampleBatches:
         if self.epoch_batches == 0:
             raise ValueError(
                 f"{name}: {self.num_examples} examples make no full batch of batch_size={self.batch_size} "
-                "with drop_last=True; use a smaller batch_size or drop_last=False"
+                "with drop_last=True; use a smaller batch_size (--batch-size) or drop_last=False"
             )
         self._epoch = 0
         self._position = 0

@@ -153,8 +153,11 @@ def test_read_unlabelled_prediction_input(tmp_path):
 
 def test_classification_errors_name_file_line_and_columns(tmp_path):
     path = write(tmp_path, "a.csv", "text,target\nhi,1\n")
-    with pytest.raises(ValueError, match=r"a\.csv: no label column 'label'; the columns are \['text', 'target'\]"):
+    with pytest.raises(ValueError, match=r"a\.csv: no label column 'label'; the columns are \['text', 'target'\]"
+                       r".*label_column=<one of them> \(--label-column\)"):
         read_classification(path)
+    with pytest.raises(ValueError, match=r"no column 'body' \(text_column, --text-column\)"):
+        read_classification(path, text_column="body", label_column="target")
     for name, content in (("header_only.csv", "text,label\n"), ("empty.jsonl", "")):
         with pytest.raises(ValueError, match=rf"{name} holds no examples"):
             read_classification(write(tmp_path, name, content))
