@@ -99,8 +99,10 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
               help="Instruction models: longest completion.")
 @click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature.")
+@click.option("--text-column", help="Classification: the text column (default: the one the run was trained on).")
+@click.option("--text-pair-column", help="... and the second text column (default: the run's).")
 @library_errors
-def predict(model_dir, input_file, output, batch_size, max_tokens, temp) -> None:
+def predict(model_dir, input_file, output, batch_size, max_tokens, temp, text_column, text_pair_column) -> None:
     """Predict with a fine-tuned model: one JSON object per input record
     (label and probabilities, tags per word, or a completion)."""
     from mlx_llm.finetune import predict as run, write_predictions
@@ -109,8 +111,9 @@ def predict(model_dir, input_file, output, batch_size, max_tokens, temp) -> None
         # Checked before the model runs; no folder is created that the user did not ask for.
         raise InputError(f"--output {output}: the folder {output.parent} does not exist; create it first")
     try:
+        columns = {"text_column": text_column, "text_pair_column": text_pair_column}
         count = write_predictions(run(model_dir, input_file, batch_size=batch_size, max_tokens=max_tokens,
-                                      temperature=temp), output)
+                                      temperature=temp, columns=columns), output)
     except BrokenPipeError:  # the reader stopped early (`| head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
@@ -123,13 +126,17 @@ def predict(model_dir, input_file, output, batch_size, max_tokens, temp) -> None
 @click.option("--data", "data_file", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Labelled data in the training format.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--text-column", help="Classification: the text column (default: the one the run was trained on).")
+@click.option("--text-pair-column", help="... the second text column (default: the run's).")
+@click.option("--label-column", help="... the label column (default: the run's).")
 @library_errors
-def evaluate(model_dir, data_file, batch_size) -> None:
+def evaluate(model_dir, data_file, batch_size, text_column, text_pair_column, label_column) -> None:
     """The task's metrics of a fine-tuned model on labelled data (one JSON object):
     accuracy and macro-F1, entity precision/recall/F1, or loss and perplexity."""
     from mlx_llm.finetune import evaluate as run
 
-    click.echo(json.dumps(run(model_dir, data_file, batch_size=batch_size)))
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+    click.echo(json.dumps(run(model_dir, data_file, batch_size=batch_size, columns=columns)))
 
 
 @click.command()

@@ -383,10 +383,23 @@ def read_run(model_dir: str | Path) -> dict:
     return read_json(path)
 
 
-def _task_examples(info: dict, path: str, require_labels: bool) -> list:
+COLUMN_NAMES = ("text_column", "text_pair_column", "label_column")
+
+
+def _task_examples(info: dict, path: str, require_labels: bool, columns: dict[str, str | None] | None = None) -> list:
+    # The columns the run was trained with, unless the caller names others (data in another layout).
+    chosen = {name: info.get(name) for name in COLUMN_NAMES}
+    for name, value in (columns or {}).items():
+        if name not in COLUMN_NAMES:
+            raise ValueError(f"unknown column setting {name!r}; choose from {COLUMN_NAMES}")
+        if value is not None:
+            if info["task"] != "classify":
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) applies to classification runs; this "
+                                 f"run's task is {info['task']}")
+            chosen[name] = value
     settings = FinetuneConfig(task=info["task"], model="", train="", out="",
-                              text_column=info.get("text_column"), text_pair_column=info.get("text_pair_column"),
-                              label_column=info.get("label_column") or "label")
+                              text_column=chosen["text_column"], text_pair_column=chosen["text_pair_column"],
+                              label_column=chosen["label_column"] or "label")
     return _read(info["task"], path, settings, require_labels=require_labels)
 
 
@@ -394,20 +407,35 @@ def _label_set(info: dict) -> data.LabelSet | None:
     return None if info.get("labels") is None else data.LabelSet(info["labels"])
 
 
-def evaluate(model_dir: str | Path, data_path: str | Path, batch_size: int = 32) -> dict[str, float]:
-    """The task's metrics of a fine-tuned model on labelled data in the training format."""
+def evaluate(model_dir: str | Path, data_path: str | Path, batch_size: int = 32,
+             columns: dict[str, str | None] | None = None) -> dict[str, float]:
+    """The task's metrics of a fine-tuned model on labelled data in the training format.
+
+    Args:
+        model_dir: A run folder of `finetune`.
+        data_path: Labelled data.
+        batch_size: Examples per forward pass.
+        columns: Classification data whose columns differ from the training
+            data's: ``text_column``, ``text_pair_column`` and/or ``label_column``.
+
+    Returns:
+        The task's metrics (accuracy and macro-F1, entity F1, or loss).
+    """
     info = read_run(model_dir)
+    examples = _task_examples(info, str(data_path), require_labels=True, columns=columns)  # bad data: before loading
     model, _ = load_model(model_dir)
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    examples = _task_examples(info, str(data_path), require_labels=True)
     encoded = _encode(info["task"], examples, tokenizer, _label_set(info), info)
     batches = _batches(info["task"], encoded, batch_size, _pad_id(tokenizer), info, shuffle=False)
     return evaluate_objective(model, _objective(info), (batch for _, batch in batches.iterate_once()))
 
 
 def predict(model_dir: str | Path, input_path: str | Path, batch_size: int = 32, max_tokens: int = 256,
-            temperature: float = 0.0) -> Iterator[dict[str, Any]]:
+            temperature: float = 0.0, columns: dict[str, str | None] | None = None) -> Iterator[dict[str, Any]]:
     """Predictions of a fine-tuned model for each input record, in input order.
+
+    ``columns`` names the ``text_column`` / ``text_pair_column`` of
+    classification input whose columns differ from the training data's.
 
     Yields:
         Classification: ``{"label", "probabilities": {label: p}}`` (multi-label:
@@ -416,9 +444,9 @@ def predict(model_dir: str | Path, input_path: str | Path, batch_size: int = 32,
         prompt (or the conversation up to its last assistant turn).
     """
     info = read_run(model_dir)
+    examples = _task_examples(info, str(input_path), require_labels=False, columns=columns)
     model, _ = load_model(model_dir)
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    examples = _task_examples(info, str(input_path), require_labels=False)
     if info["task"] == "lm":
         yield from _predict_completions(model, tokenizer, examples, max_tokens, temperature)
         return
