@@ -67,12 +67,30 @@ def _size(value: str, arch: str):
     return fields
 
 
+def _corpus_files(option: str, paths, pattern: str | None, report: bool = True) -> list[Path]:
+    """The files --data (or --valid) stands for, listed on stderr: what is read is what was meant."""
+    from mlx_llm.corpus_files import describe_files, list_corpus_files
+
+    files = list_corpus_files(list(paths), pattern=pattern)
+    if report:
+        click.echo(f"{option}: {describe_files(files)}", err=True)
+    return files
+
+
+def _leader() -> bool:
+    """True in the first process of a data-parallel run (and in a single process)."""
+    import mlx.core as mx
+
+    return mx.distributed.init().rank() == 0
+
+
 @click.command()
 @click.option("--arch", required=True, type=click.Choice(["gpt", "bert"]), help="Causal LM or masked LM + NSP.")
 @click.option("--data", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Text file, folder or JSONL; repeatable.")
 @click.option("--valid", "valid_data", multiple=True, type=click.Path(path_type=Path),
               help="Validation text (default: the last 10% of --data).")
+@click.option("--data-glob", help="Files of --data/--valid folders to read, e.g. '*.md' (default: *.txt and *.jsonl).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--config", "size", default="tiny", show_default=True,
               help="Size preset (gpt: tiny, demo, small, gpt2; bert: tiny, mini, small, base) or a JSON file.")
@@ -100,7 +118,7 @@ def _size(value: str, arch: str):
 @click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @library_errors
-def train(arch, data, valid_data, out, size, tokenizer_dir, vocab_size, seq_len, batch_size, grad_accum, lr, min_lr, warmup,
+def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_size, seq_len, batch_size, grad_accum, lr, min_lr, warmup,
           steps, epochs, weight_decay, dropout, eval_every, eval_batches, save_every, dtype, save_dtype, seed, resume,
           overwrite, quiet) -> None:
     """Pretrain a GPT or a BERT from scratch on local text.
@@ -115,8 +133,12 @@ def train(arch, data, valid_data, out, size, tokenizer_dir, vocab_size, seq_len,
         raise click.UsageError("give exactly one of --steps and --epochs")
     if tokenizer_dir is None and vocab_size is None and not resume:
         raise click.UsageError("give --tokenizer DIR or --vocab-size N (to train a tokenizer on --data)")
+    preset = _size(size, arch)
+    report = _leader()
+    files = _corpus_files("--data", data, data_glob, report)
+    valid_files = _corpus_files("--valid", valid_data, data_glob, report) if valid_data else None
     result = pretrain(
-        arch, list(data), out, preset=_size(size, arch), valid_data=list(valid_data) or None, tokenizer=tokenizer_dir, vocab_size=vocab_size, seq_len=seq_len,
+        arch, files, out, preset=preset, valid_data=valid_files, tokenizer=tokenizer_dir, vocab_size=vocab_size, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, min_learning_rate=min_lr,
         warmup_steps=warmup, steps=steps, epochs=epochs, weight_decay=weight_decay, dropout=dropout,
         eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, dtype=dtype, save_dtype=save_dtype,
@@ -137,16 +159,18 @@ def train(arch, data, valid_data, out, size, tokenizer_dir, vocab_size, seq_len,
 @click.argument("model")
 @click.option("--data", multiple=True, required=True, type=click.Path(path_type=Path, exists=True),
               help="Text file, folder or JSONL; repeatable.")
+@click.option("--data-glob", help="Files of --data folders to read, e.g. '*.md' (default: *.txt and *.jsonl).")
 @click.option("--seq-len", type=click.IntRange(min=2), help="Window length (default: the model's context).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Cast the weights.")
 @library_errors
-def evaluate(model, data, seq_len, batch_size, dtype) -> None:
+def evaluate(model, data, data_glob, seq_len, batch_size, dtype) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
     from mlx_llm.loading import load
     from mlx_llm.pretrain import evaluate_text
 
+    files = _corpus_files("--data", data, data_glob)
     loaded, tokenizer = load(model, dtype=dtype)
     if hasattr(loaded, "encode") or not hasattr(loaded, "make_cache"):
         raise click.UsageError("mlx-llm eval measures causal language models (GPT-2, Llama family)")
-    click.echo(json.dumps(evaluate_text(loaded, tokenizer, list(data), seq_len=seq_len, batch_size=batch_size)))
+    click.echo(json.dumps(evaluate_text(loaded, tokenizer, files, seq_len=seq_len, batch_size=batch_size)))
