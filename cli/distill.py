@@ -66,18 +66,20 @@ def _layer_map(value: str | None) -> list[int] | None:
 @click.option("--save-every", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds files (deletes them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @library_errors
 def distill(teacher, task, data, valid, out, student_layers, student_config, layer_map, temperature, alpha_soft,
             alpha_hard, alpha_cos, alpha_hidden, alpha_attention, alpha_pkd, divergence, jsd_beta, cache_teacher,
             text_column, text_pair_column, label_column, max_length, batch_size, epochs, steps, lr, warmup_ratio,
-            weight_decay, eval_every, eval_batches, save_every, seed, resume, quiet) -> None:
+            weight_decay, eval_every, eval_batches, save_every, seed, resume, overwrite, quiet) -> None:
     """Distill TEACHER into a smaller student.
 
     Prints the student folder on stdout; on stderr, the teacher's and student's
     parameters, the measured inference speed-up on the same batch and both
     validation qualities (also in OUT/distill.json). The student loads,
-    predicts and evaluates like any fine-tuned model.
+    predicts and evaluates like any fine-tuned model. A non-empty OUT is
+    refused unless --resume or --overwrite is given; OUT is never the TEACHER folder.
     """
     from mlx_llm.distill import DistillConfig, distill as run
 
@@ -92,7 +94,7 @@ def distill(teacher, task, data, valid, out, student_layers, student_config, lay
         learning_rate=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_every=eval_every,
         eval_batches=eval_batches, save_every=save_every, seed=seed,
     )
-    result = run(config, resume=resume, progress=not quiet)
+    result = run(config, resume=resume, progress=not quiet, overwrite=overwrite)
     click.echo(str(result.out))
     click.echo(
         f"teacher {result.teacher_parameters:,} parameters, {result.teacher_examples_per_second:,.1f} examples/s; "

@@ -55,17 +55,19 @@ from .errors import InputError, library_errors
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds files (deletes them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @library_errors
 def finetune(task, model, train_file, valid_file, out, text_column, text_pair_column, label_column, problem, scheme,
              lora, rank, alpha, lora_dropout, lora_layers, target_modules, quantize, epochs, steps, lr, warmup_ratio,
              weight_decay, batch_size, grad_accum, max_length, mask_prompt, eval_every, best_metric, patience,
-             save_every, dtype, seed, resume, quiet) -> None:
+             save_every, dtype, seed, resume, overwrite, quiet) -> None:
     """Fine-tune MODEL for classification, tagging or instruction following.
 
     Prints the run folder on stdout and a JSON summary (validation metrics,
     examples/s, parameters) on stderr. The folder loads with mlx-llm predict,
-    evaluate, generate and mlx_llm.load.
+    evaluate, generate and mlx_llm.load. A non-empty OUT is refused unless
+    --resume or --overwrite is given; OUT is never the MODEL folder.
     """
     from mlx_llm.finetune import FinetuneConfig, finetune as run
 
@@ -80,7 +82,7 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
         quantize=None if quantize is None else int(quantize), mask_prompt=mask_prompt, eval_every=eval_every,
         best_metric=best_metric, early_stopping_patience=patience, save_every=save_every, dtype=dtype, seed=seed,
     )
-    result = run(config, resume=resume, progress=not quiet)
+    result = run(config, resume=resume, progress=not quiet, overwrite=overwrite)
     click.echo(str(result.out))
     summary = {"steps": result.steps, "seconds": round(result.seconds, 1),
                "examples_per_second": round(result.examples_per_second, 2),

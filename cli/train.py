@@ -115,7 +115,7 @@ def _leader() -> bool:
 @click.option("--save-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Store final weights so.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds a run.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds files (deletes them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @library_errors
 def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_size, seq_len, batch_size, grad_accum, lr, min_lr, warmup,

@@ -56,6 +56,7 @@ from .lora import fuse_lora
 from .models import get_family
 from .objectives import IGNORE, CausalLMObjective, MaskedLMObjective
 from .pretrain import build_model, save_model
+from .run_folders import RunFolder
 from .tokenizer import Tokenizer
 from .training import Trainer, TrainingConfig, evaluate_objective
 from .utils import num_parameters
@@ -605,20 +606,28 @@ def measure_speed(model: nn.Module, batch: dict, repeats: int = 5, encoder: bool
     return batch["input_ids"].shape[0] / statistics.median(times)
 
 
-def distill(config: DistillConfig, resume: bool = False, progress: bool = True) -> DistillResult:
+def distill(config: DistillConfig, resume: bool = False, progress: bool = True,
+            overwrite: bool = False) -> DistillResult:
     """Distill ``config.teacher`` into a smaller student saved in ``config.out``.
 
     The student folder loads like any model of its kind (and, for classify and
     tag, predicts and evaluates like a fine-tuned run). ``distill.json``
     records parameters, the measured speed-up and both models' validation
-    metrics.
+    metrics. ``resume`` continues the run in ``config.out``; ``overwrite``
+    deletes what it holds first; it is never the teacher's folder (`mlx_llm.run_folders`).
     """
+    with RunFolder(config.out, resume=resume, overwrite=overwrite, writer=mx.distributed.init().rank() == 0,
+                   inputs={"--teacher": config.teacher, "--data": config.data, "--valid": config.valid}) as run_folder:
+        return _distill(config, run_folder, resume, progress)
+
+
+def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progress: bool) -> DistillResult:
     start = time.perf_counter()
     teacher, teacher_config, folder = load_teacher(config.teacher, config.dtype)
+    run_folder.add_inputs({"--teacher": folder})
     tokenizer = Tokenizer.from_pretrained(folder)
     _expected_task(config.task, teacher, config.teacher)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder.path
 
     # The student.
     mx.random.seed(config.seed)
@@ -673,10 +682,10 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
             evaluation = valid.evaluation_batches
         epoch_batches = train.epoch_batches
         if config.cache_teacher:
-            teacher_logits = _cached_teacher_logits(teacher, train, out, config.task)
+            teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare(), config.task)
             train.include_indices = True
     else:
-        train, evaluation, epoch_batches, task_objective = _text_data(config, tokenizer, out, progress)
+        train, evaluation, epoch_batches, task_objective = _text_data(config, tokenizer, run_folder.prepare(), progress)
     objective = DistillationObjective(
         teacher, config.task, weights, config.temperature, layer_map, divergence=config.divergence,
         beta=config.jsd_beta, problem=(info or {}).get("problem") or "single_label",
@@ -690,7 +699,7 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True) 
         eval_every=config.eval_every or max(1, epoch_batches), eval_batches=config.eval_batches,
         save_every=config.save_every, log_every=config.log_every, seed=config.seed,
     )
-    trainer = Trainer(distiller, objective, train, training, out, eval_data=evaluation,
+    trainer = Trainer(distiller, objective, train, training, run_folder.prepare(), eval_data=evaluation,
                       run_config={"distill": asdict(config)}, progress=progress)
     trainer.fit(resume=resume)
     student.eval()

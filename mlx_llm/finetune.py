@@ -31,6 +31,7 @@ from .loading import ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, load_model, qua
 from .lora import LoRAConfig, apply_lora, save_adapters
 from .objectives import CausalLMObjective, SequenceClassificationObjective, TokenClassificationObjective
 from .pretrain import save_model
+from .run_folders import RunFolder
 from .tokenizer import Tokenizer
 from .training import Trainer, TrainingConfig, evaluate_objective
 
@@ -259,14 +260,29 @@ def _trainable_heads(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in ("classifier", "head", "model.pooler") if name in names)
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
+def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True,
+             overwrite: bool = False) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.train`` and write the run folder ``config.out``.
+
+    Args:
+        config: The run's settings.
+        resume: Continue the run in ``config.out`` from its latest checkpoint.
+        progress: Show a progress bar on stderr.
+        overwrite: Start afresh in a ``config.out`` that holds files (an
+            earlier run): they are deleted once the data is read.
 
     Returns:
         `FinetuneResult` (validation metrics of the kept weights when there is
         validation data).
+
+    Raises:
+        FileExistsError, FileNotFoundError, ValueError: ``config.out`` is not a
+            folder this run may write into (see `mlx_llm.run_folders`), or bad input.
     """
+    run_folder = RunFolder(config.out, resume=resume, overwrite=overwrite, writer=mx.distributed.init().rank() == 0,
+                           inputs={"--model": config.model, "--train": config.train, "--valid": config.valid})
     folder = resolve_model_path(config.model)
+    run_folder.add_inputs({"--model": folder})
     if (folder / ADAPTER_CONFIG).is_file():
         raise ValueError(
             f"{config.model} is a LoRA run (adapters over another model); merge it first with "
@@ -330,20 +346,21 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         save_every=config.save_every, log_every=config.log_every, seed=config.seed,
         best_metric=best_metric, early_stopping_patience=config.early_stopping_patience,
     )
-    out = Path(config.out)
-    trainer = Trainer(model, _objective(info), train_batches, training, out, eval_data=eval_data,
-                      run_config={"finetune": asdict(config)}, progress=progress)
-    result = trainer.fit(resume=resume)
-    best = trainer.load_best()
-    metrics = trainer.evaluate() if eval_data is not None else {}
-    model.eval()
+    with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
+        out = run_folder.prepare()
+        trainer = Trainer(model, _objective(info), train_batches, training, out, eval_data=eval_data,
+                          run_config={"finetune": asdict(config)}, progress=progress)
+        result = trainer.fit(resume=resume)
+        best = trainer.load_best()
+        metrics = trainer.evaluate() if eval_data is not None else {}
+        model.eval()
 
-    info.update({"base_model": str(folder.resolve()) if folder.exists() else config.model,
-                 "lora": None if lora_config is None else lora_config.to_dict(),
-                 "metrics": metrics, "best": best, "steps": result.steps,
-                 "num_parameters": num_parameters, "trainable_parameters": trainable})
-    if mx.distributed.init().rank() == 0:  # one writer when data-parallel
-        _save_run(out, model, task_config, tokenizer, folder, info, lora_config, config.dtype)
+        info.update({"base_model": str(folder.resolve()) if folder.exists() else config.model,
+                     "lora": None if lora_config is None else lora_config.to_dict(),
+                     "metrics": metrics, "best": best, "steps": result.steps,
+                     "num_parameters": num_parameters, "trainable_parameters": trainable})
+        if run_folder.writer:  # one writer when data-parallel
+            _save_run(out, model, task_config, tokenizer, folder, info, lora_config, config.dtype)
     return FinetuneResult(out=out, steps=result.steps, seconds=result.seconds, train_seconds=result.train_seconds,
                           examples_per_second=result.examples / max(result.train_seconds, 1e-9),
                           tokens_per_second=result.tokens / max(result.train_seconds, 1e-9),

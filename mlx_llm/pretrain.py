@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +28,7 @@ from .hub import copy_tokenizer_files, read_json, save_safetensors, write_json
 from .loading import DTYPES, FORMAT_KEY, FORMAT_VERSION
 from .models import get_family
 from .objectives import BertPretrainingObjective, CausalLMObjective
+from .run_folders import RunFolder
 from .tokenizer import Tokenizer
 from .tokenizer_training import train_tokenizer
 from .training import Trainer, TrainingConfig, TrainResult
@@ -247,67 +247,93 @@ def pretrain(
         dtype: ``"float32"`` or ``"bfloat16"`` (float16 would need loss scaling).
         save_dtype: Store the final weights in this type (default: ``dtype``).
         resume: Continue from the latest checkpoint in ``out``.
-        overwrite: Start afresh in an ``out`` that has a run in it.
+        overwrite: Start afresh in an ``out`` that holds files (an earlier
+            run): they are deleted first.
+
+    Raises:
+        FileExistsError, FileNotFoundError, ValueError: ``out`` is not a folder
+            this run may write into (see `mlx_llm.run_folders`), or bad input.
+            A fresh run that fails before its first checkpoint leaves no files.
     """
-    out = Path(out)
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
+    if tokenizer is None and vocab_size is None and not resume:
+        raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
     world = mx.distributed.init()
     leader = world.rank() == 0
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise FileExistsError(f"{out} already holds files; pass --resume to continue that run or --overwrite to replace it")
+    run_folder = RunFolder(out, resume=resume, overwrite=overwrite, writer=leader,
+                           inputs={"--data": data, "--valid": valid_data, "--tokenizer": tokenizer})
+    out = run_folder.path
     if resume and not (out / "run.json").is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
     _barrier(world)  # every process has checked the folder before the first one writes to it
-    if leader:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            for stale in ("checkpoints", "metrics.jsonl"):
-                path = out / stale
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+    with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
+        run_folder.prepare()
+        # Tokenizer: given, or trained on the data into the run folder (by the first process).
+        if tokenizer is not None:
+            tokenizer_dir = Path(tokenizer)
+        elif resume:
+            tokenizer_dir = out / "tokenizer" if (out / "tokenizer").is_dir() else out
+        else:
+            tokenizer_dir = out / "tokenizer"
+            if leader:
+                train_tokenizer(data, vocab_size, tokenizer_dir, bert_special_tokens=arch == "bert", overwrite=True)
+        _barrier(world)
+        loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
 
-    # Tokenizer: given, or trained on the data into the run folder (by the first process).
-    if tokenizer is not None:
-        tokenizer_dir = Path(tokenizer)
-    elif resume:
-        tokenizer_dir = out / "tokenizer" if (out / "tokenizer").is_dir() else out
-    else:
-        if vocab_size is None:
-            raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
-        tokenizer_dir = out / "tokenizer"
-        if leader:
-            train_tokenizer(data, vocab_size, tokenizer_dir, bert_special_tokens=arch == "bert", overwrite=True)
-    _barrier(world)
-    loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+        mx.random.seed(seed)
+        config = model_config(arch, preset, loaded_tokenizer.vocab_size, seq_len, loaded_tokenizer, dropout)
+        run = {"arch": arch, "config": config, "data": [str(Path(p)) for p in data],
+               "valid_data": [str(Path(p)) for p in valid_data or []], "seq_len": seq_len,
+               "batch_size": batch_size, "validation_fraction": validation_fraction, "dtype": dtype}
+        if resume:
+            saved = read_json(out / "run.json")
+            if saved != json.loads(json.dumps(run)):
+                differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
+                raise ValueError(
+                    f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
+        elif leader:
+            write_json(run, out / "run.json")
+        model = build_model(config)
+        if dtype == "bfloat16":
+            model.set_dtype(mx.bfloat16)
 
-    mx.random.seed(seed)
-    config = model_config(arch, preset, loaded_tokenizer.vocab_size, seq_len, loaded_tokenizer, dropout)
-    run = {"arch": arch, "config": config, "data": [str(Path(p)) for p in data],
-           "valid_data": [str(Path(p)) for p in valid_data or []], "seq_len": seq_len,
-           "batch_size": batch_size, "validation_fraction": validation_fraction, "dtype": dtype}
-    if resume:
-        saved = read_json(out / "run.json")
-        if saved != json.loads(json.dumps(run)):
-            differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
-            raise ValueError(f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
-    elif leader:
-        write_json(run, out / "run.json")
-    model = build_model(config)
-    if dtype == "bfloat16":
-        model.set_dtype(mx.bfloat16)
+        source, objective, evaluation, batches_per_epoch = _training_data(
+            arch, data, valid_data, loaded_tokenizer, out, seq_len, batch_size, validation_fraction, seed, world,
+            progress)
 
+        total_steps = steps if steps is not None else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
+        training = TrainingConfig(
+            steps=total_steps, grad_accum=grad_accum, learning_rate=learning_rate,
+            min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
+            warmup_steps=min(warmup_steps, total_steps), weight_decay=weight_decay, eval_every=eval_every,
+            eval_batches=eval_batches, save_every=save_every, seed=seed,
+        )
+        trainer = Trainer(model, objective, source, training, out, eval_data=evaluation, run_config=run,
+                          progress=progress)
+        result = trainer.fit(resume=resume)
+        model.eval()
+        evaluations = [record for record in trainer.history if any(key.startswith("eval_") for key in record)]
+        validation = evaluations[-1] if evaluations else {}
+        if trainer.world.rank() == 0:
+            save_model(model, config, out, tokenizer_dir, dtype=save_dtype)
+        return PretrainResult(out, num_parameters(model), result, validation)
+
+
+def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path, seq_len: int, batch_size: int,
+                   validation_fraction: float, seed: int, world, progress: bool):
+    """Training batches, objective, validation batches and batches per epoch of a pretraining run
+    (GPT: the token cache in ``out/data``, written by the first process)."""
+    leader = world.rank() == 0
     if arch == "gpt":
         if not leader:
             _barrier(world)  # the first process writes the token cache; the others then read it
-        token_file = tokenize_corpus(data, loaded_tokenizer, out / "data", show_progress=progress)
+        token_file = tokenize_corpus(data, tokenizer, out / "data", show_progress=progress)
         if valid_data:
             train_tokens = token_file.tokens
-            valid_tokens = tokenize_corpus(valid_data, loaded_tokenizer, out / "data", show_progress=progress).tokens
+            valid_tokens = tokenize_corpus(valid_data, tokenizer, out / "data", show_progress=progress).tokens
         else:
             train_tokens, valid_tokens = split_tokens(token_file, validation_fraction)
         if leader:
@@ -323,17 +349,17 @@ def pretrain(
 
         batches_per_epoch = train_batches.batches_per_epoch
     else:
-        documents = tokenize_documents_for_bert(data, loaded_tokenizer, show_progress=progress)
+        documents = tokenize_documents_for_bert(data, tokenizer, show_progress=progress)
         if valid_data:
             train_documents = documents
-            valid_documents = tokenize_documents_for_bert(valid_data, loaded_tokenizer, show_progress=progress)
+            valid_documents = tokenize_documents_for_bert(valid_data, tokenizer, show_progress=progress)
         else:
             train_documents, valid_documents = split_documents(documents, validation_fraction)
         if not valid_documents:
             raise ValueError("the corpus has too few documents to hold out a validation set; add documents")
-        source = BertPretrainingBatches(train_documents, loaded_tokenizer, seq_len, batch_size, seed=seed)
+        source = BertPretrainingBatches(train_documents, tokenizer, seq_len, batch_size, seed=seed)
         # Validation pairs are built from documents of their own, masked the same way at every evaluation.
-        validation_batches = BertPretrainingBatches(valid_documents, loaded_tokenizer, seq_len, batch_size,
+        validation_batches = BertPretrainingBatches(valid_documents, tokenizer, seq_len, batch_size,
                                                     seed=seed + 1)
         objective = BertPretrainingObjective()
 
@@ -341,23 +367,7 @@ def pretrain(
             return validation_batches.evaluation_batches()
 
         batches_per_epoch = source.batches_per_epoch
-
-    total_steps = steps if steps is not None else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
-    training = TrainingConfig(
-        steps=total_steps, grad_accum=grad_accum, learning_rate=learning_rate,
-        min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
-        warmup_steps=min(warmup_steps, total_steps), weight_decay=weight_decay, eval_every=eval_every,
-        eval_batches=eval_batches, save_every=save_every, seed=seed,
-    )
-    trainer = Trainer(model, objective, source, training, out, eval_data=evaluation, run_config=run,
-                      progress=progress)
-    result = trainer.fit(resume=resume)
-    model.eval()
-    evaluations = [record for record in trainer.history if any(key.startswith("eval_") for key in record)]
-    validation = evaluations[-1] if evaluations else {}
-    if trainer.world.rank() == 0:
-        save_model(model, config, out, tokenizer_dir, dtype=save_dtype)
-    return PretrainResult(out, num_parameters(model), result, validation)
+    return source, objective, evaluation, batches_per_epoch
 
 
 def evaluate_text(
