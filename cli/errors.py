@@ -59,6 +59,8 @@ def library_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
             raise InputError(str(error)) from None
+        except BrokenPipeError:  # a ConnectionError, but the reader left: mlx_llm_cli.main exits quietly
+            raise
         except ConnectionError as error:
             raise click.ClickException(str(error)) from None
         except RuntimeError as error:

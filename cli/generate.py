@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import math
+import re
 import sys
-from pathlib import Path
 
 import click
 
@@ -19,18 +21,41 @@ def resolve_model(model: str | None) -> str:
     return str(demo_model_path())
 
 
+def _checked(test, requirement: str):
+    """A Click callback refusing a number that fails ``test`` (nan and inf included),
+    so the message names the option."""
+
+    def callback(context, parameter, value):
+        if value is not None and (not math.isfinite(value) or not test(value)):
+            raise click.BadParameter(f"must be a finite number {requirement}, got {value}")
+        return value
+
+    return callback
+
+
+# Unset sampling options come from the checkpoint (mlx_llm.generation_config.resolve_sampling).
+_FROM_CHECKPOINT = "default: the checkpoint's generation_config.json, else"
+
+
 def sampling_options(command):
     """The sampling options shared by generate and chat."""
     options = [
         click.option("--model", "-m", help="Local folder or Hub repo id (default: the built-in demo model)."),
-        click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
-        click.option("--temp", default=0.0, show_default=True, type=float, help="Sampling temperature; 0 is greedy."),
-        click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="0 = off."),
-        click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus probability; 1 = off."),
-        click.option("--min-p", default=0.0, show_default=True, type=float, help="0 = off."),
-        click.option("--repetition-penalty", default=1.0, show_default=True, type=float, help="1 = off."),
+        click.option("--max-tokens", type=click.IntRange(min=1),
+                     help=f"Most tokens to generate ({_FROM_CHECKPOINT} 256; the context may cut it)."),
+        click.option("--temp", type=float, callback=_checked(lambda v: v >= 0, ">= 0"),
+                     help=f"Sampling temperature; 0 is greedy ({_FROM_CHECKPOINT} 0)."),
+        click.option("--top-k", type=click.IntRange(min=0), help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
+        click.option("--top-p", type=float, callback=_checked(lambda v: 0 < v <= 1, "in (0, 1]"),
+                     help=f"Nucleus probability; 1 = off ({_FROM_CHECKPOINT} 1)."),
+        click.option("--min-p", type=float, callback=_checked(lambda v: 0 <= v < 1, "in [0, 1)"),
+                     help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
+        click.option("--repetition-penalty", type=float, callback=_checked(lambda v: v > 0, "> 0"),
+                     help=f"1 = off ({_FROM_CHECKPOINT} 1)."),
         click.option("--seed", type=int, help="Seed for sampling."),
-        click.option("--stop", multiple=True, help="Stop at this text (not printed); repeatable."),
+        click.option("--stop", multiple=True,
+                     help="Stop at this text (not printed); repeatable. \\n, \\t and \\\\ mean newline, tab "
+                          "and backslash."),
         click.option("--system", help="System message (chat template)."),
         click.option("--max-kv-size", type=click.IntRange(min=2), help="Bound the KV cache to N positions."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Cast the weights."),
@@ -41,16 +66,46 @@ def sampling_options(command):
     return command
 
 
-def check_sampling(temp: float, top_p: float, min_p: float, repetition_penalty: float) -> None:
-    # Checked here too so that the message names the option.
-    if temp < 0:
-        raise click.BadParameter(f"must be >= 0, got {temp}", param_hint="--temp")
-    if not 0 < top_p <= 1:
-        raise click.BadParameter(f"must be in (0, 1], got {top_p}", param_hint="--top-p")
-    if not 0 <= min_p < 1:
-        raise click.BadParameter(f"must be in [0, 1), got {min_p}", param_hint="--min-p")
-    if repetition_penalty <= 0:
-        raise click.BadParameter(f"must be > 0, got {repetition_penalty}", param_hint="--repetition-penalty")
+def sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty) -> dict:
+    """The options given, over the checkpoint's generation_config.json, over the built-in defaults."""
+    from mlx_llm.generation_config import GenerationDefaults, resolve_sampling
+
+    defaults = getattr(loaded, "generation_defaults", GenerationDefaults())
+    return resolve_sampling(defaults, max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p,
+                            min_p=min_p, repetition_penalty=repetition_penalty)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape_stop(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` as newline, tab and backslash: a shell passes
+    ``--stop "\\n\\n"`` as backslashes and letters. Other backslashes stay as typed."""
+    return re.sub(r"\\([nt\\])", lambda match: _ESCAPES[match.group(1)], text)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def valid_text(text: str, what: str) -> str:
+    """``text`` with undecodable bytes replaced by U+FFFD, saying so on stderr.
+
+    Python hands undecodable bytes of argv (and of stdin in a C.UTF-8 locale)
+    over as lone surrogates, which no tokenizer accepts.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        warn(f"{what} is not valid UTF-8; its undecodable bytes were replaced with U+FFFD")
+        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def read_stdin(what: str) -> str:
+    """Standard input as text; undecodable bytes are replaced as in `valid_text`."""
+    data = sys.stdin.buffer.read()
+    return valid_text(data.decode("utf-8", errors="surrogateescape"), what)
 
 
 def print_statistics(response) -> None:
@@ -68,21 +123,30 @@ def print_statistics(response) -> None:
 @click.option("--prompt", "-p", required=True, help="The prompt, or '-' to read it from standard input.")
 @click.option("--chat-template/--no-chat-template", default=None,
               help="Wrap the prompt in the model's chat template (default: when it has one).")
-@click.option("--truncate-prompt", is_flag=True, help="Keep the end of a prompt longer than the context.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only the generated text.")
+@click.option("--truncate-prompt", is_flag=True,
+              help="Drop the oldest prompt tokens so that --max-tokens fit in the context.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the generated text (and warnings, on stderr).")
 @library_errors
 def generate(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop, system, max_kv_size,
              dtype, revision, prompt, chat_template, truncate_prompt, quiet) -> None:
-    """Generate text from a prompt, streaming it to stdout; statistics go to stderr."""
-    from mlx_llm.generate import stream_generate
+    """Generate text from a prompt, streaming it to stdout; statistics go to stderr.
+
+    Sampling options left unset come from the model's generation_config.json
+    (as transformers reads it), else greedy decoding; --temp 0 is always greedy.
+    """
+    from mlx_llm.generate import check_can_generate, stream_generate
     from mlx_llm.loading import load
 
-    check_sampling(temp, top_p, min_p, repetition_penalty)
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    prompt = read_stdin("the prompt") if prompt == "-" else valid_text(prompt, "the prompt")
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="--prompt")
-    loaded, tokenizer = load(resolve_model(model), dtype=dtype, revision=revision)
+    if system is not None:
+        system = valid_text(system, "the system message")
+    stop = [unescape_stop(valid_text(text, "--stop")) for text in stop]
+    model = resolve_model(model)
+    loaded, tokenizer = load(model, dtype=dtype, revision=revision)
+    check_can_generate(loaded, name=model)
+    settings = sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
     use_template = tokenizer.chat_template is not None if chat_template is None else chat_template
     if use_template and tokenizer.chat_template is None:
         raise InputError("--chat-template was given but this model's tokenizer has no chat template")
@@ -93,9 +157,8 @@ def generate(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, s
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     last = None
     for response in stream_generate(
-        loaded, tokenizer, prompt, max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, seed=seed, stop=stop, truncate_prompt=truncate_prompt,
-        max_kv_size=max_kv_size,
+        loaded, tokenizer, prompt, **settings, seed=seed, stop=stop, truncate_prompt=truncate_prompt,
+        max_kv_size=max_kv_size, on_warning=warn,
     ):
         click.echo(response.text, nl=False)
         sys.stdout.flush()
@@ -117,24 +180,36 @@ def chat(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed,
     Ctrl-C stops the current answer.
     """
     from mlx_llm.chat import ChatSession
+    from mlx_llm.generate import check_can_generate
     from mlx_llm.loading import load
 
-    check_sampling(temp, top_p, min_p, repetition_penalty)
-    loaded, tokenizer = load(resolve_model(model), dtype=dtype, revision=revision)
+    if system is not None:
+        system = valid_text(system, "the system message")
+    stop = [unescape_stop(valid_text(text, "--stop")) for text in stop]
+    model = resolve_model(model)
+    loaded, tokenizer = load(model, dtype=dtype, revision=revision)
+    check_can_generate(loaded, name=model)
     if seed is not None:
         import mlx.core as mx
 
         mx.random.seed(seed)
-    session = ChatSession(loaded, tokenizer, system=system, max_kv_size=max_kv_size, max_tokens=max_tokens,
-                          temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                          repetition_penalty=repetition_penalty, stop=stop)
+    settings = sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
+    session = ChatSession(loaded, tokenizer, system=system, max_kv_size=max_kv_size, stop=stop, on_warning=warn,
+                          **settings)
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Undecodable bytes then reach valid_text as surrogates, instead of a strict
+        # decoder's UnicodeDecodeError losing the whole buffered input.
+        sys.stdin.reconfigure(errors="surrogateescape")
     click.echo("Chat started: /reset starts over, /exit quits, Ctrl-C stops an answer.", err=True)
     while True:
         try:
-            message = input(">> ")
+            message = valid_text(input(">> "), "the message")
         except (EOFError, KeyboardInterrupt):
             click.echo(err=True)
             return
+        except UnicodeDecodeError:  # a strict (non-UTF-8-mode) stdin: the line is lost, not the session
+            click.echo("Error: the message is not valid UTF-8 text; type it again", err=True)
+            continue
         command = message.strip()
         if command == "/exit":
             return
@@ -154,6 +229,9 @@ def chat(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed,
         except KeyboardInterrupt:
             stream.close()
             click.echo("\n[stopped]", err=True)
+        except ValueError as error:  # a template refusing this turn: the conversation goes on without it
+            click.echo(f"Error: {error}", err=True)
+            continue
         click.echo()
         if not quiet and last is not None:
             print_statistics(last)

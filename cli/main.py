@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 import mlx_llm
@@ -13,7 +16,29 @@ from .models import convert, embed, info
 from .train import evaluate, tokenizer, train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# A reader that stops early (`mlx-llm generate ... | head -1`) took what it wanted: exit
+# quietly with 0, as `predict` always has, rather than SIGPIPE's 141, which fails
+# `set -o pipefail` scripts for ordinary use (README, "Exit codes").
+EXIT_BROKEN_PIPE = 0
+
+
+class Main(click.Group):
+    """The command group, exiting quietly when stdout's reader goes away."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit flush
+            return result
+        except BrokenPipeError:
+            try:  # later flushes (at interpreter exit) must not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout without a file descriptor (CliRunner)
+                pass
+            ctx.exit(EXIT_BROKEN_PIPE)
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(mlx_llm.__version__, prog_name="mlx-llm")
 def main() -> None:
     """Transformers on MLX: build, train, fine-tune, distill and run language models."""

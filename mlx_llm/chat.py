@@ -6,7 +6,7 @@ from typing import Iterator
 
 import mlx.nn as nn
 
-from .generate import GenerationResponse, is_encoder_decoder, stream_generate
+from .generate import GenerationResponse, check_text, check_can_generate, is_encoder_decoder, stream_generate
 
 
 class ChatSession:
@@ -25,10 +25,17 @@ class ChatSession:
             re-processed when the cache cannot be reused.
         **sampling: Options for `stream_generate` (``max_tokens``,
             ``temperature``, ``top_p``, ...).
+
+    Raises:
+        ValueError: the model cannot generate text, is an encoder-decoder,
+            or its tokenizer has no chat template.
     """
 
     def __init__(self, model: nn.Module, tokenizer, system: str | None = None, max_kv_size: int | None = None,
                  **sampling):
+        check_can_generate(model)
+        if system is not None:
+            check_text(system, "the system message")
         if is_encoder_decoder(model):
             raise ValueError("chat needs a decoder-only model; encoder-decoders have no conversation cache")
         if tokenizer.chat_template is None:
@@ -66,11 +73,20 @@ class ChatSession:
 
         Stopping early (closing the iterator, e.g. on Ctrl-C) keeps what was
         generated so far as the answer.
+
+        Raises:
+            ValueError: an empty or undecodable message, or a chat template
+                that refuses the conversation (`ChatTemplateError`); the
+                conversation is then left as it was, so the session goes on.
         """
         if not message.strip():
             raise ValueError("the message is empty")
-        self.messages.append({"role": "user", "content": message})
-        prompt_ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
+        check_text(message, "the message")
+        # Rendered before the message joins the conversation: a template that refuses it
+        # must not leave it behind for the next turn.
+        conversation = [*self.messages, {"role": "user", "content": message}]
+        prompt_ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        self.messages = conversation
         new_ids = self._reuse_cache(prompt_ids)
         answer: list[str] = []
         generated: list[int] = []

@@ -10,8 +10,9 @@ the same functions.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -65,10 +66,70 @@ def context_length(model: nn.Module) -> int | None:
     return getattr(getattr(model, "args", None), "max_positions", None)
 
 
+_FAMILY_NAMES = {"bert": "BERT", "roberta": "RoBERTa", "distilbert": "DistilBERT", "gpt2": "GPT-2",
+                 "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "t5": "T5"}
+# An encoder's task -> (what its heads are, the commands that fit it).
+_ENCODER_TASKS = {
+    "base": ("with no task head", "mlx-llm embed"),
+    "masked_lm": ("with a masked-language-model head", "mlx-llm embed"),
+    "pretraining": ("with masked-LM and next-sentence heads", "mlx-llm embed"),
+    "next_sentence": ("with a next-sentence-prediction head", "mlx-llm embed"),
+    "sequence_classification": ("with a sequence-classification head",
+                                "mlx-llm predict / evaluate / embed"),
+    "token_classification": ("with a token-classification head", "mlx-llm predict / evaluate / embed"),
+}
+
+
+def check_can_generate(model: nn.Module, name: str = "the model") -> None:
+    """Raise a ``ValueError`` unless ``model`` can generate text.
+
+    Encoders (BERT family) and decoders fine-tuned into classifiers load
+    like any checkpoint but have no next-token head; without this check
+    they fail deep inside generation with an unrelated error.
+
+    Args:
+        model: A loaded model.
+        name: How the message names it (a path, for the command line).
+
+    Raises:
+        ValueError: saying what the model is and which commands fit it.
+    """
+    args = getattr(model, "args", None)
+    task = getattr(args, "task", "causal_lm")
+    family = _FAMILY_NAMES.get(getattr(args, "model_type", None), getattr(args, "model_type", "this"))
+    if is_encoder_decoder(model) or (hasattr(model, "make_cache") and task == "causal_lm"):
+        return
+    if task in _ENCODER_TASKS and not hasattr(model, "make_cache"):
+        heads, commands = _ENCODER_TASKS[task]
+        what = f"a {family} encoder {heads}"
+    elif task in ("sequence_classification", "token_classification"):
+        what = f"a {family} decoder with a {task.replace('_', '-')} head (a fine-tuned classifier)"
+        commands = "mlx-llm predict / evaluate"
+    else:
+        what, commands = f"a {family} model without a next-token head", "another command"
+    raise ValueError(f"{name} is {what}; it cannot generate text: use {commands}")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise a ``ValueError`` naming ``what`` if ``text`` cannot be encoded as UTF-8.
+
+    Text read with ``errors="surrogateescape"`` (Python's default for argv
+    and, in some locales, stdin) carries undecodable bytes as lone
+    surrogates, which the tokenizers reject with an unrelated error.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes read with errors="surrogateescape"
+        raise ValueError(
+            f"{what} is not valid Unicode text (it holds undecodable bytes); decode it with errors='replace'"
+        ) from None
+
+
 def _prompt_ids(tokenizer, prompt: str | Sequence[int] | mx.array, add_special_tokens: bool) -> list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("the prompt is empty; give some text to continue")
+        check_text(prompt, "the prompt")
         ids = tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
     else:
         ids = [int(token) for token in (prompt.tolist() if isinstance(prompt, mx.array) else prompt)]
@@ -77,15 +138,36 @@ def _prompt_ids(tokenizer, prompt: str | Sequence[int] | mx.array, add_special_t
     return ids
 
 
-def _fit_prompt(ids: list[int], limit: int | None, truncate: bool) -> list[int]:
-    if limit is None or len(ids) < limit:
-        return ids
-    if not truncate:
+def _fit_prompt(ids: list[int], limit: int | None, truncate: bool, max_tokens: int,
+                warn: Callable[[str], None]) -> tuple[list[int], int]:
+    """The prompt and the number of tokens to generate that fit in ``limit`` positions.
+
+    A prompt that leaves no room raises unless ``truncate``; truncation drops
+    the oldest tokens until ``max_tokens`` fit (keeping at least one prompt
+    token). Whenever the context cuts ``max_tokens``, ``warn`` says so.
+    """
+    if limit is None:
+        return ids, max_tokens
+    if len(ids) >= limit and not truncate:
         raise ValueError(
             f"the prompt has {len(ids)} tokens but the model's context holds {limit}; shorten it, or ask for "
             "truncation (truncate_prompt=True, --truncate-prompt) to keep its last tokens"
         )
-    return ids[-(limit - 1):]  # room for at least one generated token
+    if truncate and len(ids) + max_tokens > limit:
+        keep = max(1, limit - max_tokens)
+        if keep < len(ids):
+            warn(f"the prompt was cut from {len(ids)} to its last {keep} tokens to leave room for "
+                 f"{limit - keep} new tokens in the model's {limit}-token context")
+            ids = ids[-keep:]
+    if len(ids) + max_tokens > limit:
+        warn(f"the model's context holds {limit} tokens, so after the {len(ids)}-token prompt there is room for "
+             f"{limit - len(ids)} new tokens, not {max_tokens}")
+        max_tokens = limit - len(ids)
+    return ids, max_tokens
+
+
+def _default_warning(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _prefill(model: nn.Module, tokens: mx.array, cache: list, step_size: int, **model_inputs) -> mx.array:
@@ -236,6 +318,7 @@ def stream_generate(
     cache: list | None = None,
     eos_token_ids: Sequence[int] | None = None,
     max_kv_size: int | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Iterator[GenerationResponse]:
     """Generate from ``prompt``, yielding each token with its final text.
 
@@ -258,27 +341,35 @@ def stream_generate(
             tokens if ``None`` (pass ``()`` to ignore them).
         max_kv_size: Keep at most this many positions in the KV cache (the
             first 4 and the most recent), so memory stays bounded.
+        on_warning: Called with a one-line message when the context cuts
+            the prompt (``truncate_prompt``) or ``max_tokens``; by default
+            the message goes to `warnings.warn`.
 
     Yields:
         `GenerationResponse`; the last one has ``finish_reason`` set.
+
+    Raises:
+        ValueError: bad options, a prompt too long for the context, or a
+            model that cannot generate text (see `check_can_generate`).
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if prefill_step_size < 1:
         raise ValueError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
+    check_can_generate(model)
     sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
     ids = _prompt_ids(tokenizer, prompt, add_special_tokens)
     limit = context_length(model)
-    held = 0 if cache is None else cache[0].offset
+    warn = _default_warning if on_warning is None else on_warning
     if is_encoder_decoder(model):
         if max_kv_size is not None or cache is not None:
             raise ValueError("max_kv_size and cache apply to decoder-only models, not encoder-decoders")
-        ids = _fit_prompt(ids, limit, truncate_prompt)
+        ids, _ = _fit_prompt(ids, limit, truncate_prompt, 1, warn)  # the decoder's length is not bounded here
         steps = _encoder_decoder_step(model, mx.array(ids), sampling, max_tokens)
     else:
         if limit is not None:
-            ids = _fit_prompt(ids, limit - held, truncate_prompt)
-            max_tokens = min(max_tokens, limit - held - len(ids))
+            held = 0 if cache is None else cache[0].offset
+            ids, max_tokens = _fit_prompt(ids, limit - held, truncate_prompt, max_tokens, warn)
         steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache, max_kv_size)
     if seed is not None:
         mx.random.seed(seed)
@@ -364,6 +455,7 @@ def batch_generate(
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not prompts:
         raise ValueError("no prompts given")
+    check_can_generate(model)
     sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
     rows = [_prompt_ids(tokenizer, prompt, add_special_tokens) for prompt in prompts]
     limit = context_length(model)

@@ -213,13 +213,18 @@ def load(path_or_repo: str | Path, dtype: str | None = None, revision: str | Non
     Args: as for `load_model`.
 
     Returns:
-        ``(model, tokenizer)``.
+        ``(model, tokenizer)``; ``model.generation_defaults`` holds the
+        checkpoint's ``generation_config.json`` settings
+        (`mlx_llm.generation_config.GenerationDefaults`).
     """
+    from .generation_config import read_generation_defaults
     from .tokenizer import Tokenizer
 
     folder = resolve_model_path(path_or_repo, revision=revision)
     tokenizer = Tokenizer.from_pretrained(folder)  # first: a folder without one fails before the weights load
+    defaults = read_generation_defaults(folder)
     model, _ = load_model(folder, dtype=dtype)
+    model.generation_defaults = defaults  # a plain attribute: not a parameter, not saved with the weights
     return model, tokenizer
 
 

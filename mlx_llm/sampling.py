@@ -7,6 +7,7 @@ removed tokens to ``-inf``, so they get exactly zero probability.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -100,6 +101,11 @@ class SamplingConfig:
     repetition_context_size: int = 20
 
     def __post_init__(self):
+        # nan passes every comparison below unnoticed, and an infinite temperature or
+        # penalty flattens or erases the distribution: neither is a setting.
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -494,9 +494,26 @@ def _byte_level_bpe_tokenizer(vocab_file: Path, merges_file: Path, config: dict)
 # ---------------------------------------------------------------------------
 
 
+class ChatTemplateError(ValueError):
+    """A chat template refused a conversation (``raise_exception``) or failed to render."""
+
+
+class _TemplateRaised(Exception):
+    """What a template's ``raise_exception(message)`` raises."""
+
+
+def _one_line(text: object) -> str:
+    # Template messages may span lines; command-line errors are one line.
+    return " ".join(str(text).split())
+
+
 @lru_cache(maxsize=16)
 def _compile_chat_template(template: str):
-    """A chat template compiled in the sandboxed Jinja environment transformers uses."""
+    """A chat template compiled in the sandboxed Jinja environment transformers uses.
+
+    Raises:
+        ChatTemplateError: the template is not valid Jinja.
+    """
     try:
         import jinja2
         import jinja2.ext
@@ -517,7 +534,7 @@ def _compile_chat_template(template: str):
             return caller()
 
     def raise_exception(message: str):
-        raise jinja2.exceptions.TemplateError(message)
+        raise _TemplateRaised(message)
 
     def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # Jinja's own tojson escapes HTML characters, which would change the prompt text.
@@ -534,7 +551,12 @@ def _compile_chat_template(template: str):
     environment.filters["tojson"] = tojson
     environment.globals["raise_exception"] = raise_exception
     environment.globals["strftime_now"] = strftime_now
-    return environment.from_string(template)
+    try:
+        return environment.from_string(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise ChatTemplateError(
+            f"the chat template is not valid Jinja (line {error.lineno}: {_one_line(error.message)})"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -1106,13 +1128,26 @@ class Tokenizer:
         if self._extra_special_tokens:
             variables["additional_special_tokens"] = list(self._extra_special_tokens)
         variables.update(extra)
-        rendered = _compile_chat_template(template).render(
-            messages=conversation,
-            tools=tools,
-            documents=documents,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
+        compiled = _compile_chat_template(template)
+        import jinja2
+
+        try:
+            rendered = compiled.render(
+                messages=conversation,
+                tools=tools,
+                documents=documents,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
+            )
+        except _TemplateRaised as error:  # the template's own raise_exception(message)
+            raise ChatTemplateError(f"the chat template refused the conversation: {_one_line(error)}") from None
+        # Whatever else a template's expressions raise (undefined names, sandbox refusals,
+        # Python errors from filters) is a template that cannot render this conversation.
+        except (jinja2.TemplateError, TypeError, KeyError, IndexError, AttributeError, ValueError,
+                ZeroDivisionError) as error:
+            raise ChatTemplateError(
+                f"the chat template failed to render: {type(error).__name__}: {_one_line(error)}"
+            ) from None
         return self.encode(rendered, add_special_tokens=False) if tokenize else rendered
 
     def _select_chat_template(self, chat_template: str | None, tools: list | None) -> str:

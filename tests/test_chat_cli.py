@@ -104,9 +104,11 @@ def test_generate_command_bad_input_exits_2(chat_model, arguments, message):
 def test_generate_command_unknown_model_and_no_default(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"])
     assert result.exit_code == 2 and "does not exist" in result.output
-    from mlx_llm_cli.generate import DEMO_MODEL
+    from mlx_llm.demo import demo_model_path
 
-    if not (DEMO_MODEL / "config.json").exists():
+    try:
+        demo_model_path()
+    except FileNotFoundError:
         result = CliRunner().invoke(main, ["generate", "--prompt", "hi"])
         assert result.exit_code == 2 and "pass --model" in result.output
 

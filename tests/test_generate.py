@@ -187,8 +187,9 @@ def test_bad_input(gpt2):
         generate(model, tokenizer, "")
     with pytest.raises(ValueError, match=r"the prompt has \d+ tokens but the model's context holds 96"):
         generate(model, tokenizer, "word " * 200)
-    truncated = list(stream_generate(model, tokenizer, "word " * 200, max_tokens=5, truncate_prompt=True))
-    assert truncated[-1].prompt_tokens == 95 and len(truncated) == 1  # one position left in the context
+    truncated = list(stream_generate(model, tokenizer, "word " * 200, max_tokens=5, truncate_prompt=True,
+                                     eos_token_ids=(), on_warning=lambda message: None))
+    assert truncated[-1].prompt_tokens == 91 and len(truncated) == 5  # the oldest tokens make room for max_tokens
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
         generate(model, tokenizer, PROMPT, top_p=1.5)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
