@@ -616,7 +616,7 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True,
     metrics. ``resume`` continues the run in ``config.out``; ``overwrite``
     deletes what it holds first; it is never the teacher's folder (`mlx_llm.run_folders`).
     """
-    with RunFolder(config.out, resume=resume, overwrite=overwrite, writer=mx.distributed.init().rank() == 0,
+    with RunFolder(config.out, resume=resume, overwrite=overwrite,
                    inputs={"--teacher": config.teacher, "--data": config.data, "--valid": config.valid}) as run_folder:
         return _distill(config, run_folder, resume, progress)
 

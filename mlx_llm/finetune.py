@@ -260,6 +260,21 @@ def _trainable_heads(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in ("classifier", "head", "model.pooler") if name in names)
 
 
+def _apply_lora(model: nn.Module, config: FinetuneConfig, info: dict) -> LoRAConfig:
+    """Put LoRA adapters into ``model`` (over a base quantized first with ``config.quantize``)."""
+    if config.quantize is not None:
+        group_size = 64 if model.args.hidden_size % 64 == 0 else 32
+        nn.quantize(model, group_size=group_size, bits=config.quantize,
+                    class_predicate=quantization_predicate(group_size))
+        info["quantization"] = {"group_size": group_size, "bits": config.quantize}
+    lora_config = LoRAConfig(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
+                             target_modules=config.target_modules or _lora_targets(model),
+                             num_layers=config.lora_layers,
+                             trainable_modules=_trainable_heads(model) if config.task != "lm" else ())
+    apply_lora(model, lora_config)
+    return lora_config
+
+
 def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True,
              overwrite: bool = False) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.train`` and write the run folder ``config.out``.
@@ -279,7 +294,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         FileExistsError, FileNotFoundError, ValueError: ``config.out`` is not a
             folder this run may write into (see `mlx_llm.run_folders`), or bad input.
     """
-    run_folder = RunFolder(config.out, resume=resume, overwrite=overwrite, writer=mx.distributed.init().rank() == 0,
+    run_folder = RunFolder(config.out, resume=resume, overwrite=overwrite,
                            inputs={"--model": config.model, "--train": config.train, "--valid": config.valid})
     folder = resolve_model_path(config.model)
     run_folder.add_inputs({"--model": folder})
@@ -307,20 +322,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
 
     mx.random.seed(config.seed)  # fresh heads and LoRA matrices
     model, _ = load_model(folder, dtype=config.dtype, task_config=task_config)
-    lora_config = None
     if base_config.get("quantization"):
         info["quantization"] = base_config["quantization"]  # a quantized checkpoint as the frozen base
-    if config.lora:
-        if config.quantize is not None:
-            group_size = 64 if model.args.hidden_size % 64 == 0 else 32
-            nn.quantize(model, group_size=group_size, bits=config.quantize,
-                        class_predicate=quantization_predicate(group_size))
-            info["quantization"] = {"group_size": group_size, "bits": config.quantize}
-        lora_config = LoRAConfig(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                                 target_modules=config.target_modules or _lora_targets(model),
-                                 num_layers=config.lora_layers,
-                                 trainable_modules=_trainable_heads(model) if config.task != "lm" else ())
-        apply_lora(model, lora_config)
+    lora_config = _apply_lora(model, config, info) if config.lora else None
     num_parameters = sum(value.size for _, value in tree_flatten(model.parameters()))
     trainable = sum(value.size for _, value in tree_flatten(model.trainable_parameters()))
 

@@ -268,7 +268,6 @@ def pretrain(
     out = run_folder.path
     if resume and not (out / "run.json").is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
-    _barrier(world)  # every process has checked the folder before the first one writes to it
     with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
         run_folder.prepare()
         # Tokenizer: given, or trained on the data into the run folder (by the first process).

@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
+import mlx.core as mx
+
 PathLike = Union[str, Path]
 # What a run reads, by the option that names it: a path, several, or None.
 Inputs = Mapping[str, Union[PathLike, Iterable[PathLike], None]]
@@ -119,17 +121,20 @@ class RunFolder:
 
     Args:
         out, resume, overwrite, inputs: As in `check_run_folder` (checked at once).
-        writer: Whether this process writes (the first of several data-parallel
-            ones); the others only check.
+        writer: Whether this process writes; by default the first of several
+            data-parallel ones (the others only check).
     """
 
     def __init__(self, out: PathLike, *, resume: bool = False, overwrite: bool = False,
-                 inputs: Inputs | None = None, writer: bool = True):
+                 inputs: Inputs | None = None, writer: bool | None = None):
         self.path = check_run_folder(out, resume=resume, overwrite=overwrite, inputs=inputs)
+        world = mx.distributed.init()
+        if world.size() > 1:  # every process has checked the folder before the first one writes to it
+            mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world))
         self.resume = resume
         self.overwrite = overwrite
         self.inputs = dict(inputs or {})
-        self.writer = writer
+        self.writer = world.rank() == 0 if writer is None else writer
         self.prepared = False
         self._created: Path | None = None  # the topmost folder this run made (parents included)
 
