@@ -90,12 +90,19 @@ class ChatSession:
         new_ids = self._reuse_cache(prompt_ids)
         answer: list[str] = []
         generated: list[int] = []
+        refused = False
         try:
             for response in stream_generate(self.model, self.tokenizer, new_ids, cache=self.cache, **self.sampling):
                 answer.append(response.text)
                 generated.append(response.token)
                 yield response
+        except ValueError:  # refused before any token (the context cannot hold the conversation)
+            refused = True
+            raise
         finally:
             # The cache holds the prompt and the generated tokens that were fed back in.
             self._cached_ids = (self._cached_ids + new_ids + generated)[: self.cache[0].offset]
-            self.messages.append({"role": "assistant", "content": "".join(answer)})
+            if refused:
+                self.messages.pop()  # the turn did not happen
+            else:
+                self.messages.append({"role": "assistant", "content": "".join(answer)})

@@ -205,3 +205,10 @@ def test_chat_template_errors_are_one_line_value_errors(plain):
     assert session.messages == []
     answer = "".join(r.text for r in session.send("hello"))
     assert [m["role"] for m in session.messages] == ["user", "assistant"] and session.messages[1]["content"] == answer
+    # A message the context cannot hold is refused the same way, and the conversation goes on.
+    with pytest.raises(ValueError, match="context holds"):
+        list(session.send("word " * 60))
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+    again = "".join(r.text for r in session.send("more"))
+    full = tokenizer.apply_chat_template(session.messages[:-1], add_generation_prompt=True, tokenize=True)
+    assert again == generate(model, tokenizer, full, max_tokens=3, eos_token_ids=())
