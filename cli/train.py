@@ -91,6 +91,10 @@ def _leader() -> bool:
 @click.option("--valid", "valid_data", multiple=True, type=click.Path(path_type=Path),
               help="Validation text (default: the last 10% of --data).")
 @click.option("--data-glob", help="Files of --data/--valid folders to read, e.g. '*.md' (default: *.txt and *.jsonl).")
+@click.option("--split-on-blank-lines", is_flag=True,
+              help="A text file holds one document per blank-line separated block (BERT's format), not one in all.")
+@click.option("--nsp-probability", type=click.FloatRange(0, 1),
+              help="bert: chance that sentence B follows A (default 0.5; 1 trains on a single document).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--config", "size", default="tiny", show_default=True,
               help="Size preset (gpt: tiny, demo, small, gpt2; bert: tiny, mini, small, base) or a JSON file.")
@@ -118,7 +122,7 @@ def _leader() -> bool:
 @click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds files (deletes them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @library_errors
-def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_size, seq_len, batch_size, grad_accum, lr, min_lr, warmup,
+def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probability, out, size, tokenizer_dir, vocab_size, seq_len, batch_size, grad_accum, lr, min_lr, warmup,
           steps, epochs, weight_decay, dropout, eval_every, eval_batches, save_every, dtype, save_dtype, seed, resume,
           overwrite, quiet) -> None:
     """Pretrain a GPT or a BERT from scratch on local text.
@@ -133,6 +137,8 @@ def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_siz
         raise click.UsageError("give exactly one of --steps and --epochs")
     if tokenizer_dir is None and vocab_size is None and not resume:
         raise click.UsageError("give --tokenizer DIR or --vocab-size N (to train a tokenizer on --data)")
+    if nsp_probability is not None and arch != "bert":
+        raise click.UsageError("--nsp-probability applies to --arch bert")
     preset = _size(size, arch)
     report = _leader()
     files = _corpus_files("--data", data, data_glob, report)
@@ -143,6 +149,8 @@ def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_siz
         warmup_steps=warmup, steps=steps, epochs=epochs, weight_decay=weight_decay, dropout=dropout,
         eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, dtype=dtype, save_dtype=save_dtype,
         seed=seed, resume=resume, overwrite=overwrite, progress=not quiet,
+        split_on_blank_lines=split_on_blank_lines,
+        next_sentence_probability=0.5 if nsp_probability is None else nsp_probability,
     )
     import mlx.core as mx
 
@@ -163,14 +171,16 @@ def train(arch, data, valid_data, data_glob, out, size, tokenizer_dir, vocab_siz
 @click.option("--seq-len", type=click.IntRange(min=2), help="Window length (default: the model's context).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Cast the weights.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no list of the files read.")
 @library_errors
-def evaluate(model, data, data_glob, seq_len, batch_size, dtype) -> None:
+def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
     from mlx_llm.loading import load
     from mlx_llm.pretrain import evaluate_text
 
-    files = _corpus_files("--data", data, data_glob)
+    files = _corpus_files("--data", data, data_glob, report=not quiet)
     loaded, tokenizer = load(model, dtype=dtype)
     if hasattr(loaded, "encode") or not hasattr(loaded, "make_cache"):
         raise click.UsageError("mlx-llm eval measures causal language models (GPT-2, Llama family)")
-    click.echo(json.dumps(evaluate_text(loaded, tokenizer, files, seq_len=seq_len, batch_size=batch_size)))
+    click.echo(json.dumps(evaluate_text(loaded, tokenizer, files, seq_len=seq_len, batch_size=batch_size,
+                                          progress=not quiet)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +62,10 @@ SIZE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
              ("hidden_act", "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
               "tie_word_embeddings")),
 }
+
+
+# Defaults of pretrain's document options (recorded in run.json only when they differ).
+_TEXT_DEFAULTS = {"split_on_blank_lines": False, "next_sentence_probability": 0.5}
 
 
 def check_size_fields(arch: str, fields: dict) -> None:
@@ -222,6 +227,8 @@ def pretrain(
     eval_batches: int = 0,
     save_every: int = 200,
     validation_fraction: float = 0.1,
+    split_on_blank_lines: bool = False,
+    next_sentence_probability: float = 0.5,
     dtype: str = "float32",
     save_dtype: str | None = None,
     seed: int = 0,
@@ -244,6 +251,10 @@ def pretrain(
         batch_size, grad_accum: Sequences per micro-batch, micro-batches per step.
         steps, epochs: Training length (one of them).
         validation_fraction: The last part of the token stream held out.
+        split_on_blank_lines: Text files hold one document per blank-line
+            separated block (BERT's input format) instead of one per file.
+        next_sentence_probability: BERT: the chance that sentence B is the
+            actual continuation (1.0 lets a single document train).
         dtype: ``"float32"`` or ``"bfloat16"`` (float16 would need loss scaling).
         save_dtype: Store the final weights in this type (default: ``dtype``).
         resume: Continue from the latest checkpoint in ``out``.
@@ -259,6 +270,8 @@ def pretrain(
         raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
+    if arch != "bert" and next_sentence_probability != 0.5:
+        raise ValueError("next_sentence_probability (--nsp-probability) applies to BERT pretraining only")
     if tokenizer is None and vocab_size is None and not resume:
         raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
     world = mx.distributed.init()
@@ -287,6 +300,10 @@ def pretrain(
         run = {"arch": arch, "config": config, "data": [str(Path(p)) for p in data],
                "valid_data": [str(Path(p)) for p in valid_data or []], "seq_len": seq_len,
                "batch_size": batch_size, "validation_fraction": validation_fraction, "dtype": dtype}
+        text_options = {"split_on_blank_lines": split_on_blank_lines,
+                        "next_sentence_probability": next_sentence_probability}
+        # Recorded only when not the default, so that runs started before these options existed still resume.
+        run.update({key: value for key, value in text_options.items() if value != _TEXT_DEFAULTS[key]})
         if resume:
             saved = read_json(out / "run.json")
             if saved != json.loads(json.dumps(run)):
@@ -301,7 +318,7 @@ def pretrain(
 
         source, objective, evaluation, batches_per_epoch = _training_data(
             arch, data, valid_data, loaded_tokenizer, out, seq_len, batch_size, validation_fraction, seed, world,
-            progress)
+            progress, **text_options)
 
         total_steps = steps if steps is not None else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
         training = TrainingConfig(
@@ -322,17 +339,19 @@ def pretrain(
 
 
 def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path, seq_len: int, batch_size: int,
-                   validation_fraction: float, seed: int, world, progress: bool):
+                   validation_fraction: float, seed: int, world, progress: bool, split_on_blank_lines: bool = False,
+                   next_sentence_probability: float = 0.5):
     """Training batches, objective, validation batches and batches per epoch of a pretraining run
     (GPT: the token cache in ``out/data``, written by the first process)."""
+    split = {"split_on_blank_lines": split_on_blank_lines}
     leader = world.rank() == 0
     if arch == "gpt":
         if not leader:
             _barrier(world)  # the first process writes the token cache; the others then read it
-        token_file = tokenize_corpus(data, tokenizer, out / "data", show_progress=progress)
+        token_file = tokenize_corpus(data, tokenizer, out / "data", show_progress=progress, **split)
         if valid_data:
             train_tokens = token_file.tokens
-            valid_tokens = tokenize_corpus(valid_data, tokenizer, out / "data", show_progress=progress).tokens
+            valid_tokens = tokenize_corpus(valid_data, tokenizer, out / "data", show_progress=progress, **split).tokens
         else:
             train_tokens, valid_tokens = split_tokens(token_file, validation_fraction)
         if leader:
@@ -348,18 +367,23 @@ def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path,
 
         batches_per_epoch = train_batches.batches_per_epoch
     else:
-        documents = tokenize_documents_for_bert(data, tokenizer, show_progress=progress)
+        documents = tokenize_documents_for_bert(data, tokenizer, show_progress=progress, **split)
         if valid_data:
             train_documents = documents
-            valid_documents = tokenize_documents_for_bert(valid_data, tokenizer, show_progress=progress)
+            valid_documents = tokenize_documents_for_bert(valid_data, tokenizer, show_progress=progress, **split)
         else:
             train_documents, valid_documents = split_documents(documents, validation_fraction)
         if not valid_documents:
-            raise ValueError("the corpus has too few documents to hold out a validation set; add documents")
-        source = BertPretrainingBatches(train_documents, tokenizer, seq_len, batch_size, seed=seed)
+            raise ValueError(
+                f"the corpus has {len(documents)} document(s), too few to hold out a validation set; split text "
+                "files into documents at blank lines (split_on_blank_lines=True, --split-on-blank-lines), add "
+                "documents, or give validation text (valid_data, --valid)"
+            )
+        nsp = {"next_sentence_probability": next_sentence_probability}
+        source = BertPretrainingBatches(train_documents, tokenizer, seq_len, batch_size, seed=seed, **nsp)
         # Validation pairs are built from documents of their own, masked the same way at every evaluation.
         validation_batches = BertPretrainingBatches(valid_documents, tokenizer, seq_len, batch_size,
-                                                    seed=seed + 1)
+                                                    seed=seed + 1, **nsp)
         objective = BertPretrainingObjective()
 
         def evaluation() -> Iterator[dict]:
@@ -371,6 +395,7 @@ def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path,
 
 def evaluate_text(
     model: nn.Module, tokenizer: Tokenizer, data: list[str | Path], seq_len: int | None = None, batch_size: int = 8,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Causal-LM loss of ``model`` on text: mean nats per token, perplexity,
     nats per character (total nats / characters, comparable with
@@ -379,6 +404,18 @@ def evaluate_text(
     The text is tokenized as one stream (documents joined with the end token)
     and cut into consecutive windows of ``seq_len`` tokens; every token but
     the first is predicted once.
+
+    Args:
+        model: A causal language model.
+        tokenizer: Its tokenizer.
+        data: Text files, folders or JSONL files.
+        seq_len: Window length (default: the model's context, else 512).
+        batch_size: Windows per forward pass.
+        progress: A progress bar over the windows on stderr.
+
+    Returns:
+        ``loss``, ``perplexity``, ``nats_per_character``, ``bits_per_byte``,
+        ``tokens`` and ``characters``.
     """
     documents = list(read_documents(data))
     eos = tokenizer.eos_token_id
@@ -394,12 +431,15 @@ def evaluate_text(
     limit = getattr(getattr(model, "args", None), "max_positions", None)
     seq_len = seq_len or limit or 512
     if limit is not None and seq_len > limit:
-        raise ValueError(f"seq_len {seq_len} is longer than the model's context ({limit})")
+        raise ValueError(f"seq_len {seq_len} (--seq-len) is longer than the model's context ({limit})")
     tokens = np.array(ids)
     total, count = 0.0, 0
     windows = [tokens[start : start + seq_len + 1] for start in range(0, len(tokens) - 1, seq_len)]
+    from tqdm import tqdm
+
     from .losses import cross_entropy
 
+    bar = tqdm(total=len(windows), unit="window", file=sys.stderr, dynamic_ncols=True, disable=not progress)
     for start in range(0, len(windows), batch_size):
         group = windows[start : start + batch_size]
         width = max(len(window) for window in group)
@@ -412,6 +452,9 @@ def evaluate_text(
         loss = cross_entropy(logits, mx.array(targets), reduction="sum")
         total += float(loss)
         count += int((targets != -100).sum())
+        bar.update(len(group))
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
     nats = total / count
     return {
         "loss": nats,
