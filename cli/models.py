@@ -25,10 +25,12 @@ def convert(source: str, out: Path, dtype: str | None, quantize: bool, bits: str
             revision: str | None, overwrite: bool) -> None:
     """Convert SOURCE (a local folder or Hub repository id) to an MLX folder that
     loads with no network."""
+    from mlx_llm.hub import check_output_dir
     from mlx_llm.loading import convert as convert_checkpoint
 
     if not quantize and (bits != "4" or group_size != "64"):
         raise click.UsageError("--bits and --group-size take effect only with --quantize")
+    check_output_dir(out, overwrite)  # before a download that the folder would refuse
     report = convert_checkpoint(source, out, dtype=dtype, quantize=quantize, bits=int(bits),
                                 group_size=int(group_size), revision=revision, overwrite=overwrite)
     click.echo(str(report.out))

@@ -586,22 +586,15 @@ def save_safetensors(
 # Output folders and side files
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Build an output folder under a temporary name; move it into place on success.
-
-    The block writes into a hidden sibling folder of ``out`` (same parent, so
-    the final rename never crosses filesystems). When the block finishes, that
-    folder becomes ``out``; if it raises, the temporary folder is removed and
-    ``out`` is left as it was.
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Check that `atomic_output_dir` may write ``out``, before any costly work.
 
     Args:
         out: The final folder.
-        overwrite: Replace an existing non-empty ``out``; the old folder is
-            removed only after the new one is complete.
+        overwrite: Whether an existing non-empty ``out`` may be replaced.
 
-    Yields:
-        The temporary folder to write into.
+    Returns:
+        ``out`` as a ``Path`` (``~`` expanded).
 
     Raises:
         FileExistsError: ``out`` exists and is non-empty (without
@@ -622,6 +615,30 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             f"output folder {out} already exists and is not empty; pass overwrite=True "
             "(--overwrite on the command line) to replace it, or choose another folder"
         )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build an output folder under a temporary name; move it into place on success.
+
+    The block writes into a hidden sibling folder of ``out`` (same parent, so
+    the final rename never crosses filesystems). When the block finishes, that
+    folder becomes ``out``; if it raises, the temporary folder is removed and
+    ``out`` is left as it was.
+
+    Args:
+        out: The final folder.
+        overwrite: Replace an existing non-empty ``out``; the old folder is
+            removed only after the new one is complete.
+
+    Yields:
+        The temporary folder to write into.
+
+    Raises:
+        FileExistsError, ValueError: as `check_output_dir`.
+    """
+    out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = out.with_name(f".{out.name}.tmp-{token}")
