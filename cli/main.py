@@ -25,6 +25,13 @@ EXIT_BROKEN_PIPE = 0
 class Main(click.Group):
     """The command group, exiting quietly when stdout's reader goes away."""
 
+    def main(self, args=None, *rest, **kwargs):
+        if args is None:  # run as the program, from sys.argv (CliRunner passes its arguments)
+            from .blas import reexec_with_mkl
+
+            reexec_with_mkl()  # Linux: MKL in place of the reference BLAS, before anything is read (cli/blas.py)
+        return super().main(args, *rest, **kwargs)
+
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import platform
+import re
 import sys
 import time
 import uuid
@@ -32,18 +33,22 @@ _OPTIMIZED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl", "flexiblas"
 def reference_blas_in(mapped_paths: list[str], preload: str = "") -> bool:
     """Whether MLX's BLAS is the reference one: a reference ``libblas`` is mapped
     (MLX's Linux wheel bundles one) and no optimized BLAS is preloaded over it.
-    Other libraries' own BLAS (numpy's OpenBLAS, say) do not count: MLX does not
-    call them.
+    A preloaded library counts only if it is mapped too (``ld.so`` skips one it
+    cannot load), and other libraries' own BLAS (numpy's OpenBLAS, say) do not
+    count: MLX does not call them.
 
     Args:
         mapped_paths: Paths of the files the process maps (``/proc/self/maps``).
-        preload: The value of ``LD_PRELOAD``.
+        preload: The value of ``LD_PRELOAD`` (paths separated by colons or spaces).
 
     Returns:
         ``True`` for the reference BLAS.
     """
-    if any(name in preload.lower() for name in _OPTIMIZED_BLAS):
-        return False
+    mapped_names = {os.path.basename(path) for path in mapped_paths}
+    for entry in re.split(r"[:\s]+", preload):
+        names = {os.path.basename(entry), os.path.basename(os.path.realpath(entry))} if entry else set()
+        if any(name in entry.lower() for name in _OPTIMIZED_BLAS) and names & mapped_names:
+            return False
     return any(
         os.path.basename(path).startswith("libblas") and not any(name in path for name in _OPTIMIZED_BLAS)
         for path in (path.lower() for path in mapped_paths)

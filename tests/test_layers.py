@@ -33,8 +33,10 @@ def mode(request):
 
 @pytest.mark.parametrize("mapped, preload, expected", [
     ([WHEEL, NUMPY_OPENBLAS], "", True),  # numpy's own OpenBLAS is not MLX's
-    ([WHEEL], "/usr/lib/x86_64-linux-gnu/libopenblas.so.0", False),
-    ([WHEEL], "/venv/lib/libmkl_rt.so.3", False),
+    ([WHEEL, "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"], "/usr/lib/x86_64-linux-gnu/libopenblas.so.0", False),
+    ([WHEEL, NUMPY_OPENBLAS, "/venv/lib/libmkl_rt.so.3"], "/venv/lib/libmkl_rt.so.3", False),
+    ([WHEEL, "/venv/lib/libmkl_rt.so.3"], "/lib/libjemalloc.so.2:/venv/lib/libmkl_rt.so.3", False),
+    ([WHEEL, NUMPY_OPENBLAS], "/missing/libmkl_rt.so.3", True),  # ld.so could not preload it: still the wheel's
     (["/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"], "", False),  # Debian's alternative
     (["/usr/lib/x86_64-linux-gnu/blas/libblas.so.3"], "", True),  # a source build on netlib
     ([NUMPY_OPENBLAS, "/usr/lib/libc.so.6"], "", False),  # no reference BLAS at all
