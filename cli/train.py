@@ -131,6 +131,7 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
     checkpoint; it also holds checkpoints/, metrics.jsonl and loss_curve.png.
     Data-parallel on several processes or machines: launch with mlx.launch.
     """
+    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.pretrain import pretrain
 
     if (steps is None) == (epochs is None):
@@ -175,6 +176,7 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 @library_errors
 def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
+    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.loading import load
     from mlx_llm.pretrain import evaluate_text
 
