@@ -22,6 +22,7 @@ from .hub import (
     save_safetensors,
     write_json,
 )
+from .gguf import is_gguf_file
 from .layers import relayout
 from .models import get_family
 
@@ -147,6 +148,10 @@ def load_model(
         ``(model, config)``, the model in eval mode.
     """
     target_dtype = _dtype(dtype)
+    if is_gguf_file(path_or_repo):
+        from .gguf_loading import load_gguf_model
+
+        return load_gguf_model(path_or_repo, dtype=dtype, revision=revision, task_config=task_config)
     folder = resolve_model_path(path_or_repo, revision=revision)
     config = read_config(folder)
     if (folder / ADAPTER_CONFIG).is_file() and task_config is None:
@@ -167,7 +172,8 @@ def load_model(
             model,
             group_size=quantization["group_size"],
             bits=quantization["bits"],
-            class_predicate=lambda path, module: path in quantized,
+            # A module's own entry gives its bits where they differ (GGUF files mix 4- and 8-bit tensors).
+            class_predicate=lambda path, module: path in quantized and quantization.get(path, True),
         )
     if task_config is not None:
         weights.update(_fresh_heads(model, weights, model_config.get("initializer_range", 0.02)))
@@ -220,6 +226,10 @@ def load(path_or_repo: str | Path, dtype: str | None = None, revision: str | Non
     from .generation_config import read_generation_defaults
     from .tokenizer import Tokenizer
 
+    if is_gguf_file(path_or_repo):
+        from .gguf_loading import load_gguf
+
+        return load_gguf(path_or_repo, dtype=dtype, revision=revision)
     folder = resolve_model_path(path_or_repo, revision=revision)
     tokenizer = Tokenizer.from_pretrained(folder)  # first: a folder without one fails before the weights load
     defaults = read_generation_defaults(folder)
@@ -272,7 +282,8 @@ def convert(
     if quantize and group_size not in (32, 64, 128):
         raise ValueError(f"quantization group size must be 32, 64 or 128, got {group_size}")
     start = time.perf_counter()
-    folder = resolve_model_path(source, revision=revision)
+    from_gguf = is_gguf_file(source)  # a GGUF file: its tokenizer is written out as tokenizer.json
+    folder = Path(source).expanduser() if from_gguf else resolve_model_path(source, revision=revision)
     model, config = load_model(folder, dtype=dtype)
     config = dict(config)
     num_parameters = sum(w.size for _, w in tree_flatten(model.parameters()))
@@ -290,7 +301,12 @@ def convert(
     with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
         files = save_safetensors(weights, staging, max_shard_size=max_shard_size)
         write_json(config, staging / "config.json")
-        copy_tokenizer_files(folder, staging)
+        if from_gguf:
+            from .gguf_tokenizer import write_gguf_tokenizer
+
+            write_gguf_tokenizer(folder, staging)
+        else:
+            copy_tokenizer_files(folder, staging)
         bytes_written = sum(file.stat().st_size for file in files)
     return ConversionReport(
         out=Path(out),
@@ -313,6 +329,8 @@ class ModelInfo:
     context_length: int | None
     size_bytes: int
     converted: bool
+    file_format: str = "safetensors"  # or "gguf"
+    notes: tuple[str, ...] = ()  # e.g. which GGUF tensor types stay quantized or are dequantized
 
     def as_dict(self) -> dict:
         return {
@@ -325,6 +343,8 @@ class ModelInfo:
             "context_length": self.context_length,
             "size_bytes": self.size_bytes,
             "mlx_llm_format": self.converted,
+            "file_format": self.file_format,
+            "notes": list(self.notes),
         }
 
 
@@ -335,7 +355,11 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo:
     """Architecture, parameter count, dtype, quantization and context length of
     a checkpoint, read from its config and safetensors headers without loading
-    the weights."""
+    the weights (a GGUF file: from its metadata and tensor index)."""
+    if is_gguf_file(path_or_repo):
+        from .gguf_loading import describe_gguf
+
+        return describe_gguf(path_or_repo, revision=revision)
     folder = resolve_model_path(path_or_repo, revision=revision)
     config = read_config(folder)
     get_family(config.get("model_type"))  # unsupported types fail here, with the list
