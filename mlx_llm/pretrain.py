@@ -357,7 +357,11 @@ def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path,
         if leader:
             _barrier(world)
         train_batches = CausalLMBatches(train_tokens, seq_len, batch_size, seed=seed)
-        valid_batches = CausalLMBatches(valid_tokens, seq_len, batch_size, seed=seed)
+        try:
+            valid_batches = CausalLMBatches(valid_tokens, seq_len, batch_size, seed=seed)
+        except ValueError as error:  # say which stream is short: the held-out one is the usual culprit
+            held_out = "--valid" if valid_data else f"the last {validation_fraction:.0%} of --data, held out"
+            raise ValueError(f"validation text ({held_out}): {error}") from None
         source = _DictBatches(train_batches)
         objective = CausalLMObjective()
 
