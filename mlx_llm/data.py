@@ -538,7 +538,7 @@ class CausalLMBatches:
         if len(tokens) < seq_len + 1:
             raise ValueError(
                 f"the token stream has {len(tokens)} tokens, but one block of seq_len={seq_len} needs "
-                f"{seq_len + 1} (the inputs plus one target); use a smaller seq_len or more text"
+                f"{seq_len + 1} (the inputs plus one target); use a smaller seq_len (--seq-len) or more text"
             )
         self.tokens = tokens
         self.seq_len = int(seq_len)
@@ -574,7 +574,7 @@ class CausalLMBatches:
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"the token stream makes {self.num_blocks} blocks of {self.seq_len + 1} tokens, fewer than "
-                f"batch_size={self.batch_size}; use a smaller batch_size or seq_len, or more text"
+                f"batch_size={self.batch_size}; use a smaller batch_size (--batch-size) or seq_len (--seq-len), or more text"
             )
         order = self._order_of(self._epoch)
         start = self._position * self.batch_size
@@ -990,7 +990,7 @@ class BertPretrainingBatches:
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"the corpus makes {self.num_pairs} sentence pairs, fewer than batch_size={self.batch_size}; "
-                "use a smaller batch_size or max_length, or more text"
+                "use a smaller batch_size (--batch-size) or max_length (--seq-len), or more text"
             )
         order = self._order_of(self._epoch)
         start = self._position * self.batch_size

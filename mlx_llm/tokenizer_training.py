@@ -239,7 +239,7 @@ def _training_error(error: RuntimeError, vocab_size: int) -> Exception:
     if match := _TOO_SMALL.search(message):
         return ValueError(
             f"vocab_size={vocab_size} (--vocab-size) is too small: the special tokens, byte pieces and the characters "
-            f"this corpus needs take {match.group(2)} ids; pass vocab_size >= {match.group(2)}, or a "
-            "lower character_coverage"
+            f"this corpus needs take {match.group(2)} ids; pass vocab_size >= {match.group(2)} (or, from "
+            "Python, a lower character_coverage)"
         )
     return ValueError(f"SentencePiece could not train a tokenizer: {message}")

@@ -284,3 +284,13 @@ def test_eval_shows_progress_unless_quiet(tmp_path):
     quiet = _invoke("eval", out, "--data", corpus, "--seq-len", "16", "--batch-size", "4", "--quiet")
     assert quiet.exit_code == 0 and json.loads(quiet.stdout) == json.loads(result.stdout)
     assert "window" not in quiet.stderr and "--data:" not in quiet.stderr
+
+
+def test_too_little_text_names_the_short_stream_and_the_flag(tmp_path):
+    small = _text(tmp_path / "small.txt", sentences=40)
+    result = _invoke("train", *TINY, "--data", small, "--out", tmp_path / "r", "--steps", "1", "--seq-len", "100000")
+    assert result.exit_code == 2 and "use a smaller seq_len (--seq-len) or more text" in _error_line(result)
+    # 40 sentences are about 600 tokens: enough for blocks of 200, but not the 10% held out.
+    result = _invoke("train", *TINY, "--data", small, "--out", tmp_path / "r", "--steps", "1", "--seq-len", "200")
+    line = _error_line(result)
+    assert result.exit_code == 2 and "validation text (the last 10% of --data, held out)" in line, line
