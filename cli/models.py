@@ -67,7 +67,8 @@ def info(model: str, revision: str | None, as_json: bool) -> None:
         ("quantization", quantization),
         ("context length", str(details.context_length) if details.context_length else "unbounded (relative positions)"),
         ("size on disk", f"{details.size_bytes / 1e6:.1f} MB"),
-        ("format", "mlx_llm" if details.converted else "Hugging Face"),
+        ("format", "GGUF" if details.file_format == "gguf" else "mlx_llm" if details.converted else "Hugging Face"),
+        *(("note", note) for note in details.notes),  # GGUF: which tensor types stay quantized, which are dequantized
     ]
     for name, value in rows:
         click.echo(f"{name:<15} {value}")

@@ -261,10 +261,7 @@ def _dequantize(tensor, dtype) -> np.ndarray:
     try:
         values = quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
     except NotImplementedError:
-        raise ValueError(
-            f"tensor {tensor.name} has GGUF type {name}, which cannot be read; convert the model with "
-            "another type (float, Q8_0, Q4_0, Q4_1, the K-quants, ...)"
-        ) from None
+        raise _unreadable_type(tensor) from None
     return values.reshape(shape).astype(dtype)
 
 
@@ -324,13 +321,34 @@ class TensorSummary:
         return lines
 
 
+def _readable(tensor) -> bool:
+    """Whether the ``gguf`` package can dequantize the tensor's type (tried on one zero block)."""
+    gguf = _gguf_module()
+    block_size, type_size = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+    try:
+        gguf.quants.dequantize(np.zeros((1, type_size), dtype=np.uint8), tensor.tensor_type)
+    except (NotImplementedError, ValueError):
+        return False
+    return True
+
+
+def _unreadable_type(tensor) -> ValueError:
+    return ValueError(
+        f"tensor {tensor.name} has GGUF type {type_name(tensor)}, which cannot be read; convert the model "
+        "with another type (float, Q8_0, Q4_0, Q4_1, the K-quants, ...)"
+    )
+
+
 def summarize(file: GGUFFile) -> TensorSummary:
-    """Count the file's tensors by type and treatment (nothing is read)."""
+    """Count the file's tensors by type and treatment (nothing is read); a
+    ``ValueError`` names the first tensor of a type that cannot be read."""
     summary = TensorSummary()
     for name, tensor in file.tensors.items():
         kind = type_name(tensor)
         if name == "rope_freqs.weight":
             continue
+        if kind not in ("F32", "F16", "BF16") and not _readable(tensor):
+            raise ValueError(f"{file.path}: {_unreadable_type(tensor)}")
         if is_kept_quantized(tensor):
             summary.kept[kind] += 1
         elif kind in ("F32", "F16", "BF16"):

@@ -5,6 +5,7 @@ transformers, quantized tensors kept quantized where MLX's format is exact."""
 
 import io
 import json
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -127,6 +128,8 @@ def encode_tensor(values, qtype, rng):
         return values.astype(np.float32), None, values.astype(np.float32)
     if qtype == Q.F16:
         return values.astype(np.float16), None, values.astype(np.float16).astype(np.float32)
+    if qtype == Q.Q8_1:  # a type gguf cannot dequantize: random bytes of the right size
+        return rng.integers(0, 256, size=(values.shape[0], values.shape[1] // 32 * 40), dtype=np.uint8), qtype, None
     data = random_q6_k(values.shape, rng) if qtype == Q.Q6_K else gguf.quants.quantize(values, qtype)
     return data, qtype, gguf.quants.dequantize(data, qtype).reshape(values.shape)
 
@@ -307,3 +310,122 @@ def test_q4_0_q4_1_q8_0_stay_quantized_exactly_and_k_quants_are_dequantized(file
     assert half.model.layers[1].feed_forward.down_proj.weight.dtype == mx.float16
     error = np.abs(logits(half) - reference).max()
     assert error <= 0.02 * np.abs(reference).max(), error  # float16 rounding; measured 1.3e-3 of 0.63
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, kind", [("llama-f32", "gpt2"), ("spm-f32", "llama")])
+def test_tokenizer_ids_equal_transformers_gguf_tokenizer(files, name, kind):
+    folder, _ = files
+    reference = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=f"{name}.gguf")
+    tokenizer = load_gguf_tokenizer(folder / f"{name}.gguf")
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        assert ids == reference(text)["input_ids"], text
+        assert tokenizer.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+    if kind == "gpt2":  # Qwen2 style: no BOS, end-of-text and end-of-turn both stop generation
+        assert tokenizer.bos_token_id is None and tokenizer.encode("<think>") == [len(tokenizer) - 1]
+        assert tokenizer.eos_token_ids == {tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")}
+    else:  # SentencePiece style: BOS added, byte fallback for characters outside the vocabulary
+        assert tokenizer.encode("x")[0] == tokenizer.bos_token_id == 1 and tokenizer.eos_token_ids == {2}
+        assert tokenizer.decode(tokenizer.encode("ψ∑")) == "ψ∑"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_merges_from_scores_equal_transformers_derivation():
+    from transformers.tokenization_utils_base import generate_merges
+
+    tokens = ["<unk>", "▁", "a", "b", "ab", "▁a", "▁ab", "ba", "bab", "aa"]
+    scores = [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -4.0, -7.0, -8.0]
+    expected = generate_merges({token: index for index, token in enumerate(tokens)}, dict(zip(tokens, scores)))
+    assert merges_from_scores(tokens, scores) == expected and len(expected) > 5
+
+
+# --- load, convert, info, generate -------------------------------------------------------------
+
+
+def test_load_and_convert_round_trip(files, tmp_path):
+    folder, _ = files
+    source = folder / "llama-mixed.gguf"
+    model, tokenizer = load(source, dtype="float32")
+    expected = logits(model)
+    report = convert(source, tmp_path / "out", dtype="float32")
+    assert report.num_parameters > 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization"]["model.layers.0.self_attn.k_proj"] == {"group_size": 32, "bits": 8}
+    reloaded, reloaded_tokenizer = load(tmp_path / "out")
+    assert reloaded.model.layers[0].self_attn.k_proj.bits == 8
+    np.testing.assert_array_equal(logits(reloaded), expected)
+    for text in TEXTS:
+        assert reloaded_tokenizer.encode(text) == tokenizer.encode(text)
+    assert reloaded_tokenizer.eos_token_ids == tokenizer.eos_token_ids
+    assert reloaded_tokenizer.chat_template == CHAT_TEMPLATE
+
+
+def test_describe_and_info_say_what_stays_quantized(files):
+    folder, _ = files
+    details = describe(folder / "llama-mixed.gguf")
+    assert (details.model_type, details.file_format, details.dtype) == ("llama", "gguf", "float16")
+    assert "dequantized 2 Q6_K tensors to float16" in details.notes
+    # attn_k, attn_output (2 layers each) and output
+    assert "kept 5 Q8_0 tensors quantized (8-bit, group size 32)" in details.notes
+    result = CliRunner().invoke(main, ["info", str(folder / "llama-mixed.gguf")])
+    assert result.exit_code == 0, result.output
+    assert "dequantized 2 Q6_K tensors to float16" in result.output and "GGUF" in result.output
+
+
+def test_generate_cli_reads_gguf(files):
+    folder, _ = files
+    result = CliRunner().invoke(main, ["generate", "-m", str(folder / "spm-f32.gguf"), "-p", "Hello",
+                                       "--max-tokens", "3", "--temp", "0"])
+    assert result.exit_code == 0, result.output
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_files(files, tmp_path_factory, vocabularies):
+    """``{what: (path, words the one-line message must hold)}`` of GGUF files that must be refused."""
+    folder, references = files
+    bad = tmp_path_factory.mktemp("bad")
+    llama = references["llama"]
+    tensors = gguf_tensors(llama, "llama")
+    write_gguf(bad / "qwen3.gguf", "qwen3", llama.config, tensors, vocabularies["gpt2"])
+    write_gguf(bad / "q8_1.gguf", "llama", llama.config, tensors, vocabularies["gpt2"], {"attn_v": Q.Q8_1})
+    data = (folder / "llama-f32.gguf").read_bytes()
+    (bad / "truncated.gguf").write_bytes(data[: len(data) - 1000])
+    (bad / "header-only.gguf").write_bytes(data[:200])
+    return {
+        "architecture": (bad / "qwen3.gguf", ["'qwen3' is not supported", "llama, mistral, qwen2"]),
+        "type": (bad / "q8_1.gguf", ["blk.0.attn_v.weight", "Q8_1"]),
+        "truncated": (bad / "truncated.gguf", ["truncated"]),
+        "header": (bad / "header-only.gguf", ["not a readable GGUF file"]),
+    }
+
+
+@pytest.mark.parametrize("what", ["architecture", "type", "truncated", "header"])
+def test_bad_gguf_is_one_line_exit_2_and_nothing_written(bad_files, tmp_path, what):
+    path, words = bad_files[what]
+    with pytest.raises(ValueError) as error:
+        load_model(path)
+    assert all(word in str(error.value) for word in words), str(error.value)
+    for command in (["info", str(path)], ["convert", str(path), "--out", str(tmp_path / "out")],
+                    ["generate", "-m", str(path), "-p", "hi", "--max-tokens", "1"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert all(word in result.stderr for word in words)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_missing_gguf_package_says_how_to_install(files, monkeypatch):
+    folder, _ = files
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "mlx-llm-kit\[gguf\]"'):
+        load(folder / "llama-f32.gguf")
+    result = CliRunner().invoke(main, ["info", str(folder / "llama-f32.gguf")])
+    assert result.exit_code == 2 and 'pip install "mlx-llm-kit[gguf]"' in result.stderr
