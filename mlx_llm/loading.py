@@ -134,7 +134,7 @@ def load_model(
     """Build the model a checkpoint describes and load its weights.
 
     Args:
-        path_or_repo: A local folder (Hugging Face layout, `convert` output,
+        path_or_repo: A ``.gguf`` file (`mlx_llm.gguf_loading`), a local folder (Hugging Face layout, `convert` output,
             a training run, or a LoRA run folder holding ``adapter_config.json``)
             or a Hub repository id.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` to cast floating
@@ -268,7 +268,7 @@ def convert(
     files, into a temporary folder renamed to ``out`` only on success.
 
     Args:
-        source: Local folder or Hub repository id.
+        source: Local folder, Hub repository id, or ``.gguf`` file (its tokenizer is written as ``tokenizer.json``).
         out: Output folder; must not exist (or be empty) unless ``overwrite``.
         dtype: Cast floating weights to this type.
         quantize: Quantize linear and embedding layers.
