@@ -13,6 +13,7 @@ from .distill import distill
 from .finetune import evaluate as evaluate_task, export, finetune, fuse, predict
 from .generate import chat, generate
 from .models import convert, embed, info
+from .serve import serve
 from .train import evaluate, tokenizer, train
 
 
@@ -84,6 +85,7 @@ main.add_command(evaluate_task)
 main.add_command(fuse)
 main.add_command(export)
 main.add_command(distill)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

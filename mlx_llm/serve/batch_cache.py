@@ -1,0 +1,122 @@
+"""A KV cache whose rows join and leave between decoding steps (continuous batching).
+
+Rows are left-padded to a common length, as in `mlx_llm.generate.batch_generate`:
+each row counts its positions from its first real token (``left_padding``),
+and the mask hides the padding. A sequence is prefilled on its own (batch of
+one), then `join` pads it (or the batch) on the left and stacks it onto the
+batch; `keep_rows` drops finished rows and the padding no row needs any more.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from ..cache import KVCache
+
+
+class BatchKVCache(KVCache):
+    """A `KVCache` for a left-padded batch whose rows change over time.
+
+    ``padding`` holds the per-row padding counts (``left_padding`` is the
+    same as an array); the mask for one new token hides them, so the model
+    needs no ``attention_mask``.
+    """
+
+    def __init__(self, step: int = 256):
+        super().__init__(step=step)
+        self.padding: list[int] = []
+
+    def set_rows(self, keys: mx.array | None, values: mx.array | None, offset: int, padding: list[int]) -> None:
+        """Replace the held keys and values (``(B, H, offset, D)``) and the row paddings."""
+        self.keys, self.values, self.offset, self.padding = keys, values, offset, list(padding)
+        self.left_padding = mx.array(padding) if padding else None
+
+    def make_mask(self, query_length: int, attention_mask: mx.array | None = None):
+        """``(B, 1, L, offset + L)`` mask hiding each row's padding (and causal
+        within the ``L`` new queries); ``None`` when no row is padded."""
+        if attention_mask is not None or not any(self.padding):
+            return super().make_mask(query_length, attention_mask)
+        keys = mx.arange(self.offset + query_length)[None, :] >= self.left_padding[:, None]  # (B, S)
+        mask = keys[:, None, None, :]
+        if query_length > 1:
+            queries = mx.arange(self.offset, self.offset + query_length)[:, None]
+            mask = mask & (mx.arange(self.offset + query_length)[None, :] <= queries)[None, None]
+        return mask
+
+
+def _held(cache: KVCache) -> tuple[mx.array, mx.array]:
+    return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
+
+
+def _pad_left(array: mx.array, count: int) -> mx.array:
+    if count == 0:
+        return array
+    shape = list(array.shape)
+    shape[2] = count
+    return mx.concatenate([mx.zeros(shape, array.dtype), array], axis=2)
+
+
+def join(batch: list[BatchKVCache], single: list[KVCache]) -> None:
+    """Append the one row of ``single`` (a prefilled batch-of-one cache) to ``batch``.
+
+    Whichever is shorter is padded on the left, so every row's last position
+    lines up with the others'.
+
+    Args:
+        batch: The running batch's caches, one per layer (possibly empty).
+        single: The new sequence's caches, one per layer, batch size 1.
+    """
+    for layer, new in zip(batch, single):
+        new_keys, new_values = _held(new)
+        if layer.keys is None or not layer.padding:
+            layer.set_rows(new_keys, new_values, new.offset, [0])
+            continue
+        keys, values = _held(layer)
+        length = max(layer.offset, new.offset)
+        grow = length - layer.offset
+        keys, values = _pad_left(keys, grow), _pad_left(values, grow)
+        gap = length - new.offset
+        keys = mx.concatenate([keys, _pad_left(new_keys, gap)], axis=0)
+        values = mx.concatenate([values, _pad_left(new_values, gap)], axis=0)
+        layer.set_rows(keys, values, length, [pad + grow for pad in layer.padding] + [gap])
+
+
+def keep_rows(batch: list[BatchKVCache], rows: list[int]) -> None:
+    """Keep only ``rows`` (indices, in order) and trim padding every kept row has.
+
+    Args:
+        batch: The running batch's caches, one per layer.
+        rows: Indices of the rows that stay; an empty list empties the cache.
+    """
+    for layer in batch:
+        if not rows:
+            layer.set_rows(None, None, 0, [])
+            continue
+        padding = [layer.padding[row] for row in rows]
+        shared = min(padding)  # columns that are padding in every kept row
+        keys, values = _held(layer)
+        index = mx.array(rows)
+        keys, values = keys[index, :, shared:, :], values[index, :, shared:, :]
+        layer.set_rows(keys, values, layer.offset - shared, [pad - shared for pad in padding])
+
+
+def row_state(batch: list[BatchKVCache], row: int) -> list[tuple[mx.array, mx.array]]:
+    """The keys and values of one row without its padding, ``(1, H, length, D)``
+    per layer, copied so they do not keep the batch's buffers alive."""
+    state = []
+    for layer in batch:
+        keys, values = _held(layer)
+        start = layer.padding[row]
+        state.append((mx.contiguous(keys[row : row + 1, :, start:, :]),
+                      mx.contiguous(values[row : row + 1, :, start:, :])))
+    return state
+
+
+def single_cache(state: list[tuple[mx.array, mx.array]], length: int) -> list[KVCache]:
+    """Batch-of-one caches holding the first ``length`` positions of ``state``."""
+    caches = []
+    for keys, values in state:
+        cache = KVCache()
+        cache.keys, cache.values, cache.offset = keys[..., :length, :], values[..., :length, :], length
+        caches.append(cache)
+    return caches
