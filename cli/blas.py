@@ -134,7 +134,7 @@ def slow_blas_hint(
     if not system.startswith("linux") or not on_cpu or not reference_blas:
         return None
     start = ("mlx-llm: MLX computes float32 matrix products on its bundled reference BLAS here, "
-             "about 10x slower than MKL")
+             "up to 10x slower than MKL")
     preload = f"LD_PRELOAD={mkl} MKL_THREADING_LAYER=INTEL"
     if mkl is not None and environ.get(AUTO_VARIABLE, "1").strip().lower() in _OFF_VALUES:
         return f"{start}; MKL is installed: run with {preload} (or unset {AUTO_VARIABLE} and mlx-llm preloads it)"
