@@ -11,7 +11,8 @@ after 25 without). So:
   preloaded yet, not done once already (``MLX_LLM_MKL_REEXEC`` guards against
   a loop), and not turned off with ``MLX_LLM_AUTO_MKL=0``;
 - `slow_blas_hint` is the line a heavy command prints on stderr when it
-  starts on the reference BLAS all the same, with the exact fix.
+  starts on the reference BLAS all the same, with the exact fix
+  (``MLX_LLM_BLAS_HINT=0`` silences it).
 
 The decisions are pure functions of their inputs; `reexec_with_mkl` and
 `warn_if_slow_blas` apply them to this process.
@@ -31,6 +32,7 @@ import click
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})
 AUTO_VARIABLE = "MLX_LLM_AUTO_MKL"
 GUARD_VARIABLE = "MLX_LLM_MKL_REEXEC"  # set in the re-executed process: never twice
+HINT_VARIABLE = "MLX_LLM_BLAS_HINT"  # 0: no line about the reference BLAS
 MKL_LIBRARY = "libmkl_rt.so.3"
 _OPTIMIZED_BLAS = ("mkl", "openblas", "blis", "flexiblas", "armpl", "atlas")
 _OFF_VALUES = {"0", "false", "no", "off"}
@@ -125,13 +127,15 @@ def slow_blas_hint(
         reference_blas: Whether MLX computes on the reference BLAS
             (`mlx_llm.cpu_tuning.reference_blas`).
         mkl: `installed_mkl`.
-        environ: The environment.
+        environ: The environment (``MLX_LLM_BLAS_HINT=0`` silences the line).
         python: The interpreter to name in the pip command.
 
     Returns:
-        The line, or ``None`` where the products run on an optimized BLAS or a GPU.
+        The line, or ``None`` where the products run on an optimized BLAS or a
+        GPU, or where it is silenced.
     """
-    if not system.startswith("linux") or not on_cpu or not reference_blas:
+    if (not system.startswith("linux") or not on_cpu or not reference_blas
+            or environ.get(HINT_VARIABLE, "1").strip().lower() in _OFF_VALUES):
         return None
     start = ("mlx-llm: MLX computes float32 matrix products on its bundled reference BLAS here, "
              "up to 10x slower than MKL")

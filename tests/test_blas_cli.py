@@ -88,6 +88,7 @@ def test_the_hint_names_the_exact_fix():
     for arguments in [("darwin", "arm64", True, False), ("linux", "x86_64", False, True),
                       ("linux", "x86_64", True, False)]:
         assert blas.slow_blas_hint(*arguments, None, {}) is None
+    assert blas.slow_blas_hint("linux", "x86_64", True, True, None, {"MLX_LLM_BLAS_HINT": "0"}) is None
 
 
 def _eval(tmp_path, **environment):
@@ -95,7 +96,7 @@ def _eval(tmp_path, **environment):
     text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 4)
     env = {key: value for key, value in os.environ.items()
            if key not in ("LD_PRELOAD", "MLX_LLM_AUTO_MKL", "MLX_LLM_MKL_REEXEC")}
-    env.update(environment)
+    env.update({"MLX_LLM_BLAS_HINT": "1", **environment})  # conftest.py silences it for the other tests
     return subprocess.run([sys.executable, "-m", "mlx_llm_cli.main", "eval", str(demo_model_path()), "--data",
                            str(text), "--seq-len", "32"], capture_output=True, text=True, env=env, timeout=300)
 
@@ -110,6 +111,8 @@ def test_eval_says_so_on_the_reference_blas(tmp_path):
     fix = f"LD_PRELOAD={mkl} " if mkl else "-m pip install mkl" if platform.machine() == "x86_64" else "OpenBLAS"
     assert fix in hints[0]
     assert '"perplexity"' in completed.stdout
+    silenced = _eval(tmp_path, MLX_LLM_AUTO_MKL="0", MLX_LLM_BLAS_HINT="0")
+    assert silenced.returncode == 0 and "reference BLAS" not in silenced.stderr
 
 
 @pytest.mark.skipif(blas.installed_mkl() is None or not sys.platform.startswith("linux"),
