@@ -222,14 +222,15 @@ def test_concurrent_requests_give_their_solo_texts(client, server):
 
     def ask(prompt, stream=False):
         if stream:
-            chunks = client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0, stream=True)
+            chunks = client.completions.create(model="tiny", prompt=prompt, max_tokens=60, temperature=0, stream=True)
             return "".join(chunk.choices[0].text for chunk in chunks)
-        return client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0).choices[0].text
+        return client.completions.create(model="tiny", prompt=prompt, max_tokens=60, temperature=0).choices[0].text
 
     solo = [ask(prompt) for prompt in prompts]
     with ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(ask, prompts, [index % 2 == 1 for index in range(len(prompts))]))
     assert together == solo
+    assert server.registry.get("tiny").scheduler.peak_batch >= 2  # they did run together
 
 
 def test_multi_turn_chat_reuses_the_prefix(client, library):

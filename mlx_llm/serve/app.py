@@ -244,8 +244,9 @@ class Server:
                     return
                 logprobs = formatter.format([event], offset) if formatter and event.token is not None else None
                 offset += len(event.text)
-                if event.text or logprobs:
-                    yield sse(responses.chunk(parsed, response_id, created, event.text, logprobs=logprobs))
+                # One chunk per token, even with no text yet (part of a character, a possible stop
+                # string): the client sees progress, and time to first token means what it says.
+                yield sse(responses.chunk(parsed, response_id, created, event.text, logprobs=logprobs))
         except asyncio.CancelledError:  # the client went away: stop its generation, free its cache rows
             status = 499
             entry.tokens = "cancelled"

@@ -154,6 +154,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.rows: list[Sequence] = []
         self.cache = [BatchKVCache() for _ in model.make_cache()]
+        self.peak_batch = 0  # most sequences decoded together so far
 
     @property
     def busy(self) -> bool:
@@ -176,6 +177,7 @@ class Scheduler:
         self._drop([row for row, sequence in enumerate(self.rows) if sequence.cancelled], store=False)
         if not self.rows:
             return
+        self.peak_batch = max(self.peak_batch, len(self.rows))
         tokens = mx.array([[sequence.generated[-1]] for sequence in self.rows])
         try:
             logits = self.model(tokens, cache=self.cache)[:, -1, :]

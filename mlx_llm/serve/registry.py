@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Callable
 
 from .protocol import RequestError
@@ -96,7 +95,3 @@ class ModelRegistry:
         for worker in workers:
             worker.close(wait=wait)
 
-
-def is_local_spec(spec: str) -> bool:
-    """Whether a ``--model`` value names something on disk (rather than a Hub id)."""
-    return Path(spec).expanduser().exists()
