@@ -29,7 +29,8 @@ class BatchKVCache(KVCache):
     def set_rows(self, keys: mx.array | None, values: mx.array | None, offset: int, padding: list[int]) -> None:
         """Replace the held keys and values (``(B, H, offset, D)``) and the row paddings."""
         self.keys, self.values, self.offset, self.padding = keys, values, offset, list(padding)
-        self.left_padding = mx.array(padding) if padding else None
+        # No padded row: plain integer positions, which take the faster rotary path on the CPU.
+        self.left_padding = mx.array(padding) if any(padding) else None
 
     def make_mask(self, query_length: int, attention_mask: mx.array | None = None):
         """``(B, 1, L, offset + L)`` mask hiding each row's padding (and causal
