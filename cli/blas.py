@@ -1,56 +1,54 @@
-"""Linux: MLX's float32 products on the reference BLAS, and MKL in its place.
+"""Linux: MKL in place of MLX's reference BLAS, for the ``mlx-llm`` command.
 
 MLX's Linux wheel computes float32 matrix products with the reference (netlib)
 BLAS it bundles; preloading MKL makes them many times faster (fine-tuning the
 real MiniLM on 4,000 SST-2 sentences: about 3 minutes with MKL, unfinished
-after 25 without). So:
+after 25 without). `mkl_reexec` decides, before a heavy command reads
+anything, whether ``mlx-llm`` runs itself again with MKL preloaded: on Linux,
+on the CPU, MKL installed in this environment (``pip install
+'mlx-llm-kit[mkl]'``), not preloaded yet, not done once already
+(``MLX_LLM_MKL_REEXEC`` guards against a loop), and not turned off with
+``MLX_LLM_AUTO_MKL=0``. The decision is a pure function of its inputs;
+`reexec_with_mkl` applies it to this process.
 
-- `mkl_reexec` decides, before a heavy command reads anything, whether
-  ``mlx-llm`` runs itself again with MKL preloaded: on Linux, on the CPU, MKL
-  installed in this environment (``pip install 'mlx-llm-kit[mkl]'``), not
-  preloaded yet, not done once already (``MLX_LLM_MKL_REEXEC`` guards against
-  a loop), and not turned off with ``MLX_LLM_AUTO_MKL=0``;
-- `slow_blas_hint` is the line a heavy command prints on stderr when it
-  starts on the reference BLAS all the same, with the exact fix
-  (``MLX_LLM_BLAS_HINT=0`` silences it).
-
-The decisions are pure functions of their inputs; `reexec_with_mkl` and
-`warn_if_slow_blas` apply them to this process.
+A run that starts on the reference BLAS all the same says so once its inputs
+are checked: the library warns (`mlx_llm.cpu_tuning.warn_if_reference_blas`)
+and `show_library_warnings` prints that as one line on stderr.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import click
 
+from mlx_llm.cpu_tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, installed_mkl, slow_blas_hint  # noqa: F401
+
 # Commands whose work is float32 matrix products (training and scoring whole data sets).
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})
-AUTO_VARIABLE = "MLX_LLM_AUTO_MKL"
 GUARD_VARIABLE = "MLX_LLM_MKL_REEXEC"  # set in the re-executed process: never twice
-HINT_VARIABLE = "MLX_LLM_BLAS_HINT"  # 0: no line about the reference BLAS
-MKL_LIBRARY = "libmkl_rt.so.3"
 _OPTIMIZED_BLAS = ("mkl", "openblas", "blis", "flexiblas", "armpl", "atlas")
 _OFF_VALUES = {"0", "false", "no", "off"}
-_MKL_PLATFORMS = ("x86_64", "amd64")  # the mkl wheels exist for Linux x86-64 only
 
 
-def installed_mkl(prefix: str | None = None) -> str | None:
-    """Path of MKL's runtime library installed in this environment (``pip install mkl`` puts it in
-    ``<prefix>/lib``), or ``None``.
+def show_library_warnings() -> None:
+    """Print warnings that mlx_llm raises as one line on stderr (their message),
+    and any other warning as Python does."""
+    default = warnings.showwarning
+    if getattr(default, "mlx_llm_one_line", False):
+        return  # installed already (each CliRunner invocation runs Main.main)
 
-    Args:
-        prefix: The environment's root; ``sys.prefix`` by default.
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("mlx_llm"):
+            click.echo(str(message), err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
 
-    Returns:
-        The absolute path, or ``None`` when the file is absent.
-    """
-    path = Path(prefix or sys.prefix) / "lib" / MKL_LIBRARY
-    return str(path) if path.is_file() else None
+    show.mlx_llm_one_line = True
+    warnings.showwarning = show
 
 
 def _command(arguments: Sequence[str]) -> str | None:
@@ -112,54 +110,3 @@ def reexec_with_mkl() -> None:
     sys.stderr.flush()
     # The interpreter with its own options (-m, -X ...) and the same arguments.
     os.execve(sys.executable, [sys.executable, *original[1:]], {**os.environ, **updates})
-
-
-def slow_blas_hint(
-    system: str, machine: str, on_cpu: bool, reference_blas: bool, mkl: str | None, environ: Mapping[str, str],
-    python: str = "python",
-) -> str | None:
-    """The line that says a command runs on the reference BLAS, and how to fix it.
-
-    Args:
-        system: ``sys.platform``.
-        machine: ``platform.machine()``.
-        on_cpu: Whether MLX's default device is the CPU.
-        reference_blas: Whether MLX computes on the reference BLAS
-            (`mlx_llm.cpu_tuning.reference_blas`).
-        mkl: `installed_mkl`.
-        environ: The environment (``MLX_LLM_BLAS_HINT=0`` silences the line).
-        python: The interpreter to name in the pip command.
-
-    Returns:
-        The line, or ``None`` where the products run on an optimized BLAS or a
-        GPU, or where it is silenced.
-    """
-    if (not system.startswith("linux") or not on_cpu or not reference_blas
-            or environ.get(HINT_VARIABLE, "1").strip().lower() in _OFF_VALUES):
-        return None
-    start = ("mlx-llm: MLX computes float32 matrix products on its bundled reference BLAS here, "
-             "up to 10x slower than MKL")
-    preload = f"LD_PRELOAD={mkl} MKL_THREADING_LAYER=INTEL"
-    if mkl is not None and environ.get(AUTO_VARIABLE, "1").strip().lower() in _OFF_VALUES:
-        return f"{start}; MKL is installed: run with {preload} (or unset {AUTO_VARIABLE} and mlx-llm preloads it)"
-    if mkl is not None:  # installed, but the automatic preload did not take (a program calling main())
-        return f"{start}; MKL is installed: run with {preload}"
-    if machine.lower() not in _MKL_PLATFORMS:
-        return (f"{start}; preload an optimized BLAS, e.g. LD_PRELOAD=/path/to/libopenblas.so.0 "
-                "(OpenBLAS, from your system's packages)")
-    return (f"{start}; fix: {python} -m pip install mkl (or pip install 'mlx-llm-kit[mkl]'), and mlx-llm "
-            "preloads it by itself (set MLX_LLM_AUTO_MKL=0 not to)")
-
-
-def warn_if_slow_blas() -> None:
-    """Print `slow_blas_hint` for this process on stderr, if there is one (first process of a
-    distributed run only). Called at the top of each heavy command."""
-    if os.environ.get("MLX_RANK", "0") != "0":
-        return
-    from mlx_llm.backend import on_cpu
-    from mlx_llm.cpu_tuning import reference_blas
-
-    line = slow_blas_hint(sys.platform, platform.machine(), on_cpu(), reference_blas(), installed_mkl(),
-                          os.environ, sys.executable)
-    if line is not None:
-        click.echo(line, err=True)

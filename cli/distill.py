@@ -81,7 +81,6 @@ def distill(teacher, task, data, valid, out, student_layers, student_config, lay
     predicts and evaluates like any fine-tuned model. A non-empty OUT is
     refused unless --resume or --overwrite is given; OUT is never the TEACHER folder.
     """
-    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.distill import DistillConfig, distill as run
 
     config = DistillConfig(

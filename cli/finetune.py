@@ -69,7 +69,6 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
     evaluate, generate and mlx_llm.load. A non-empty OUT is refused unless
     --resume or --overwrite is given; OUT is never the MODEL folder.
     """
-    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.finetune import FinetuneConfig, finetune as run
 
     config = FinetuneConfig(

@@ -27,10 +27,11 @@ class Main(click.Group):
     """The command group, exiting quietly when stdout's reader goes away."""
 
     def main(self, args=None, *rest, **kwargs):
-        if args is None:  # run as the program, from sys.argv (CliRunner passes its arguments)
-            from .blas import reexec_with_mkl
+        from .blas import reexec_with_mkl, show_library_warnings
 
+        if args is None:  # run as the program, from sys.argv (CliRunner passes its arguments)
             reexec_with_mkl()  # Linux: MKL in place of the reference BLAS, before anything is read (cli/blas.py)
+        show_library_warnings()
         return super().main(args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context):

@@ -131,7 +131,6 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
     checkpoint; it also holds checkpoints/, metrics.jsonl and loss_curve.png.
     Data-parallel on several processes or machines: launch with mlx.launch.
     """
-    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.pretrain import pretrain
 
     if (steps is None) == (epochs is None):
@@ -176,13 +175,16 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 @library_errors
 def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
-    from .blas import warn_if_slow_blas; warn_if_slow_blas()  # Linux: says when the reference BLAS computes
     from mlx_llm.loading import load
     from mlx_llm.pretrain import evaluate_text
 
-    files = _corpus_files("--data", data, data_glob, report=not quiet)
+    files = _corpus_files("--data", data, data_glob, report=False)
     loaded, tokenizer = load(model, dtype=dtype)
     if hasattr(loaded, "encode") or not hasattr(loaded, "make_cache"):
         raise click.UsageError("mlx-llm eval measures causal language models (GPT-2, Llama family)")
+    if not quiet:  # once the inputs are good: a refused run prints only its error
+        from mlx_llm.corpus_files import describe_files
+
+        click.echo(f"--data: {describe_files(files)}", err=True)
     click.echo(json.dumps(evaluate_text(loaded, tokenizer, files, seq_len=seq_len, batch_size=batch_size,
                                           progress=not quiet)))

@@ -6,6 +6,8 @@ Serves only MLX's CPU backend (`mlx_llm.layers` asks it through
 - `reference_blas` tells whether MLX's float32 products run on the reference
   (netlib) BLAS that MLX's Linux wheel bundles, from the libraries the process
   maps and ``LD_PRELOAD`` (`reference_blas_in` decides from those two);
+- `warn_if_reference_blas` says so when training or evaluation starts there,
+  with the exact fix (`slow_blas_hint`);
 - `weight_orders` gives, with an optimized BLAS, the memory order each weight
   shape is read fastest in by a decoding step's one-row product: timed once
   per machine and BLAS (`in_out_is_faster`) and kept in `weight_order_file`.
@@ -21,6 +23,8 @@ import re
 import sys
 import time
 import uuid
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlx.core as mx
@@ -76,6 +80,90 @@ def reference_blas() -> bool:
     if not sys.platform.startswith("linux"):
         return False  # macOS links Accelerate
     return reference_blas_in(_mapped_libraries(), os.environ.get("LD_PRELOAD", ""))
+
+
+# --- The reference BLAS says so: a warning when heavy float32 work starts on it -----------------
+
+MKL_LIBRARY = "libmkl_rt.so.3"
+AUTO_MKL_VARIABLE = "MLX_LLM_AUTO_MKL"  # the mlx-llm command preloads MKL itself unless this is 0
+HINT_VARIABLE = "MLX_LLM_BLAS_HINT"  # 0: no warning about the reference BLAS
+_OFF_VALUES = {"0", "false", "no", "off"}
+_MKL_PLATFORMS = ("x86_64", "amd64")  # the mkl wheels exist for Linux x86-64 only
+
+
+class SlowBLASWarning(UserWarning):
+    """Float32 matrix products run on MLX's bundled reference BLAS (Linux), many times slower than MKL."""
+
+
+def installed_mkl(prefix: str | None = None) -> str | None:
+    """Path of MKL's runtime library installed in this environment (``pip install mkl`` puts it in
+    ``<prefix>/lib``), or ``None``.
+
+    Args:
+        prefix: The environment's root; ``sys.prefix`` by default.
+
+    Returns:
+        The absolute path, or ``None`` when the file is absent.
+    """
+    path = Path(prefix or sys.prefix) / "lib" / MKL_LIBRARY
+    return str(path) if path.is_file() else None
+
+
+def slow_blas_hint(
+    system: str, machine: str, on_cpu: bool, reference_blas: bool, mkl: str | None, environ: Mapping[str, str],
+    python: str = "python",
+) -> str | None:
+    """The line that says a command runs on the reference BLAS, and how to fix it.
+
+    Args:
+        system: ``sys.platform``.
+        machine: ``platform.machine()``.
+        on_cpu: Whether MLX's default device is the CPU.
+        reference_blas: Whether MLX computes on the reference BLAS
+            (`mlx_llm.cpu_tuning.reference_blas`).
+        mkl: `installed_mkl`.
+        environ: The environment (``MLX_LLM_BLAS_HINT=0`` silences the line).
+        python: The interpreter to name in the pip command.
+
+    Returns:
+        The line, or ``None`` where the products run on an optimized BLAS or a
+        GPU, or where it is silenced.
+    """
+    if (not system.startswith("linux") or not on_cpu or not reference_blas
+            or environ.get(HINT_VARIABLE, "1").strip().lower() in _OFF_VALUES):
+        return None
+    start = ("mlx-llm: MLX computes float32 matrix products on its bundled reference BLAS here, "
+             "up to 10x slower than MKL")
+    preload = f"LD_PRELOAD={mkl} MKL_THREADING_LAYER=INTEL"
+    if mkl is not None and environ.get(AUTO_MKL_VARIABLE, "1").strip().lower() in _OFF_VALUES:
+        return f"{start}; MKL is installed: run with {preload} (or unset {AUTO_MKL_VARIABLE} and mlx-llm preloads it)"
+    if mkl is not None:  # installed, but the automatic preload did not take (a program calling main())
+        return f"{start}; MKL is installed: run with {preload}"
+    if machine.lower() not in _MKL_PLATFORMS:
+        return (f"{start}; preload an optimized BLAS, e.g. LD_PRELOAD=/path/to/libopenblas.so.0 "
+                "(OpenBLAS, from your system's packages)")
+    return (f"{start}; fix: {python} -m pip install mkl (or pip install 'mlx-llm-kit[mkl]'), and mlx-llm "
+            "preloads it by itself (set MLX_LLM_AUTO_MKL=0 not to)")
+
+
+_warned = False
+
+
+def warn_if_reference_blas() -> None:
+    """Warn (`SlowBLASWarning`, once per process, first process of a distributed
+    run only) that heavy float32 work is starting on the reference BLAS, with the
+    fix. Called where training and evaluation start, after their inputs were
+    checked, so that a refused run prints only its error."""
+    global _warned
+    if _warned or os.environ.get("MLX_RANK", "0") != "0":
+        return
+    _warned = True
+    from .backend import on_cpu
+
+    line = slow_blas_hint(sys.platform, platform.machine(), on_cpu(), reference_blas(), installed_mkl(),
+                          os.environ, sys.executable)
+    if line is not None:
+        warnings.warn(line, SlowBLASWarning, stacklevel=2)
 
 
 # --- Weight order with an optimized BLAS: measured once per machine -----------------------------

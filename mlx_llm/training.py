@@ -29,6 +29,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from .cpu_tuning import warn_if_reference_blas
 from .hub import atomic_output_dir, read_json, write_json
 
 Batch = dict[str, mx.array]
@@ -511,6 +512,7 @@ class Trainer:
             if checkpoint is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
             self.restore(checkpoint)
+        warn_if_reference_blas()  # Linux: the products would run many times faster on MKL
         self.model.train()
         config = self.config
         batches = iter(self.train_data)

@@ -121,3 +121,17 @@ def test_eval_re_runs_itself_with_mkl_and_says_nothing(tmp_path):
     completed = _eval(tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert "reference BLAS" not in completed.stderr and '"perplexity"' in completed.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reference BLAS is MLX's Linux wheel's")
+def test_a_refused_run_prints_only_its_error(tmp_path):
+    # The warning comes when the work starts, after the inputs are checked: bad input stays one line.
+    env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "MLX_LLM_MKL_REEXEC")}
+    env.update({"MLX_LLM_BLAS_HINT": "1", "MLX_LLM_AUTO_MKL": "0"})
+    missing = tmp_path / "missing-model"
+    completed = subprocess.run(
+        [sys.executable, "-m", "mlx_llm_cli.main", "eval", str(missing), "--data", str(demo_model_path() / "run.json")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert "reference BLAS" not in completed.stderr
