@@ -3,7 +3,9 @@ environment that holds only the built wheel, from a folder outside the clone.
 
 It checks that the package comes from site-packages (not the source tree), that every
 module imports, that `mlx-llm --version` and every subcommand's `--help` work, and that
-`mlx-llm generate` runs the built-in demo model with no network. It prints one line per
+`mlx-llm generate` runs the built-in demo model with no network. With `--bare` (the wheel
+installed without extras) a module may fail to import only for want of a package of one of
+its extras, and `mlx-llm serve` must say which extra to install. It prints one line per
 check and ends with "N passed, N failed"; the exit code is 1 if any check failed.
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import click
 
 CHECKS: list[tuple[str, bool, str]] = []
+# Packages that only an extra installs (pyproject.toml's optional dependencies).
+EXTRA_PACKAGES = {"starlette": "serve", "uvicorn": "serve", "gguf": "gguf"}
 
 
 def check(name: str, ok: bool, detail: str = "") -> None:
@@ -42,17 +46,23 @@ def check_origin() -> None:
         check(f"{package.__name__} imports from site-packages", site in origin.parents, str(origin))
 
 
-def check_imports() -> None:
+def check_imports(bare: bool) -> None:
     for root in ("mlx_llm", "mlx_llm_cli"):
         package = importlib.import_module(root)
         names = [root] + [info.name for info in pkgutil.walk_packages(package.__path__, prefix=f"{root}.")]
-        failed = []
+        failed, need_extras = [], []
         for name in names:
             try:
                 importlib.import_module(name)
+            except ModuleNotFoundError as error:
+                if bare and error.name in EXTRA_PACKAGES:
+                    need_extras.append(f"{name} [{EXTRA_PACKAGES[error.name]}]")
+                else:
+                    failed.append(f"{name} ({error})")
             except Exception as error:  # noqa: BLE001 - report every failing module, not the first
                 failed.append(f"{name} ({type(error).__name__}: {error})")
-        check(f"all {len(names)} modules of {root} import", not failed, "; ".join(failed))
+        needing = f" (without extras: {', '.join(need_extras)} need theirs)" if need_extras else ""
+        check(f"all {len(names)} modules of {root} import{needing}", not failed, "; ".join(failed))
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -88,12 +98,22 @@ def check_generate(executable: str) -> None:
           info.stdout + info.stderr[-500:])
 
 
+def check_serve_without_extra(executable: str) -> None:
+    result = run([executable, "serve", "--model", "x"])
+    check("mlx-llm serve without its extra names the install command, exit 2",
+          result.returncode == 2 and "mlx-llm-kit[serve]" in result.stderr
+          and len(result.stderr.strip().splitlines()) == 1, f"exit {result.returncode}: {result.stderr[-500:]}")
+
+
 def main() -> int:
+    bare = "--bare" in sys.argv[1:]
     executable = str(Path(sys.executable).parent / "mlx-llm")
     check_origin()
-    check_imports()
+    check_imports(bare)
     check_commands(executable)
     check_generate(executable)
+    if bare:
+        check_serve_without_extra(executable)
     failed = sum(not ok for _, ok, _ in CHECKS)
     print(f"wheel: {len(CHECKS) - failed} passed, {failed} failed")
     return 1 if failed else 0
