@@ -118,6 +118,25 @@ def print_statistics(response) -> None:
     )
 
 
+def load_for_generation(model, dtype, revision, system, stop):
+    """Check the text options, then load the model (the demo by default) and check that it
+    generates: what generate and chat share.
+
+    Returns:
+        The model, its tokenizer, the system message and the stop strings (escapes applied).
+    """
+    from mlx_llm.generate import check_can_generate
+    from mlx_llm.loading import load
+
+    if system is not None:
+        system = valid_text(system, "the system message")
+    stop = [unescape_stop(valid_text(text, "--stop")) for text in stop]
+    model = resolve_model(model)
+    loaded, tokenizer = load(model, dtype=dtype, revision=revision)
+    check_can_generate(loaded, name=model)
+    return loaded, tokenizer, system, stop
+
+
 @click.command()
 @sampling_options
 @click.option("--prompt", "-p", required=True, help="The prompt, or '-' to read it from standard input.")
@@ -134,18 +153,12 @@ def generate(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, s
     Sampling options left unset come from the model's generation_config.json
     (as transformers reads it), else greedy decoding; --temp 0 is always greedy.
     """
-    from mlx_llm.generate import check_can_generate, stream_generate
-    from mlx_llm.loading import load
+    from mlx_llm.generate import stream_generate
 
     prompt = read_stdin("the prompt") if prompt == "-" else valid_text(prompt, "the prompt")
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="--prompt")
-    if system is not None:
-        system = valid_text(system, "the system message")
-    stop = [unescape_stop(valid_text(text, "--stop")) for text in stop]
-    model = resolve_model(model)
-    loaded, tokenizer = load(model, dtype=dtype, revision=revision)
-    check_can_generate(loaded, name=model)
+    loaded, tokenizer, system, stop = load_for_generation(model, dtype, revision, system, stop)
     settings = sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
     use_template = tokenizer.chat_template is not None if chat_template is None else chat_template
     if use_template and tokenizer.chat_template is None:
@@ -180,15 +193,8 @@ def chat(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed,
     Ctrl-C stops the current answer.
     """
     from mlx_llm.chat import ChatSession
-    from mlx_llm.generate import check_can_generate
-    from mlx_llm.loading import load
 
-    if system is not None:
-        system = valid_text(system, "the system message")
-    stop = [unescape_stop(valid_text(text, "--stop")) for text in stop]
-    model = resolve_model(model)
-    loaded, tokenizer = load(model, dtype=dtype, revision=revision)
-    check_can_generate(loaded, name=model)
+    loaded, tokenizer, system, stop = load_for_generation(model, dtype, revision, system, stop)
     if seed is not None:
         import mlx.core as mx
 
