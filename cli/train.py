@@ -32,7 +32,7 @@ def tokenizer() -> None:
 @library_errors
 def train_tokenizer_command(inputs, vocab_size, model_type, bert, out, overwrite) -> None:
     """Train a sentencepiece tokenizer (byte fallback) that mlx_llm.load and the trainer use."""
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.tokenization import Tokenizer
     from mlx_llm.tokenizer_training import train_tokenizer
 
     folder = train_tokenizer(list(inputs), vocab_size, out, model_type=model_type, bert_special_tokens=bert,

@@ -18,7 +18,7 @@ from .chat import ChatSession
 from .embeddings import embed
 from .generate import GenerationResponse, batch_generate, generate, stream_generate
 from .loading import convert, describe, load, load_model
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 from .transformer import (
     EncoderDecoder,
     TransformerDecoder,

@@ -57,7 +57,7 @@ from .models import get_family
 from .objectives import IGNORE, CausalLMObjective, MaskedLMObjective
 from .pretrain import build_model, save_model
 from .run_folders import RunFolder
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 from .training import Trainer, TrainingConfig, evaluate_objective
 from .utils import num_parameters
 

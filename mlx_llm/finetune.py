@@ -32,7 +32,7 @@ from .lora import LoRAConfig, apply_lora, save_adapters
 from .objectives import CausalLMObjective, SequenceClassificationObjective, TokenClassificationObjective
 from .pretrain import save_model
 from .run_folders import RunFolder
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 from .training import Trainer, TrainingConfig, evaluate_objective
 
 TASKS = ("classify", "tag", "lm")

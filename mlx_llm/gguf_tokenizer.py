@@ -24,7 +24,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from .gguf import GGUFFile, open_gguf
-from .tokenizer import Tokenizer, _byte_level_table, _TokenizersBackend
+from .tokenization.backends import TokenizersBackend, byte_level_table
+from .tokenization.tokenizer import Tokenizer
 
 TOKENIZER_MODELS = ("gpt2", "llama")
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types (those of SentencePiece)
@@ -47,7 +48,7 @@ SPLIT_PATTERNS = {
 def _byte_level_spelling(token: str) -> str:
     """A vocabulary entry in the byte-level alphabet: entries already spelled in it
     stay, others (written as plain UTF-8 by some converters) are re-spelled."""
-    table = _byte_level_table()
+    table = byte_level_table()
     if all(char in table for char in token):
         return token
     alphabet = {byte: char for char, byte in table.items()}
@@ -175,7 +176,7 @@ def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
     file = open_gguf(path)
     rust_tokenizer, settings = build_gguf_tokenizer(file)
     return Tokenizer(
-        _TokenizersBackend(rust_tokenizer, clean_up_spaces=False),
+        TokenizersBackend(rust_tokenizer, clean_up_spaces=False),
         {name: settings.get(f"{name}_token") for name in ("bos", "eos", "unk", "pad")},
         eos_token_ids=settings["eos_token_ids"],
         chat_template=settings["chat_template"],

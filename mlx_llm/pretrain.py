@@ -31,7 +31,7 @@ from .loading import DTYPES, FORMAT_KEY, FORMAT_VERSION
 from .models import get_family
 from .objectives import BertPretrainingObjective, CausalLMObjective
 from .run_folders import RunFolder
-from .tokenizer import Tokenizer
+from .tokenization import Tokenizer
 from .tokenizer_training import train_tokenizer
 from .training import Trainer, TrainingConfig, TrainResult
 from .utils import num_parameters
