@@ -83,7 +83,7 @@ from pathlib import Path
 import numpy as np
 from common import blas_in_use
 
-from mlx_llm import finetune_data as data
+from mlx_llm import data
 from mlx_llm.hub import read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def train_teacher(options, train_file: Path, valid_file: Path, folder: Path) -> 
 
 def speed_batch(teacher_folder: Path, valid: list[data.ClassificationExample], size: int) -> dict:
     """The first ``size`` validation sentences, tokenized as the runs do, as one padded batch."""
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.tokenization import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(teacher_folder)
     labels = data.LabelSet(read_json(teacher_folder / "finetune.json")["labels"])
@@ -319,7 +319,7 @@ def run_decoder(options, work: Path) -> dict:
     from mlx_llm.data import CausalLMBatches, tokenize_corpus
     from mlx_llm.distill import DistillConfig, distill, load_teacher, measure_speed
     from mlx_llm.loading import load_model
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.tokenization import Tokenizer
 
     settings = DECODER_SETTINGS
     teacher_path = repo_path(settings["teacher"])

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from common import blas_in_use
 
-from mlx_llm import finetune_data as data
+from mlx_llm import data
 from mlx_llm.metrics import accuracy, entity_scores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -207,11 +207,11 @@ def quantize_predicate(group_size: int):
 
 
 def run_mlx_llm(checkpoint: Path, data: Path, options) -> dict:
-    from mlx_llm.finetune_data import InstructionBatches, encode_instructions, read_instructions
+    from mlx_llm.data import InstructionBatches, encode_instructions, read_instructions
     from mlx_llm.loading import load_model, quantization_predicate
     from mlx_llm.lora import LoRAConfig, apply_lora
     from mlx_llm.objectives import CausalLMObjective
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.tokenization import Tokenizer
     from mlx_llm.training import Trainer, TrainingConfig
 
     # What mlx_llm.finetune.finetune builds for task="lm", lora=True.
@@ -302,8 +302,8 @@ def check_same_tokens(checkpoint: Path, data: Path, max_length: int) -> str:
     """Whether both pipelines give the same ids and learned positions for the training records."""
     from mlx_lm import load
     from mlx_lm.tuner.datasets import load_local_dataset
-    from mlx_llm.finetune_data import encode_instructions, read_instructions
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.data import encode_instructions, read_instructions
+    from mlx_llm.tokenization import Tokenizer
 
     ours = encode_instructions(read_instructions(data / "train.jsonl"), Tokenizer.from_pretrained(checkpoint),
                                max_length, mask_prompt=True)

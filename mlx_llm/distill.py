@@ -22,7 +22,6 @@ causal-LM distillation of decoders (``lm``).
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,12 +34,14 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import finetune as finetuning
+from .data import steps_for
 from .export import dequantize_model
 from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
 from .layers import Linear
 from .loading import DTYPES, load_model
 from .losses import (
+    IGNORE_INDEX,
     attention_score_mse_loss,
     binary_cross_entropy_with_logits,
     cosine_embedding_loss,
@@ -54,7 +55,7 @@ from .losses import (
 )
 from .lora import fuse_lora
 from .models import get_family
-from .objectives import IGNORE, CausalLMObjective, MaskedLMObjective
+from .objectives import CausalLMObjective, MaskedLMObjective
 from .pretrain import build_model, save_model
 from .run_folders import RunFolder
 from .tokenization import Tokenizer
@@ -265,9 +266,9 @@ class DistillationObjective:
     # which positions each term averages over
     def _soft_positions(self, batch: dict) -> mx.array | None:
         if self.task == "mlm":
-            return batch["mlm_labels"] != IGNORE
+            return batch["mlm_labels"] != IGNORE_INDEX
         if self.task == "lm":
-            return batch["targets"] != IGNORE
+            return batch["targets"] != IGNORE_INDEX
         if self.task == "tag":
             return batch["attention_mask"] != 0
         return None  # one distribution per sequence
@@ -285,11 +286,11 @@ class DistillationObjective:
             counts["soft"] = mx.array(rows) if soft_positions is None else soft_positions.sum()
         if self.weights.hard:
             if self.task == "mlm":
-                counts["hard"] = (batch["mlm_labels"] != IGNORE).sum()
+                counts["hard"] = (batch["mlm_labels"] != IGNORE_INDEX).sum()
             elif self.task == "lm":
-                counts["hard"] = (batch["targets"] != IGNORE).sum()
+                counts["hard"] = (batch["targets"] != IGNORE_INDEX).sum()
             elif self.task == "tag":
-                counts["hard"] = (batch["labels"] != IGNORE).sum()
+                counts["hard"] = (batch["labels"] != IGNORE_INDEX).sum()
             else:
                 counts["hard"] = mx.array(batch["labels"].size)
         tokens = self._token_positions(batch).sum()
@@ -680,7 +681,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
                                                tokenizer, labels, info)
             valid = finetuning._batches(config.task, valid_encoded, config.batch_size, pad_id, info, shuffle=False)
             evaluation = valid.evaluation_batches
-        epoch_batches = train.epoch_batches
+        epoch_batches = train.batches_per_epoch
         if config.cache_teacher:
             teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare(), config.task)
             train.include_indices = True
@@ -692,7 +693,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
         task_objective=task_objective, teacher_logits=teacher_logits,
     )
 
-    steps = config.steps or max(1, math.ceil(config.epochs * epoch_batches))
+    steps = config.steps or steps_for(config.epochs, epoch_batches)
     training = TrainingConfig(
         steps=steps, learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * steps),
         schedule="linear", weight_decay=config.weight_decay, betas=(0.9, 0.999), max_grad_norm=config.max_grad_norm,

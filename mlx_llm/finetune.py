@@ -12,7 +12,6 @@ trainer's ``metrics.jsonl``, ``loss_curve.png``, ``checkpoints/`` and ``best/``.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from . import finetune_data as data
+from . import data
 from .export import hf_architecture
 from .heads import task_logits
 from .hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
@@ -338,8 +337,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         eval_data = _batches(config.task, valid_encoded, config.batch_size, pad_id, info,
                              shuffle=False).evaluation_batches
 
-    steps_per_epoch = max(1, math.ceil(train_batches.epoch_batches / config.grad_accum))
-    steps = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    # Each epoch rounds up to whole optimizer steps, so evaluation at every epoch lands on one.
+    steps_per_epoch = data.steps_for(1, train_batches.batches_per_epoch, config.grad_accum)
+    steps = config.steps or data.steps_for(config.epochs, steps_per_epoch)
     learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
     best_metric = config.best_metric or (_default_best_metric(info) if eval_data is not None else None)
     training = TrainingConfig(

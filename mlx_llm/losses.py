@@ -7,12 +7,14 @@ import math
 import mlx.core as mx
 
 REDUCTIONS = ("mean", "sum", "none")
+# Targets and labels equal to this are not scored (Hugging Face's and PyTorch's convention).
+IGNORE_INDEX = -100
 
 
 def cross_entropy(
     logits: mx.array,
     targets: mx.array,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
 ) -> mx.array:
     """Token-level cross-entropy ``logsumexp(logits) - logits[target]``.
@@ -45,7 +47,7 @@ def cross_entropy(
     return total / mx.maximum(keep.sum(), 1)
 
 
-def causal_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = -100, reduction: str = "mean") -> mx.array:
+def causal_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> mx.array:
     """Next-token loss: position ``t`` predicts ``labels[t + 1]``.
 
     The shift is done here, as in Hugging Face, so ``labels`` are the input
@@ -64,7 +66,7 @@ def causal_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = -100,
     return cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=ignore_index, reduction=reduction)
 
 
-def masked_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = -100, reduction: str = "mean") -> mx.array:
+def masked_lm_loss(logits: mx.array, labels: mx.array, ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> mx.array:
     """Masked-LM loss: cross-entropy at the masked positions only (labels elsewhere
     are ``ignore_index``); the mean is over masked positions."""
     return cross_entropy(logits, labels, ignore_index=ignore_index, reduction=reduction)

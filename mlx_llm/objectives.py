@@ -13,9 +13,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .heads import task_logits
-from .losses import binary_cross_entropy_with_logits, cross_entropy, mean_squared_error
-
-IGNORE = -100
+from .losses import IGNORE_INDEX, binary_cross_entropy_with_logits, cross_entropy, mean_squared_error
 
 
 class CausalLMObjective:
@@ -23,7 +21,7 @@ class CausalLMObjective:
     already shifted; ``-100`` where nothing is predicted)."""
 
     def counts(self, batch: dict) -> dict[str, mx.array]:
-        return {"lm": (batch["targets"] != IGNORE).sum()}
+        return {"lm": (batch["targets"] != IGNORE_INDEX).sum()}
 
     def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
         logits = model(batch["input_ids"], batch.get("attention_mask"))
@@ -40,7 +38,7 @@ class MaskedLMObjective:
     the mean over masked tokens, and validation adds their accuracy."""
 
     def counts(self, batch: dict) -> dict[str, mx.array]:
-        return {"loss": (batch["mlm_labels"] != IGNORE).sum()}
+        return {"loss": (batch["mlm_labels"] != IGNORE_INDEX).sum()}
 
     def _logits(self, model: nn.Module, batch: dict) -> mx.array:
         segments = batch.get("token_type_ids") if model.args.type_vocab_size > 0 else None  # DistilBERT has none
@@ -52,7 +50,7 @@ class MaskedLMObjective:
     def evaluate(self, model: nn.Module, batch: dict) -> dict[str, tuple[mx.array, mx.array]]:
         logits, labels = self._logits(model, batch), batch["mlm_labels"]
         count = self.counts(batch)["loss"]
-        correct = ((logits.argmax(-1) == labels) & (labels != IGNORE)).sum()
+        correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
         return {"loss": (cross_entropy(logits, labels, reduction="sum"), count), "accuracy": (correct, count)}
 
 
@@ -63,7 +61,7 @@ class BertPretrainingObjective:
     the NSP mean over sequences, as in BERT."""
 
     def counts(self, batch: dict) -> dict[str, mx.array]:
-        return {"mlm": (batch["mlm_labels"] != IGNORE).sum(), "nsp": mx.array(batch["next_sentence_label"].shape[0])}
+        return {"mlm": (batch["mlm_labels"] != IGNORE_INDEX).sum(), "nsp": mx.array(batch["next_sentence_label"].shape[0])}
 
     def _outputs(self, model: nn.Module, batch: dict):
         return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -77,7 +75,7 @@ class BertPretrainingObjective:
 
     def evaluate(self, model: nn.Module, batch: dict) -> dict[str, tuple[mx.array, mx.array]]:
         output = self._outputs(model, batch)
-        labels, masked = batch["mlm_labels"], batch["mlm_labels"] != IGNORE
+        labels, masked = batch["mlm_labels"], batch["mlm_labels"] != IGNORE_INDEX
         counts = self.counts(batch)
         mlm = cross_entropy(output.mlm_logits, labels, reduction="sum")
         nsp = cross_entropy(output.nsp_logits, batch["next_sentence_label"], reduction="sum")
@@ -175,7 +173,7 @@ class TokenClassificationObjective:
         self.scheme = scheme
 
     def counts(self, batch: dict) -> dict[str, mx.array]:
-        return {"loss": (batch["labels"] != IGNORE).sum()}
+        return {"loss": (batch["labels"] != IGNORE_INDEX).sum()}
 
     def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
         return {"loss": cross_entropy(task_logits(model, batch), batch["labels"], reduction="sum")}
@@ -194,7 +192,7 @@ class TokenClassificationObjective:
             mx.eval(batch_loss, predictions)
             loss += float(batch_loss)
             predictions, labels = np.array(predictions), np.array(labels)
-            scored = labels != IGNORE  # each word's first sub-token
+            scored = labels != IGNORE_INDEX  # each word's first sub-token
             count += int(scored.sum())
             correct += int((predictions[scored] == labels[scored]).sum())
             if self.tag_names is not None:

@@ -22,6 +22,7 @@ from .data import (
     read_documents,
     split_documents,
     split_tokens,
+    steps_for,
     tokenize_corpus,
     tokenize_documents_for_bert,
 )
@@ -321,7 +322,7 @@ def pretrain(
             arch, data, valid_data, loaded_tokenizer, out, seq_len, batch_size, validation_fraction, seed, world,
             progress, **text_options)
 
-        total_steps = steps if steps is not None else max(1, math.ceil(epochs * batches_per_epoch / grad_accum))
+        total_steps = steps if steps is not None else steps_for(epochs, batches_per_epoch, grad_accum)
         training = TrainingConfig(
             steps=total_steps, grad_accum=grad_accum, learning_rate=learning_rate,
             min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
@@ -443,21 +444,21 @@ def evaluate_text(
     windows = [tokens[start : start + seq_len + 1] for start in range(0, len(tokens) - 1, seq_len)]
     from tqdm import tqdm
 
-    from .losses import cross_entropy
+    from .losses import IGNORE_INDEX, cross_entropy
 
     bar = tqdm(total=len(windows), unit="window", file=sys.stderr, dynamic_ncols=True, disable=not progress)
     for start in range(0, len(windows), batch_size):
         group = windows[start : start + batch_size]
         width = max(len(window) for window in group)
         inputs = np.zeros((len(group), width - 1), dtype=np.int32)
-        targets = np.full((len(group), width - 1), -100, dtype=np.int32)
+        targets = np.full((len(group), width - 1), IGNORE_INDEX, dtype=np.int32)
         for row, window in enumerate(group):
             inputs[row, : len(window) - 1] = window[:-1]
             targets[row, : len(window) - 1] = window[1:]
         logits = model(mx.array(inputs))
         loss = cross_entropy(logits, mx.array(targets), reduction="sum")
         total += float(loss)
-        count += int((targets != -100).sum())
+        count += int((targets != IGNORE_INDEX).sum())
         bar.update(len(group))
         bar.set_postfix(loss=f"{total / count:.4f}")
     bar.close()

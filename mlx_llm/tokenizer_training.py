@@ -27,7 +27,7 @@ from pathlib import Path
 
 import sentencepiece
 
-from .data import PathLike, read_documents
+from .data.documents import PathLike, read_documents
 from .hub import atomic_output_dir, write_json
 
 MODEL_TYPES = ("bpe", "unigram")

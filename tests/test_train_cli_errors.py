@@ -258,7 +258,8 @@ def test_library_messages_name_flags_not_only_arguments():
     import re
 
     root = Path(__file__).resolve().parents[1] / "mlx_llm"
-    for module in ("data.py", "finetune_data.py", "tokenizer_training.py", "pretrain.py", "corpus_files.py"):
+    data_modules = [str(path.relative_to(root)) for path in sorted((root / "data").glob("*.py"))]
+    for module in (*data_modules, "tokenizer_training.py", "pretrain.py", "corpus_files.py"):
         source = (root / module).read_text()
         for argument in ("label_column=<", "text_column=<", "split_on_blank_lines=True", "next_sentence_probability=1",
                          "vocab_size >="):
