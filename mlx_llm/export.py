@@ -89,7 +89,8 @@ def export_to_hf(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     if not hasattr(family, "export_hf_weights"):
         raise ValueError(f"exporting {config['model_type']} models to transformers is not supported")
     weights = family.export_hf_weights(dict(tree_flatten(model.parameters())), args)
-    hf_config = {key: value for key, value in config.items() if key not in (FORMAT_KEY, "quantization")}
+    hf_config = {key: value for key, value in config.items()
+                 if key not in (FORMAT_KEY, "quantization", "quantization_config")}  # the weights are float now
     hf_config["architectures"] = [hf_architecture(config["model_type"], task)]
     stored = next(iter(weights.values())).dtype
     hf_config["torch_dtype"] = hf_config["dtype"] = next(name for name, value in DTYPES.items() if value == stored)

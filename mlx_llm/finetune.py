@@ -26,8 +26,11 @@ from . import data
 from .export import hf_architecture
 from .heads import task_logits
 from .hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
-from .loading import ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, load_model, quantization_predicate, read_config
+from .loading import (ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, OWN_NAMES_VERSION, load_model,
+                      quantization_predicate, read_config)
 from .lora import LoRAConfig, apply_lora, save_adapters
+from .mlx_lm_layout import mlx_lm_folder
+from .models import get_family
 from .objectives import CausalLMObjective, SequenceClassificationObjective, TokenClassificationObjective
 from .pretrain import save_model
 from .run_folders import RunFolder
@@ -555,15 +558,13 @@ def fuse(model_dir: str | Path, out: str | Path, dequantize: bool = False, overw
         raise FileNotFoundError(f"{folder} has no {ADAPTER_CONFIG}: there are no LoRA adapters to fuse")
     model, config = load_model(folder)
     fuse_lora(model, dequantize=dequantize)
-    config = {**config, FORMAT_KEY: {"format_version": FORMAT_VERSION, "trained_by": "mlx_llm"}}
-    adapter_config = read_json(folder / ADAPTER_CONFIG)
     if dequantize:
         dequantize_model(model)
-        config.pop("quantization", None)
-    elif adapter_config.get("quantization"):
-        config["quantization"] = adapter_config["quantization"]
+    # mlx-lm's layout; the quantization record is built from the fused model's modules.
+    weights, config = mlx_lm_folder(model, config, get_family(config["model_type"]), {"trained_by": "mlx_llm"},
+                                    FORMAT_VERSION, OWN_NAMES_VERSION)
     with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
-        save_safetensors(dict(tree_flatten(model.parameters())), staging)
+        save_safetensors(weights, staging)
         write_json(config, staging / "config.json")
         copy_tokenizer_files(folder, staging)
         if (folder / RUN_FILE).is_file():

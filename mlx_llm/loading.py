@@ -24,14 +24,20 @@ from .hub import (
 )
 from .gguf import is_gguf_file
 from .layers import relayout
+from .mlx_lm_layout import mlx_lm_folder, quantization_record, quantize_as_stored
 from .models import get_family
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-QUANTIZATION_BITS = (4, 8)
-# Marks a folder written by `convert`: weights already carry mlx_llm's names.
+QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)
+# Marks a folder written by this project (`convert`, `fuse`, training).
 FORMAT_KEY = "mlx_llm"
-# 2: GPT-2's attention keeps one fused qkv_proj (format 1 had q_proj, k_proj, v_proj).
-FORMAT_VERSION = 2
+# 3: mlx-lm's layout (Hugging Face tensor names, mlx-lm's quantization record), so that
+#    mlx-lm and other MLX tools load the folder; `mlx_lm_layout`.
+# 2: this project's module names; GPT-2's attention keeps one fused qkv_proj.
+# 1: as 2, with GPT-2's q_proj, k_proj, v_proj apart.
+# Folders of families without Hugging Face names for their tensors (T5) are still written as 2.
+FORMAT_VERSION = 3
+OWN_NAMES_VERSION = 2
 
 
 def _dtype(name: str | None) -> mx.Dtype | None:
@@ -97,14 +103,20 @@ HEAD_PREFIXES = ("classifier.", "head.", "mlm_head.", "nsp_head.", "lm_head.", "
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def upgrade_weights(family, weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
-    """Weights mlx_llm saved in an older format, in today's names and layouts."""
-    version = config[FORMAT_KEY].get("format_version", 1)
+def check_format_version(config: dict) -> None:
+    """Raise a ``ValueError`` for a folder written by a newer mlx_llm."""
+    version = config.get(FORMAT_KEY, {}).get("format_version", 1)
     if version > FORMAT_VERSION:
         raise ValueError(
             f"this checkpoint was written by a newer mlx_llm (format {version}; this one reads up to "
             f"{FORMAT_VERSION}); upgrade mlx_llm"
         )
+
+
+def upgrade_weights(family, weights: dict[str, mx.array], config: dict) -> dict[str, mx.array]:
+    """Weights mlx_llm saved in this project's names (formats 1 and 2), in today's names and layouts."""
+    check_format_version(config)
+    version = config[FORMAT_KEY].get("format_version", 1)
     upgrade = getattr(family, "upgrade_weights", None)
     return weights if upgrade is None else upgrade(weights, version)
 
@@ -160,21 +172,16 @@ def load_model(
     family = get_family(model_config.get("model_type"))
     args = family.ModelArgs.from_config(model_config)
     model = family.Model(args)
+    quantization = quantization_record(config)  # before the weights load: a bad record fails fast
     weights = load_safetensors(find_weight_files(folder))
-    if FORMAT_KEY not in config:
-        weights = family.convert_hf_weights(weights, args)
+    if FORMAT_KEY in config and config[FORMAT_KEY].get("format_version", 1) <= OWN_NAMES_VERSION:
+        weights = upgrade_weights(family, weights, config)  # written here in this project's names
     else:
-        weights = upgrade_weights(family, weights, config)
-    quantization = config.get("quantization")
+        check_format_version(config)
+        weights = family.convert_hf_weights(weights, args)  # Hugging Face or mlx-lm layout
     if quantization is not None:
-        quantized = {name.removesuffix(".scales") for name in weights if name.endswith(".scales")}
-        nn.quantize(
-            model,
-            group_size=quantization["group_size"],
-            bits=quantization["bits"],
-            # A module's own entry gives its bits where they differ (GGUF files mix 4- and 8-bit tensors).
-            class_predicate=lambda path, module: path in quantized and quantization.get(path, True),
-        )
+        # Each module as stored: mixed bits (mlx-lm recipes, GGUF files) and float modules included.
+        quantize_as_stored(model, quantization, weights)
     if task_config is not None:
         weights.update(_fresh_heads(model, weights, model_config.get("initializer_range", 0.02)))
     check_weights(model, weights, str(folder))
@@ -265,14 +272,15 @@ def convert(
 
     Writes MLX safetensors (sharded with an index past ``max_shard_size``),
     ``config.json`` (recording dtype and quantization) and the tokenizer
-    files, into a temporary folder renamed to ``out`` only on success.
+    files, into a temporary folder renamed to ``out`` only on success, in
+    mlx-lm's layout (`mlx_llm.mlx_lm_layout`): ``mlx_lm.load`` reads it too.
 
     Args:
         source: Local folder, Hub repository id, or ``.gguf`` file (its tokenizer is written as ``tokenizer.json``).
         out: Output folder; must not exist (or be empty) unless ``overwrite``.
         dtype: Cast floating weights to this type.
         quantize: Quantize linear and embedding layers.
-        bits: 4 or 8.
+        bits: 2, 3, 4, 5, 6 or 8.
         group_size: Elements per quantization group (32, 64 or 128).
         revision: Hub revision of ``source``.
         overwrite: Replace an existing ``out``.
@@ -291,13 +299,13 @@ def convert(
         if "quantization" in config:
             raise ValueError(f"{source} is already quantized ({config['quantization']})")
         nn.quantize(model, group_size=group_size, bits=bits, class_predicate=quantization_predicate(group_size))
-        config["quantization"] = {"group_size": group_size, "bits": bits}
-    weights = dict(tree_flatten(model.parameters()))
-    floating = [w.dtype for w in weights.values() if mx.issubdtype(w.dtype, mx.floating)]
+    floating = [w.dtype for _, w in tree_flatten(model.parameters()) if mx.issubdtype(w.dtype, mx.floating)]
     if floating:
         dtype_name = next(name for name, value in DTYPES.items() if value == floating[0])
         config["torch_dtype"] = config["dtype"] = dtype_name
-    config[FORMAT_KEY] = {"format_version": FORMAT_VERSION, "converted_from": str(source)}
+    # mlx-lm's layout, with the quantization record built from the modules as they are.
+    weights, config = mlx_lm_folder(model, config, get_family(config["model_type"]),
+                                    {"converted_from": str(source)}, FORMAT_VERSION, OWN_NAMES_VERSION)
     with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
         files = save_safetensors(weights, staging, max_shard_size=max_shard_size)
         write_json(config, staging / "config.json")

@@ -14,7 +14,7 @@ from typing import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_map_with_path
+from mlx.utils import tree_map_with_path
 
 from .data import (
     BertPretrainingBatches,
@@ -28,7 +28,8 @@ from .data import (
 )
 from .cpu_tuning import warn_if_reference_blas
 from .hub import copy_tokenizer_files, read_json, save_safetensors, write_json
-from .loading import DTYPES, FORMAT_KEY, FORMAT_VERSION
+from .loading import DTYPES, FORMAT_VERSION, OWN_NAMES_VERSION
+from .mlx_lm_layout import mlx_lm_folder
 from .models import get_family
 from .objectives import BertPretrainingObjective, CausalLMObjective
 from .run_folders import RunFolder
@@ -162,15 +163,16 @@ def build_model(config: dict) -> nn.Module:
 
 def save_model(model: nn.Module, config: dict, folder: Path, tokenizer_dir: Path | None, dtype: str | None = None) -> None:
     """Write ``model.safetensors``, ``config.json`` and the tokenizer files into
-    ``folder`` (each file atomically), so that `load` reads the folder."""
-    weights = dict(tree_flatten(model.parameters()))
-    if dtype is not None:
-        weights = {name: value.astype(DTYPES[dtype]) for name, value in weights.items()}
+    ``folder`` (each file atomically), so that `load` reads the folder, in
+    mlx-lm's layout (`mlx_llm.mlx_lm_layout`) so that mlx-lm does too."""
+    family = get_family(config.get("model_type"))
+    weights, config = mlx_lm_folder(model, config, family, {"trained_by": "mlx_llm"}, FORMAT_VERSION, OWN_NAMES_VERSION)
+    if dtype is not None:  # floating tensors only: packed quantized weights stay as they are
+        weights = {name: value.astype(DTYPES[dtype]) if mx.issubdtype(value.dtype, mx.floating) else value
+                   for name, value in weights.items()}
     save_safetensors(weights, folder)
-    stored = next(iter(weights.values())).dtype
-    config = {**config, "torch_dtype": next(k for k, v in DTYPES.items() if v == stored),
-              FORMAT_KEY: {"format_version": FORMAT_VERSION, "trained_by": "mlx_llm"}}
-    config["dtype"] = config["torch_dtype"]
+    stored = next(value.dtype for value in weights.values() if mx.issubdtype(value.dtype, mx.floating))
+    config["torch_dtype"] = config["dtype"] = next(k for k, v in DTYPES.items() if v == stored)
     write_json(config, folder / "config.json")
     if tokenizer_dir is not None and tokenizer_dir.resolve() != folder.resolve():
         copy_tokenizer_files(tokenizer_dir, folder)

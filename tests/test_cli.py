@@ -71,7 +71,7 @@ def test_convert_and_info_commands(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out) and "MB/s" in result.stderr
     details = json.loads(runner.invoke(main, ["info", str(out), "--json"]).stdout)
-    assert details["quantization"] == {"group_size": 32, "bits": 8}
+    assert details["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"}
     assert details["parameters"] == expected and details["mlx_llm_format"] is True
 
     # Existing output: refused, exit 2, untouched.

@@ -355,7 +355,7 @@ def test_load_and_convert_round_trip(files, tmp_path):
     report = convert(source, tmp_path / "out", dtype="float32")
     assert report.num_parameters > 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["quantization"]["model.layers.0.self_attn.k_proj"] == {"group_size": 32, "bits": 8}
+    assert config["quantization"]["model.layers.0.self_attn.k_proj"] == {"group_size": 32, "bits": 8, "mode": "affine"}
     reloaded, reloaded_tokenizer = load(tmp_path / "out")
     assert reloaded.model.layers[0].self_attn.k_proj.bits == 8
     np.testing.assert_array_equal(logits(reloaded), expected)

@@ -37,7 +37,7 @@ def test_convert_round_trip_float_and_bfloat16(llama_checkpoint, tmp_path):
     report = convert(llama_checkpoint, tmp_path / "f32")
     assert report.bytes_written > 0 and report.megabytes_per_second > 0
     config = json.loads((tmp_path / "f32" / "config.json").read_text())
-    assert config["mlx_llm"]["format_version"] == FORMAT_VERSION == 2 and config["dtype"] == "float32"
+    assert config["mlx_llm"]["format_version"] == FORMAT_VERSION == 3 and config["dtype"] == "float32"
     reloaded, _ = load_model(tmp_path / "f32")
     np.testing.assert_array_equal(np.array(reloaded(INPUT_IDS)), reference)
 
@@ -54,7 +54,7 @@ def test_quantized_conversion_round_trips_close_to_float(llama_checkpoint, tmp_p
     out = tmp_path / f"q{bits}"
     convert(llama_checkpoint, out, quantize=True, bits=bits, group_size=32)
     config = json.loads((out / "config.json").read_text())
-    assert config["quantization"] == {"group_size": 32, "bits": bits}
+    assert config["quantization"] == config["quantization_config"] == {"group_size": 32, "bits": bits, "mode": "affine"}
     model, _ = load_model(out)
     assert model.model.layers[0].self_attn.q_proj.bits == bits  # reloaded as quantized
     logits = np.array(model(INPUT_IDS))
@@ -150,7 +150,7 @@ def test_existing_output_refused_without_overwrite(llama_checkpoint, tmp_path):
 
 def test_bad_conversion_options(llama_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="bits must be one of"):
-        convert(llama_checkpoint, tmp_path / "o", quantize=True, bits=3)
+        convert(llama_checkpoint, tmp_path / "o", quantize=True, bits=7)
     with pytest.raises(ValueError, match="unsupported dtype 'float8'"):
         load_model(llama_checkpoint, dtype="float8")
 
@@ -165,8 +165,16 @@ def gpt2_checkpoint(tmp_path_factory):
 
 
 def _as_format_1(folder, version=1):
-    """Rewrite a converted GPT-2 folder as mlx_llm format 1 wrote it: q_proj, k_proj and v_proj."""
+    """Rewrite a converted GPT-2 folder as mlx_llm format 1 wrote it: this project's
+    module names (formats 1 and 2), with q_proj, k_proj and v_proj apart."""
+    from mlx_llm.models import gpt2
+
+    args = gpt2.ModelArgs.from_config(json.loads((folder / "config.json").read_text()))
+
     def split(weights):
+        own = gpt2.convert_hf_weights(dict(weights), args)  # format 3 holds mlx-lm's names
+        weights.clear()
+        weights.update(own)
         for name in [name for name in weights if ".qkv_proj." in name]:
             for part, piece in zip(("q_proj", "k_proj", "v_proj"), mx.split(weights.pop(name), 3, axis=0)):
                 weights[name.replace("qkv_proj", part)] = piece

@@ -626,7 +626,8 @@ def _target_name(name: str, module: str, kind: str, args: ModelArgs) -> str | No
         f"unknown {args.model_type} tensor {name!r} in checkpoint; it matches no module of a "
         f"{args.model_type} model (task {args.task!r})"
     )
-    if kind not in ("weight", "bias"):
+    quantized = kind in ("scales", "biases")  # next to the weight of a quantized layer (folders written here)
+    if kind not in ("weight", "bias") and not quantized:
         raise unknown
     if module in EMBEDDING_NAMES:
         return f"{EMBEDDING_NAMES[module]}.{kind}"
@@ -638,7 +639,7 @@ def _target_name(name: str, module: str, kind: str, args: ModelArgs) -> str | No
             raise unknown
         return f"model.layers.{layer[1]}.{names[layer[2]]}.{kind}"
     target = HEAD_NAMES[args.model_type].get(module)
-    if target is None or target == "mlm_head" and kind != "bias":
+    if target is None or quantized or target == "mlm_head" and kind != "bias":  # heads stay float
         raise unknown
     if target == "DECODER":
         if kind == "bias":

@@ -192,7 +192,10 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
 
     GPT-2 stores its projections as ``Conv1D`` with ``(in, out)`` weights, which
     are transposed; the fused ``c_attn`` becomes ``qkv_proj`` as it is.
+    mlx-lm's layout (names under ``model.``, ``nn.Linear`` ``(out, in)``
+    weights, quantized ones with ``.scales`` and ``.biases``) is read as well.
     """
+    mlx_lm = any(name.startswith(("model.h.", "model.wte.")) for name in weights)
     converted: dict[str, mx.array] = {}
     for name, tensor in weights.items():
         if name.endswith(_BUFFERS):
@@ -206,12 +209,12 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             if HEAD_NAMES.get(args.task) == head:
                 converted[f"head.linear.{kind}"] = tensor
             continue  # another task's head: dropped, as transformers does
-        key = name.removeprefix("transformer.")
+        key = name.removeprefix("model." if mlx_lm else "transformer.")
         parts = key.split(".")
-        if key in ("wte.weight", "ln_f.weight", "ln_f.bias"):
+        if len(parts) == 2 and parts[0] in ("wte", "ln_f"):
             converted[f"model.{key}"] = tensor
-        elif key == "wpe.weight":
-            converted["model.wpe.embedding.weight"] = tensor
+        elif len(parts) == 2 and parts[0] == "wpe":
+            converted[f"model.wpe.embedding.{parts[1]}"] = tensor
         elif parts[0] == "h" and len(parts) == 5:
             prefix = f"model.layers.{parts[1]}"
             module, kind = ".".join(parts[2:4]), parts[4]
@@ -223,7 +226,9 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             }.get(module)
             if target is None:
                 raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
-            converted[f"{prefix}.{target}.{kind}"] = _linear_weight(tensor) if kind == "weight" else tensor
+            converted[f"{prefix}.{target}.{kind}"] = (
+                _linear_weight(tensor) if kind == "weight" and not mlx_lm else tensor
+            )
         elif parts[0] == "h" and len(parts) == 4 and parts[2] in ("ln_1", "ln_2"):
             norm = "self_attn_norm" if parts[2] == "ln_1" else "feed_forward_norm"
             converted[f"model.layers.{parts[1]}.{norm}.{parts[3]}"] = tensor
@@ -251,9 +256,13 @@ def upgrade_weights(weights: dict[str, mx.array], format_version: int) -> dict[s
     return upgraded
 
 
-def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs, layout: str = "transformers") -> dict[str, mx.array]:
     """The inverse of `convert_hf_weights`: Conv1D ``(in, out)`` weights,
-    ``transformer.`` names and the task's head name."""
+    ``transformer.`` names and the task's head name; with ``layout="mlx-lm"``,
+    mlx-lm's names (``model.`` in place of ``transformer.``) and ``(out, in)``
+    weights, which may be quantized."""
+    root = "model" if layout == "mlx-lm" else "transformer"
+    transpose = layout != "mlx-lm"
     exported: dict[str, mx.array] = {}
     renames = {"self_attn.qkv_proj": "attn.c_attn", "self_attn.o_proj": "attn.c_proj", "feed_forward.up_proj": "mlp.c_fc",
                "feed_forward.down_proj": "mlp.c_proj", "self_attn_norm": "ln_1", "feed_forward_norm": "ln_2"}
@@ -264,16 +273,21 @@ def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str
         elif module == "lm_head":
             exported[name] = tensor
         elif module == "model.wpe.embedding":
-            exported[f"transformer.wpe.{kind}"] = tensor
+            exported[f"{root}.wpe.{kind}"] = tensor
         elif module in ("model.wte", "model.ln_f"):
-            exported[f"transformer.{name.removeprefix('model.')}"] = tensor
+            exported[f"{root}.{name.removeprefix('model.')}"] = tensor
         elif module.startswith("model.layers."):
             index, _, rest = module.removeprefix("model.layers.").partition(".")
             if rest not in renames:
                 raise ValueError(f"no transformers name for GPT-2 tensor {name!r}")
-            exported[f"transformer.h.{index}.{renames[rest]}.{kind}"] = (
-                tensor.T if kind == "weight" and "norm" not in rest else tensor
+            exported[f"{root}.h.{index}.{renames[rest]}.{kind}"] = (
+                tensor.T if transpose and kind == "weight" and "norm" not in rest else tensor
             )
         else:
             raise ValueError(f"no transformers name for GPT-2 tensor {name!r}")
     return {name: mx.contiguous(tensor) for name, tensor in exported.items()}
+
+
+def export_mlx_lm_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """This file's names to mlx-lm's (`export_hf_weights` with ``layout="mlx-lm"``)."""
+    return export_hf_weights(weights, args, layout="mlx-lm")

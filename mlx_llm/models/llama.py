@@ -227,7 +227,9 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
     for name, tensor in weights.items():
         if "rotary_emb.inv_freq" in name:
             continue
-        if name == "lm_head.weight":
+        # Quantized checkpoints (mlx-lm's layout) add ``.scales`` and ``.biases`` next to
+        # each quantized ``.weight``, embeddings and the output layer included.
+        if name.startswith("lm_head."):
             if args.task == "causal_lm" and not args.tie_word_embeddings:
                 converted[name] = tensor
             continue
@@ -235,7 +237,7 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             if args.task != "causal_lm":
                 converted[f"head.linear.{name.removeprefix('score.')}"] = tensor
             continue
-        if name in ("model.embed_tokens.weight", "model.norm.weight"):
+        if name.startswith("model.embed_tokens.") or name == "model.norm.weight":
             converted[name] = tensor
             continue
         parts = name.split(".", 3)
