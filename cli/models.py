@@ -15,7 +15,8 @@ from .errors import library_errors
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Cast floating weights.")
 @click.option("--quantize", is_flag=True, help="Quantize linear and embedding layers.")
-@click.option("--bits", default=4, show_default=True, type=click.Choice(["4", "8"]), help="Bits per weight with --quantize.")
+@click.option("--bits", default=4, show_default=True, type=click.Choice(["2", "3", "4", "5", "6", "8"]),
+              help="Bits per weight with --quantize.")
 @click.option("--group-size", default=64, show_default=True, type=click.Choice(["32", "64", "128"]),
               help="Weights per quantization group.")
 @click.option("--revision", help="Hub branch, tag or commit of SOURCE.")

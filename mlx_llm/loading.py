@@ -372,7 +372,7 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
     config = read_config(folder)
     get_family(config.get("model_type"))  # unsupported types fail here, with the list
     files = find_weight_files(folder)
-    quantization = config.get("quantization")
+    quantization = quantization_record(config)  # a record this MLX cannot run fails here, as loading would
     bits = quantization["bits"] if quantization else None
     num_parameters = 0
     dtype_counts: dict[str, int] = {}

@@ -109,6 +109,13 @@ def test_mlx_lm_conversion_loads_here(checkpoints, tmp_path, family, bits, group
     assert getattr(embedding, "bits", None) == bits  # quantized embeddings, read as stored
 
 
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8"])
+def test_floating_point_modes_load_here(checkpoints, tmp_path, mode):
+    folder = mlx_lm_convert(checkpoints["llama"], tmp_path / mode, quantize=True, q_mode=mode)
+    model = assert_same(folder)
+    assert model.model.layers[0].self_attn.q_proj.mode == model.model.embed_tokens.mode == mode
+
+
 @pytest.mark.parametrize("recipe", ["mixed_3_6", "mixed_2_6"])
 def test_mixed_bit_recipes_load_here(checkpoints, tmp_path, recipe):
     folder = mlx_lm_convert(checkpoints["llama"], tmp_path / recipe, quantize=True, q_group_size=64,
@@ -209,3 +216,20 @@ def test_bad_quantization_records_are_named(checkpoints, tmp_path):
     (folder / "config.json").write_text(json.dumps({**hf, "quantization_config": {"quant_method": "gptq", "bits": 4}}))
     with pytest.raises(ValueError, match="quant_method 'gptq'.* is not an MLX quantization"):
         load_model(folder)
+
+
+def test_cli_names_a_mode_this_mlx_cannot_run_and_exits_2(checkpoints, tmp_path):
+    from click.testing import CliRunner
+    from mlx_llm_cli.main import main
+
+    folder = mlx_lm_convert(checkpoints["gpt2"], tmp_path / "q4", quantize=True, q_bits=4, q_group_size=64)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization"] = config["quantization_config"] = {"group_size": 64, "bits": 4, "mode": "int4x"}
+    (folder / "config.json").write_text(json.dumps(config))
+    for command in (["info", str(folder)], ["generate", "--model", str(folder), "--prompt", "hi"],
+                    ["convert", str(folder), "--out", str(tmp_path / "out")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [
+            "Error: config.json's quantization asks for 4-bit int4x quantization with group size 64, which MLX "
+            f"{mx.__version__} cannot run (Invalid quantization mode 'int4x'.)"]
