@@ -233,6 +233,63 @@ def test_concurrent_requests_give_their_solo_texts(client, server):
     assert server.registry.get("tiny").scheduler.peak_batch >= 2  # they did run together
 
 
+def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
+    """Prompts of different lengths prefilled together (left-padded), one joining a running
+    batch, one with a repetition penalty and one stopping at max_tokens=1: each gives its solo text."""
+    from mlx_llm.serve.engine import DoneEvent, Scheduler, Sequence, SequenceSettings, TokenEvent
+    from mlx_llm.serve.prefix_cache import PrefixCache
+
+    model, tokenizer = library
+    cases = [("the quick brown fox", 12, 1.0), ("hello", 9, 1.0), ("a much longer prompt with many more tokens", 10, 1.3),
+             ("x y z", 1, 1.0), ("once upon a time", 7, 1.0)]
+    scheduler = Scheduler(model, tokenizer, tokenizer.eos_token_ids, PrefixCache(8), max_batch=8)
+    outputs = [[] for _ in cases]
+    sequences = [Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, repetition_penalty=penalty),
+                          outputs[index].append) for index, (prompt, count, penalty) in enumerate(cases)]
+    scheduler.add(sequences[0])
+    scheduler.step()
+    scheduler.step()
+    for sequence in sequences[1:]:
+        scheduler.add(sequence)
+    for _ in range(50):
+        if not scheduler.busy:
+            break
+        scheduler.step()
+    assert not scheduler.busy and scheduler.peak_batch == 4  # the max_tokens=1 row never needs a step
+    for (prompt, count, penalty), events in zip(cases, outputs):
+        assert isinstance(events[-1], DoneEvent)
+        text = "".join(event.text for event in events if isinstance(event, TokenEvent))
+        assert text == generate(model, tokenizer, prompt, max_tokens=count, repetition_penalty=penalty), prompt
+    # Every finished row left its KV state for prefix reuse, the early leaver included.
+    assert len(scheduler.prefix_cache) == len(cases)
+
+
+def test_a_failed_batched_prefill_is_retried_row_by_row(library, monkeypatch):
+    from mlx_llm.serve.engine import DoneEvent, ErrorEvent, Scheduler, Sequence, SequenceSettings
+
+    model, tokenizer = library
+    original, calls = engine.prefill, []
+
+    def failing(model, prompts, cache, step_size=512):
+        calls.append(len(prompts))
+        if any(len(ids) > 40 for ids in prompts):
+            raise RuntimeError("boom")
+        return original(model, prompts, cache, step_size)
+
+    monkeypatch.setattr(engine, "prefill", failing)
+    scheduler = Scheduler(model, tokenizer, tokenizer.eos_token_ids, None)
+    good, bad = [], []
+    scheduler.add(Sequence(tokenizer.encode("fine"), SequenceSettings(max_tokens=3), good.append))
+    scheduler.add(Sequence(tokenizer.encode("poison " * 30), SequenceSettings(max_tokens=3), bad.append))
+    for _ in range(20):
+        if not scheduler.busy:
+            break
+        scheduler.step()
+    assert calls == [2, 1, 1]
+    assert isinstance(good[-1], DoneEvent) and good[-1].completion_tokens == 3
+    assert len(bad) == 1 and isinstance(bad[0], ErrorEvent) and "boom" in bad[0].message
+
+
 def test_multi_turn_chat_reuses_the_prefix(client, library):
     model, tokenizer = library
     first = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
@@ -260,10 +317,10 @@ def test_disconnect_cancels_the_generation(client, server):
 def test_an_exception_fails_its_request_only(client, monkeypatch):
     original = engine.prefill
 
-    def failing(model, ids, cache, step_size=512):
-        if len(ids) > 40:  # only the poisoned request's prompt is this long
+    def failing(model, prompts, cache, step_size=512):
+        if any(len(ids) > 40 for ids in prompts):  # only the poisoned request's prompt is this long
             raise RuntimeError("boom")
-        return original(model, ids, cache, step_size)
+        return original(model, prompts, cache, step_size)
 
     monkeypatch.setattr(engine, "prefill", failing)
     with ThreadPoolExecutor(2) as pool:

@@ -2,9 +2,10 @@
 
 Rows are left-padded to a common length, as in `mlx_llm.generate.batch_generate`:
 each row counts its positions from its first real token (``left_padding``),
-and the mask hides the padding. A sequence is prefilled on its own (batch of
-one), then `join` pads it (or the batch) on the left and stacks it onto the
-batch; `keep_rows` drops finished rows and the padding no row needs any more.
+and the mask hides the padding. Sequences that arrive together are prefilled
+together (`start_rows`: a left-padded batch of their own), then `join` pads
+them (or the batch) on the left and stacks them onto the batch; `keep_rows`
+drops finished rows and the padding no row needs any more.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class BatchKVCache(KVCache):
         self.padding: list[int] = []
 
     def set_rows(self, keys: mx.array | None, values: mx.array | None, offset: int, padding: list[int]) -> None:
-        """Replace the held keys and values (``(B, H, offset, D)``) and the row paddings."""
+        """Replace the keys and values (``(B, H, capacity, D)``, the first ``offset`` positions
+        held, the rest room for the next ones) and the row paddings."""
         self.keys, self.values, self.offset, self.padding = keys, values, offset, list(padding)
         # No padded row: plain integer positions, which take the faster rotary path on the CPU.
         self.left_padding = mx.array(padding) if any(padding) else None
@@ -57,29 +59,48 @@ def _pad_left(array: mx.array, count: int) -> mx.array:
     return mx.concatenate([mx.zeros(shape, array.dtype), array], axis=2)
 
 
-def join(batch: list[BatchKVCache], single: list[KVCache]) -> None:
-    """Append the one row of ``single`` (a prefilled batch-of-one cache) to ``batch``.
+def join(batch: list[BatchKVCache], new: list[KVCache]) -> None:
+    """Append the rows of ``new`` (prefilled caches, one per layer) to ``batch``.
 
     Whichever is shorter is padded on the left, so every row's last position
-    lines up with the others'.
+    lines up with the others'. ``new`` may hold several left-padded rows (a
+    `BatchKVCache` prefilled together) or one row (a plain `KVCache`).
 
     Args:
         batch: The running batch's caches, one per layer (possibly empty).
-        single: The new sequence's caches, one per layer, batch size 1.
+        new: The new sequences' caches, one per layer.
     """
-    for layer, new in zip(batch, single):
-        new_keys, new_values = _held(new)
+    for layer, single in zip(batch, new):
+        new_keys, new_values = _held(single)
+        new_padding = list(getattr(single, "padding", None) or [0] * new_keys.shape[0])
         if layer.keys is None or not layer.padding:
-            layer.set_rows(new_keys, new_values, new.offset, [0])
+            # Kept as they are, spare capacity included: the next step writes in place.
+            layer.set_rows(single.keys, single.values, single.offset, new_padding)
             continue
         keys, values = _held(layer)
-        length = max(layer.offset, new.offset)
+        length = max(layer.offset, single.offset)
         grow = length - layer.offset
         keys, values = _pad_left(keys, grow), _pad_left(values, grow)
-        gap = length - new.offset
+        gap = length - single.offset
         keys = mx.concatenate([keys, _pad_left(new_keys, gap)], axis=0)
         values = mx.concatenate([values, _pad_left(new_values, gap)], axis=0)
-        layer.set_rows(keys, values, length, [pad + grow for pad in layer.padding] + [gap])
+        layer.set_rows(keys, values, length, [pad + grow for pad in layer.padding] + [pad + gap for pad in new_padding])
+
+
+def start_rows(count: int, padding: list[int]) -> list[BatchKVCache]:
+    """Empty caches (``count`` layers) for a batch of new rows with these left paddings, to prefill together.
+
+    Args:
+        count: Number of layers.
+        padding: Padding positions at the start of each row.
+
+    Returns:
+        One `BatchKVCache` per layer, holding nothing yet.
+    """
+    caches = [BatchKVCache() for _ in range(count)]
+    for cache in caches:
+        cache.set_rows(None, None, 0, padding)
+    return caches
 
 
 def keep_rows(batch: list[BatchKVCache], rows: list[int]) -> None:
@@ -95,9 +116,11 @@ def keep_rows(batch: list[BatchKVCache], rows: list[int]) -> None:
             continue
         padding = [layer.padding[row] for row in rows]
         shared = min(padding)  # columns that are padding in every kept row
-        keys, values = _held(layer)
+        if rows == list(range(len(layer.padding))) and shared == 0:
+            continue  # nothing leaves: no copy
+        # The whole buffer, spare capacity included, so the next steps still write in place.
         index = mx.array(rows)
-        keys, values = keys[index, :, shared:, :], values[index, :, shared:, :]
+        keys, values = layer.keys[index, :, shared:, :], layer.values[index, :, shared:, :]
         layer.set_rows(keys, values, layer.offset - shared, [pad - shared for pad in padding])
 
 

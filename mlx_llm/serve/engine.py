@@ -1,9 +1,10 @@
 """Continuous batching: sequences join a running batch at a token boundary and leave it when done.
 
 `Scheduler` runs in the one thread that owns a model (`mlx_llm.serve.worker`).
-Each `step` prefills the sequences that arrived (each on its own, reusing a
-stored prefix when one matches), stacks them onto the batch's KV cache, and
-runs one batched decoding step for every active sequence; each sequence has
+Each `step` prefills the sequences that arrived (together, or alone when a
+stored prefix matches and is reused), stacks them onto the batch's KV cache,
+and queues one batched decoding step for every active sequence, reading the
+previous step's tokens while it runs (`mlx_llm.serve.picks`); each sequence has
 its own sampling settings, stop strings and random key. Results leave through
 each sequence's ``emit`` callback as `TokenEvent` / `DoneEvent` / `ErrorEvent`.
 """
@@ -18,8 +19,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..generate import _StopStrings
-from ..sampling import SamplingConfig, process_logits, sample
-from .batch_cache import BatchKVCache, join, keep_rows, row_state
+from ..sampling import SamplingConfig
+from .batch_cache import BatchKVCache, join, keep_rows, row_state, start_rows
+from .picks import Picks, choose, concatenate
 from .prefix_cache import PrefixCache
 
 log = logging.getLogger("mlx_llm.serve")
@@ -114,16 +116,40 @@ class Sequence:
     def batchable_greedy(self) -> bool:
         return self.sampling.greedy and self.sampling.repetition_penalty == 1.0
 
-    def history(self) -> mx.array:
+    def history(self, fed: mx.array | None = None) -> mx.array:
+        """``(1, T)`` the last tokens of prompt and completion, for the repetition penalty.
+
+        Args:
+            fed: ``(1,)`` a token already fed to the model but not yet in
+                ``generated`` (the pipelined step's), appended last.
+        """
         context = self.sampling.repetition_context_size
-        return mx.array([(self.prompt_ids + self.generated)[-context:]])
+        ids = self.prompt_ids + self.generated
+        if fed is None:
+            return mx.array([ids[-context:]])
+        tail = mx.array(ids[len(ids) - context + 1 :] if context > 1 else [], dtype=mx.int32)
+        return mx.concatenate([tail, fed.astype(mx.int32)])[None]
 
 
-def prefill(model: nn.Module, ids: list[int], cache: list, step_size: int = 512) -> mx.array:
-    """Run prompt ids through the model in chunks; return the last position's logits ``(1, V)``."""
-    tokens = mx.array(ids)[None]
+def prefill(model: nn.Module, prompts: list[list[int]], cache: list, step_size: int = 512) -> mx.array:
+    """Run prompts through the model together, in chunks; return each one's last logits ``(N, V)``.
+
+    Several prompts are left-padded to the longest (`batch_cache.start_rows`
+    made ``cache`` with those paddings), so their last positions line up.
+
+    Args:
+        model: The decoder.
+        prompts: Token ids, one list per row.
+        cache: One cache per layer, for ``len(prompts)`` rows.
+        step_size: Most positions per forward pass.
+
+    Returns:
+        ``(N, V)`` logits of every prompt's last position (unevaluated).
+    """
+    length = max(len(ids) for ids in prompts)
+    tokens = mx.array([[0] * (length - len(ids)) + list(ids) for ids in prompts])
     while tokens.shape[1] > 1:
-        chunk = min(step_size, tokens.shape[1] - 1)
+        chunk = min(step_size, tokens.shape[1] - 1)  # the last position runs alone: only its logits are needed
         model(tokens[:, :chunk], cache=cache)
         mx.eval([layer.state for layer in cache])
         tokens = tokens[:, chunk:]
@@ -132,6 +158,10 @@ def prefill(model: nn.Module, ids: list[int], cache: list, step_size: int = 512)
 
 class Scheduler:
     """The running batch of one model.
+
+    Each `step` queues the next forward pass (`mx.async_eval`) before it
+    reads the tokens of the previous one, so its Python work overlaps the
+    model's compute: ``pending`` holds the chosen tokens not yet fed back.
 
     Args:
         model: A decoder-only model (``make_cache``).
@@ -153,7 +183,9 @@ class Scheduler:
         self.prefill_step_size = prefill_step_size
         self.waiting: list[Sequence] = []
         self.rows: list[Sequence] = []
-        self.cache = [BatchKVCache() for _ in model.make_cache()]
+        self.layers = len(model.make_cache())
+        self.cache = [BatchKVCache() for _ in range(self.layers)]
+        self.pending: Picks | None = None  # each row's next token, chosen but not yet fed (nor read)
         self.peak_batch = 0  # most sequences decoded together so far
 
     @property
@@ -168,87 +200,88 @@ class Scheduler:
         """End every sequence with an `ErrorEvent` and empty the batch."""
         for sequence in self.rows + self.waiting:
             _safe_emit(sequence, ErrorEvent(message))
-        self.rows, self.waiting = [], []
+        self.rows, self.waiting, self.pending = [], [], None
         keep_rows(self.cache, [])
 
     def step(self) -> None:
-        """Admit waiting sequences, then decode one token for every active one."""
-        self._admit()
+        """Admit waiting sequences, queue one decoding step for every active one, and
+        emit the tokens the previous step chose."""
         self._drop([row for row, sequence in enumerate(self.rows) if sequence.cancelled], store=False)
+        self._admit()
         if not self.rows:
             return
-        self.peak_batch = max(self.peak_batch, len(self.rows))
-        tokens = mx.array([[sequence.generated[-1]] for sequence in self.rows])
+        # Rows whose pending token is their last (max_tokens) leave before the step, not after:
+        # feeding that token would be wasted work, and could run past the model's positions.
+        last = [row for row, sequence in enumerate(self.rows)
+                if len(sequence.generated) + 1 >= sequence.settings.max_tokens]
+        leaving = [(self.rows[row], self._state(row)) for row in last]
+        leaving_picks = self.pending.take(last) if last else None
+        self._remove(last)
+        fed, upcoming = self.pending, None
         try:
-            logits = self.model(tokens, cache=self.cache)[:, -1, :]
-            picks = self._choose(self.rows, logits)
+            if self.rows:
+                self.peak_batch = max(self.peak_batch, len(self.rows))
+                logits = self.model(fed.tokens[:, None], cache=self.cache)[:, -1, :]
+                upcoming = choose(self.rows, logits, fed.tokens)
+                mx.async_eval(upcoming.arrays())
+            chosen = [] if fed is None else fed.resolve()
+            left = [] if leaving_picks is None else leaving_picks.resolve()
         except Exception as error:  # the whole batch's step failed: its sequences fail, the server goes on
             log.exception("decoding step failed")
+            self.rows += [sequence for sequence, _ in leaving]
             self.fail_all(f"generation failed: {type(error).__name__}")
             return
-        finished = [row for row, (sequence, pick) in enumerate(zip(self.rows, picks)) if self._advance(sequence, *pick)]
+        for (sequence, state), pick in zip(leaving, left):
+            if self._advance(sequence, *pick):
+                self._store(sequence, state)
+        self.pending = upcoming
+        finished = [row for row, (sequence, pick) in enumerate(zip(self.rows, chosen)) if self._advance(sequence, *pick)]
         self._drop(finished, store=True)
 
     def _admit(self) -> None:
+        """Prefill the waiting sequences that fit (those with a stored prefix each alone,
+        the others together) and add them to the batch, their first tokens pending."""
         room = self.max_batch - len(self.rows)
         arrivals, self.waiting = self.waiting[:room], self.waiting[room:]
+        fresh = []
         for sequence in arrivals:
             if sequence.cancelled:
                 continue
             try:
                 sequence.start(self.tokenizer)
                 cache, held = (None, 0) if self.prefix_cache is None else self.prefix_cache.lookup(sequence.prompt_ids)
-                cache = cache if cache is not None else self.model.make_cache()
-                sequence.cached_tokens = held
-                logits = prefill(self.model, sequence.prompt_ids[held:], cache, self.prefill_step_size)
-                pick = self._choose([sequence], logits)[0]
-                if self._advance(sequence, *pick):
-                    self._store(sequence, [(layer.keys[..., : layer.offset, :], layer.values[..., : layer.offset, :])
-                                           for layer in cache])
-                    continue
-                join(self.cache, cache)
-                self.rows.append(sequence)
             except Exception as error:  # this request fails alone
                 log.exception("prefill failed")
                 _safe_emit(sequence, ErrorEvent(f"generation failed: {type(error).__name__}: {error}"))
-
-    def _choose(self, rows: list[Sequence], logits: mx.array) -> list[tuple[int, float, list | None]]:
-        """Each row's next token, its logprob and (if asked) the top alternatives.
-
-        Greedy rows share one argmax; sampling rows are processed one by one,
-        each with its own settings and random key.
-        """
-        logits = logits.astype(mx.float32)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        greedy = None
-        picks = []
-        for row, sequence in enumerate(rows):
-            if sequence.batchable_greedy:
-                greedy = mx.argmax(logits, axis=-1) if greedy is None else greedy
-                picks.append(greedy[row : row + 1])
                 continue
-            config = sequence.sampling
-            history = sequence.history() if config.repetition_penalty != 1.0 else None
-            key = None
-            if sequence.key is not None:
-                sequence.key, key = mx.random.split(sequence.key)
-            picks.append(sample(process_logits(logits[row : row + 1], config, history), config, key=key))
-        tokens = picks[0] if len(picks) == 1 else mx.concatenate(picks)
-        chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
-        tops = {}
-        for row, sequence in enumerate(rows):
-            count = min(sequence.settings.top_logprobs, logprobs.shape[-1])
-            if count:
-                ids = mx.argpartition(-logprobs[row], count - 1)[:count]
-                tops[row] = (ids, logprobs[row][ids])
-        mx.eval(tokens, chosen, tops)
-        results = []
-        for row, (token, logprob) in enumerate(zip(tokens.tolist(), chosen.tolist())):
-            top = None
-            if row in tops:
-                top = sorted(zip(tops[row][0].tolist(), tops[row][1].tolist()), key=lambda pair: -pair[1])
-            results.append((token, logprob, top))
-        return results
+            if cache is None:
+                fresh.append(sequence)
+            else:
+                sequence.cached_tokens = held
+                self._prefill([sequence], cache)
+        if fresh:
+            self._prefill(fresh)
+
+    def _prefill(self, sequences: list[Sequence], cache: list | None = None) -> None:
+        """Prefill ``sequences`` together and join them to the batch; when that fails,
+        each is tried alone, so a failure fails its own request only."""
+        try:
+            prompts = [sequence.prompt_ids[sequence.cached_tokens :] for sequence in sequences]
+            if cache is None:
+                length = max(len(ids) for ids in prompts)
+                cache = start_rows(self.layers, [length - len(ids) for ids in prompts])
+            picks = choose(sequences, prefill(self.model, prompts, cache, self.prefill_step_size))
+        except Exception as error:
+            if len(sequences) > 1:
+                for sequence in sequences:
+                    self._prefill([sequence])
+                return
+            log.exception("prefill failed")
+            _safe_emit(sequences[0], ErrorEvent(f"generation failed: {type(error).__name__}: {error}"))
+            return
+        join(self.cache, cache)
+        self.rows += sequences
+        self.pending = concatenate(self.pending, picks)
 
     def _advance(self, sequence: Sequence, token: int, logprob: float, top: list | None) -> bool:
         """Record one token of ``sequence`` and emit its text; return whether it finished."""
@@ -281,23 +314,32 @@ class Scheduler:
             sequence.cancelled = True
             return True
 
-    def _drop(self, rows: list[int], store: bool) -> None:
-        """Take ``rows`` out of the batch, keeping finished ones' KV state for prefix reuse."""
+    def _state(self, row: int) -> list[tuple[mx.array, mx.array]] | None:
+        """Row ``row``'s KV state for the prefix cache (``None`` when there is none)."""
+        return None if self.prefix_cache is None else row_state(self.cache, row)
+
+    def _remove(self, rows: list[int]) -> None:
+        """Take ``rows`` out of the batch: sequences, cache rows and pending tokens."""
         if not rows:
             return
-        if store and self.prefix_cache is not None:
-            for row in rows:
-                if self.rows[row].finished:
-                    self._store(self.rows[row], row_state(self.cache, row))
-        kept = [row for row in range(len(self.rows)) if row not in set(rows)]
+        gone = set(rows)
+        kept = [row for row in range(len(self.rows)) if row not in gone]
         self.rows = [self.rows[row] for row in kept]
+        self.pending = self.pending.take(kept) if kept and self.pending is not None else None
         keep_rows(self.cache, kept)
 
-    def _store(self, sequence: Sequence, state: list[tuple[mx.array, mx.array]]) -> None:
-        if self.prefix_cache is None or not sequence.finished:
+    def _drop(self, rows: list[int], store: bool) -> None:
+        """Take ``rows`` out of the batch, keeping finished ones' KV state for prefix reuse."""
+        if store:
+            for row in rows:
+                self._store(self.rows[row], self._state(row))
+        self._remove(rows)
+
+    def _store(self, sequence: Sequence, state: list[tuple[mx.array, mx.array]] | None) -> None:
+        if self.prefix_cache is None or state is None or not sequence.finished:
             return  # a cancelled or failed sequence's state is dropped
-        # The cache holds the prompt and every generated token but the last, which was never fed back.
-        ids = (sequence.prompt_ids + sequence.generated[:-1])[: state[0][0].shape[2]]
+        # The cache holds the prompt and the generated tokens fed back: all, or all but the last.
+        ids = (sequence.prompt_ids + sequence.generated)[: state[0][0].shape[2]]
         self.prefix_cache.store(ids, state)
 
 
