@@ -183,6 +183,9 @@ def test_logprobs(client, library):
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy takes the most likely
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
     assert "".join(entry.token for entry in content) == answer.choices[0].message.content
+    # The tokens' bytes, joined, are the text's (a token that is part of a character has its own bytes).
+    joined = b"".join(bytes(entry.bytes) for entry in content).decode("utf-8", errors="replace")
+    assert joined == answer.choices[0].message.content
     plain = client.completions.create(model="tiny", prompt="the quick", max_tokens=5, temperature=0, logprobs=2)
     logprobs = plain.choices[0].logprobs
     assert len(logprobs.tokens) == 5 and len(logprobs.top_logprobs[0]) == 2
@@ -192,6 +195,20 @@ def test_logprobs(client, library):
         # Greedy: the chosen token is the most likely (tokens that are parts of a character all print
         # as U+FFFD, so such keys of `top` collide and keep one of their values).
         assert logprob >= max(top.values()) - 1e-5
+
+
+def test_logprob_bytes_of_part_of_a_character(library):
+    from mlx_llm.serve.engine import TokenEvent
+    from mlx_llm.serve.responses import LogprobFormatter
+
+    _, tokenizer = library
+    euro = [tokenizer.token_to_id(char) for char in ("\u00e2", "\u0124", "\u00ac")]  # byte-level stand-ins: E2 82 AC
+    assert None not in euro
+    formatter = LogprobFormatter(tokenizer, chat=True)
+    entry = formatter.chat_entry(TokenEvent("", euro[0], -0.5, [(euro[0], -0.5), (euro[1], -2.0)]))
+    assert entry["token"] == "\ufffd" and entry["bytes"] == [0xE2]  # the text alone cannot say which byte
+    assert [top["bytes"] for top in entry["top_logprobs"]] == [[0xE2], [0x82]]
+    assert bytes(sum((formatter.chat_entry(TokenEvent("", token, 0.0))["bytes"] for token in euro), [])).decode() == "\u20ac"
 
 
 def test_embeddings_equal_sentence_transformers_pooling(client, server):
@@ -373,6 +390,19 @@ def test_error_objects(server, client):
     response = connection.getresponse()
     _error(response.status, json.loads(response.read()), 413)
     connection.close()
+    # No Content-Length (a chunked body): the server counts what it reads and stops past the limit.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/v1/completions")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.putheader("Authorization", f"Bearer {API_KEY}")
+    connection.endheaders()
+    part = b" " * 2**20
+    for _ in range(4):
+        connection.send(b"%x\r\n%s\r\n" % (len(part), part))
+    connection.send(b"1\r\n \r\n0\r\n\r\n")  # one byte over
+    response = connection.getresponse()
+    _error(response.status, json.loads(response.read()), 413)
+    connection.close()
     _error(*raw(server, "/v1/completions", {"model": "tiny", "prompt": "a"}, headers={"Authorization": "Bearer no"}),
            401)
     _error(*raw(server, "/v1/nothing-here"), 404)
@@ -406,7 +436,8 @@ def test_max_kv_size_bounds_a_request(tiny):
 # -- the command ------------------------------------------------------------------------------------------
 
 
-def test_serve_command_logs_and_stops_on_sigterm(tiny):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_command_logs_and_stops_on_a_signal(tiny, stop_signal):
     process = subprocess.Popen(
         [sys.executable, "-m", "mlx_llm_cli.main", "serve", "--model", str(tiny), "--port", "0"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -420,11 +451,11 @@ def test_serve_command_logs_and_stops_on_sigterm(tiny):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert json.loads(response.read())["usage"]["completion_tokens"] == 3
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         assert process.wait(timeout=15) == 0
         log = process.stderr.read()
         assert f"POST /v1/completions model={tiny} tokens=" in log and "status=200" in log
-        assert "Traceback" not in log
+        assert "mlx-llm serve: stopped" in log and "Traceback" not in log and "KeyboardInterrupt" not in log
     finally:
         if process.poll() is None:
             process.kill()

@@ -26,21 +26,50 @@ def usage(done: DoneEvent) -> dict:
     }
 
 
+def token_byte_plan(tokenizer):
+    """How ``tokenizer`` turns each token into bytes (the streaming detokenizer's
+    `BytePlan`), or ``None`` where its decoder does not work token by token."""
+    backend = getattr(tokenizer, "_backend", None)  # an mlx_llm Tokenizer; other tokenizers fall back to text
+    try:
+        return None if backend is None else backend.byte_plan()
+    except Exception:  # a decoder the plan cannot describe: bytes come from the decoded text
+        return None
+
+
 class LogprobFormatter:
     """Token log-probabilities in the chat or the text-completion layout."""
 
     def __init__(self, tokenizer, chat: bool):
         self.tokenizer = tokenizer
         self.chat = chat
+        self._plan = token_byte_plan(tokenizer)
 
     def _text(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
+    def _bytes(self, token: int) -> list[int]:
+        # A token may hold part of a character: its text is then U+FFFD, its bytes are its own.
+        if self._plan is not None:
+            try:
+                return list(self._plan.token_bytes(token))
+            except ValueError:  # not in the vocabulary the plan reads (an added token)
+                pass
+        return list(self._text(token).encode())
+
     def chat_entry(self, event: TokenEvent) -> dict:
+        """One token's entry of a chat ``logprobs.content`` list, with its top alternatives.
+
+        Args:
+            event: A token event (``token`` set).
+
+        Returns:
+            ``{"token", "logprob", "bytes", "top_logprobs"}``; ``bytes`` are the
+            token's own UTF-8 bytes, part of a character included.
+        """
         text = self._text(event.token)
-        top = [{"token": self._text(token), "logprob": logprob, "bytes": list(self._text(token).encode())}
+        top = [{"token": self._text(token), "logprob": logprob, "bytes": self._bytes(token)}
                for token, logprob in (event.top_logprobs or [])]
-        return {"token": text, "logprob": event.logprob, "bytes": list(text.encode()), "top_logprobs": top}
+        return {"token": text, "logprob": event.logprob, "bytes": self._bytes(event.token), "top_logprobs": top}
 
     def format(self, events: list[TokenEvent], text_offset: int = 0) -> dict | None:
         """The ``logprobs`` object of a choice for these token events (tokens only)."""
