@@ -2,6 +2,13 @@
 
     python benchmarks/generate.py [--shape llama-135M|gpt2-124M | --model PATH]
         [--precision float32|bfloat16|q4] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3]
+        [--mlx-lm-quantize BITS]
+
+--model takes any folder both load: a Hugging Face checkpoint, or a converted
+MLX folder (mlx-lm's or this project's `mlx-llm convert` output; a quantized
+one runs as stored). --mlx-lm-quantize BITS first converts the checkpoint with
+mlx-lm itself (group size 64, written once next to it), as an mlx-community
+folder is made, and compares the two on that folder.
 
 Random-weight checkpoints of the named shapes are written once to --workdir
 (transformers is needed for that). The implementations alternate within
@@ -68,6 +75,20 @@ def weight_bytes_per_token(model: nn.Module, tied: bool) -> int:
                 continue
         total += array.nbytes
     return total
+
+
+def mlx_lm_quantized(checkpoint: Path, bits: int, group_size: int = 64) -> Path:
+    """``checkpoint`` converted by mlx-lm (its quantization, its layout), written once beside it."""
+    out = checkpoint.with_name(f"{checkpoint.name}-mlx-lm-q{bits}")
+    if (out / "config.json").exists():
+        return out
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+
+    model, config = load_model(checkpoint)
+    model, config = quantize_model(model, config, group_size, bits)
+    save_model(out, model)
+    save_config(config, out / "config.json")
+    return out
 
 
 def prepare(model: nn.Module, precision: str) -> nn.Module:
@@ -143,12 +164,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("weights/bench"))
     parser.add_argument("--no-transformers", action="store_true", help="Skip the PyTorch reference row.")
+    parser.add_argument("--mlx-lm-quantize", type=int, choices=[2, 3, 4, 5, 6, 8],
+                        help="Convert with mlx-lm to this many bits (group size 64) and compare on that folder.")
     options = parser.parse_args()
 
     from mlx_llm.loading import load_model
 
     checkpoint = options.model or make_checkpoint(options.shape, options.workdir)
+    if options.mlx_lm_quantize:
+        checkpoint = options.model = mlx_lm_quantized(Path(checkpoint), options.mlx_lm_quantize)
     ours, config = load_model(checkpoint)
+    if "quantization" in config:
+        if options.precision != "float32":
+            parser.error(f"{checkpoint} is quantized already: it runs as stored (leave --precision out)")
+        record = config["quantization"]
+        options.precision = f"as stored ({record['bits']}-bit, group {record['group_size']})"
+        options.no_transformers = True  # transformers does not read MLX quantization
     prepare(ours, options.precision)
     implementations = {"mlx_llm": ours}
     try:

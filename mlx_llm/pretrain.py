@@ -166,7 +166,8 @@ def save_model(model: nn.Module, config: dict, folder: Path, tokenizer_dir: Path
     ``folder`` (each file atomically), so that `load` reads the folder, in
     mlx-lm's layout (`mlx_llm.mlx_lm_layout`) so that mlx-lm does too."""
     family = get_family(config.get("model_type"))
-    weights, config = mlx_lm_folder(model, config, family, {"trained_by": "mlx_llm"}, FORMAT_VERSION, OWN_NAMES_VERSION)
+    weights, config = mlx_lm_folder(model, config, family, {"trained_by": "mlx_llm"},
+                                    FORMAT_VERSION, OWN_NAMES_VERSION)
     if dtype is not None:  # floating tensors only: packed quantized weights stay as they are
         weights = {name: value.astype(DTYPES[dtype]) if mx.issubdtype(value.dtype, mx.floating) else value
                    for name, value in weights.items()}

@@ -233,3 +233,39 @@ def test_cli_names_a_mode_this_mlx_cannot_run_and_exits_2(checkpoints, tmp_path)
         assert result.output.strip().splitlines() == [
             "Error: config.json's quantization asks for 4-bit int4x quantization with group size 64, which MLX "
             f"{mx.__version__} cannot run (Invalid quantization mode 'int4x'.)"]
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_encoder_families_are_written_with_hugging_face_names(tmp_path, family, quantize):
+    from mlx_llm.loading import quantization_predicate
+
+    torch.manual_seed(0)
+    if family == "bert":
+        hf = transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=64))
+    else:
+        hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    convert(tmp_path / "hf", tmp_path / "out", quantize=quantize, bits=4, group_size=32)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["mlx_llm"]["format_version"] == 3
+    # Every tensor under a transformers name (a quantized layer's scales and biases beside its weight).
+    written = {name[:-len(".scales")] + ".weight" if name.endswith((".scales", ".biases")) else name
+               for name in mx.load(str(tmp_path / "out" / "model.safetensors"))}
+    assert written <= set(mx.load(str(tmp_path / "hf" / "model.safetensors")))
+
+    reference, _ = load_model(tmp_path / "hf")
+    if quantize:
+        import mlx.nn as nn
+
+        nn.quantize(reference, group_size=32, bits=4, class_predicate=quantization_predicate(32))
+    mine, _ = load_model(tmp_path / "out")
+    ids = mx.array([PROMPT[:8]]) % 128
+    inputs = (ids,) if family == "bert" else (ids, ids[:, :5])
+    outputs = [model(*inputs) for model in (mine, reference)]
+    if family == "bert":
+        outputs = [output.mlm_logits for output in outputs]
+    np.testing.assert_allclose(np.array(outputs[0]), np.array(outputs[1]), atol=1e-6, rtol=0)

@@ -639,12 +639,12 @@ def _target_name(name: str, module: str, kind: str, args: ModelArgs) -> str | No
             raise unknown
         return f"model.layers.{layer[1]}.{names[layer[2]]}.{kind}"
     target = HEAD_NAMES[args.model_type].get(module)
-    if target is None or quantized or target == "mlm_head" and kind != "bias":  # heads stay float
+    if target is None or target == "mlm_head" and kind != "bias":
         raise unknown
     if target == "DECODER":
         if kind == "bias":
             return "mlm_head.bias"
-        return None if args.tie_word_embeddings else "mlm_head.decoder.weight"
+        return None if args.tie_word_embeddings else f"mlm_head.decoder.{kind}"
     if module == "classifier" and args.model_type == "distilbert" and args.task == "sequence_classification":
         target = "classifier.out_proj"  # DistilBERT's pre_classifier + classifier form one head here
     return f"{target}.{kind}"

@@ -256,7 +256,8 @@ def upgrade_weights(weights: dict[str, mx.array], format_version: int) -> dict[s
     return upgraded
 
 
-def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs, layout: str = "transformers") -> dict[str, mx.array]:
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs,
+                      layout: str = "transformers") -> dict[str, mx.array]:
     """The inverse of `convert_hf_weights`: Conv1D ``(in, out)`` weights,
     ``transformer.`` names and the task's head name; with ``layout="mlx-lm"``,
     mlx-lm's names (``model.`` in place of ``transformer.``) and ``(out, in)``

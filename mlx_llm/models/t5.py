@@ -545,11 +545,13 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
     """
     converted: dict[str, mx.array] = {}
     for name, tensor in weights.items():
-        if name in _TIED_COPIES or name in _UNUSED:
+        module, _, kind = name.rpartition(".")  # a quantized layer's .scales and .biases sit beside its weight
+        weight_name = f"{module}.weight" if kind in ("scales", "biases") else name
+        if weight_name in _TIED_COPIES or weight_name in _UNUSED:
             continue
-        if name == "lm_head.weight" and args.tie_word_embeddings:
+        if weight_name == "lm_head.weight" and args.tie_word_embeddings:
             continue  # checked against the embeddings below
-        converted[_convert_name(name, args)] = tensor
+        converted[_convert_name(weight_name, args).removesuffix("weight") + kind] = tensor
     if "shared.weight" not in converted:
         copies = [name for name in _TIED_COPIES if name in weights]
         if not copies:
@@ -568,3 +570,30 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             "set \"tie_word_embeddings\": true if the head shares the embeddings"
         )
     return converted
+
+
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """The inverse of `convert_hf_weights` (the embeddings once, as ``shared``; quantized
+    layers keep their ``.scales`` and ``.biases``); ``ValueError`` for an unknown tensor."""
+    leaves = {"up_proj": "wi_1" if args.gated else "wi", "gate_proj": "wi_0", "down_proj": "wo",
+              **{ours: theirs for theirs, ours in _ATTENTION_NAMES.items()}}
+    sublayers = {(stack, target): (index, hf_module) for (stack, index), (target, hf_module) in _SUBLAYERS.items()}
+    exported: dict[str, mx.array] = {}
+    for name, tensor in weights.items():
+        module, _, kind = name.rpartition(".")
+        stack, _, rest = module.partition(".")
+        if module in ("shared", "lm_head"):
+            exported[name] = tensor
+        elif rest == "norm":
+            exported[f"{stack}.final_layer_norm.{kind}"] = tensor
+        elif module.endswith("_position_bias.embedding"):
+            exported[f"{stack.split('_')[0]}.block.0.layer.0.SelfAttention.relative_attention_bias.{kind}"] = tensor
+        elif rest.startswith("layers."):
+            _, block, part = rest.split(".", 2)
+            target, _, leaf = part.partition(".")
+            index, hf_module = sublayers[(stack, target.removesuffix("_norm"))]
+            hf_module = "layer_norm" if target.endswith("_norm") else f"{hf_module}.{leaves[leaf]}"
+            exported[f"{stack}.block.{block}.layer.{index}.{hf_module}.{kind}"] = tensor
+        else:
+            raise ValueError(f"no transformers name for T5 tensor {name!r}")
+    return exported
