@@ -24,7 +24,8 @@ from .hub import (
 )
 from .gguf import is_gguf_file
 from .layers import relayout
-from .mlx_lm_layout import mlx_lm_folder, quantization_record, quantize_as_stored
+from .mlx_lm_layout import (group_size_of, mlx_lm_folder, quantization_notes, quantization_record,
+                            quantize_as_stored)
 from .models import get_family
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -373,21 +374,22 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
     get_family(config.get("model_type"))  # unsupported types fail here, with the list
     files = find_weight_files(folder)
     quantization = quantization_record(config)  # a record this MLX cannot run fails here, as loading would
-    bits = quantization["bits"] if quantization else None
+    headers = {name: entry for file in files for name, entry in read_safetensors_header(file).items()}
     num_parameters = 0
     dtype_counts: dict[str, int] = {}
-    for file in files:
-        for name, (dtype, shape) in read_safetensors_header(file).items():
-            size = 1
-            for dim in shape:
-                size *= dim
-            if quantization and (name.endswith(".scales") or name.endswith(".biases")):
-                continue  # quantization bookkeeping, not parameters
-            if dtype == "U32" and bits:
-                size = size * 32 // bits  # packed quantized weights
-            num_parameters += size
-            if dtype in _SAFETENSORS_DTYPES:
-                dtype_counts[_SAFETENSORS_DTYPES[dtype]] = dtype_counts.get(_SAFETENSORS_DTYPES[dtype], 0) + size
+    for name, (dtype, shape) in headers.items():
+        size = 1
+        for dim in shape:
+            size *= dim
+        if quantization and (name.endswith(".scales") or name.endswith(".biases")):
+            continue  # quantization bookkeeping, not parameters
+        module = name.removesuffix(".weight")
+        if quantization and dtype == "U32" and f"{module}.scales" in headers:
+            # Packed weights: a group of group_size elements per scale, whatever the module's bits.
+            size = size // shape[-1] * headers[f"{module}.scales"][1][-1] * group_size_of(quantization, module)
+        num_parameters += size
+        if dtype in _SAFETENSORS_DTYPES:
+            dtype_counts[_SAFETENSORS_DTYPES[dtype]] = dtype_counts.get(_SAFETENSORS_DTYPES[dtype], 0) + size
     dtype = max(dtype_counts, key=dtype_counts.get) if dtype_counts else "unknown"
     context = next((config[key] for key in _CONTEXT_KEYS if key in config), None)
     architectures = config.get("architectures") or [config["model_type"]]
@@ -401,4 +403,5 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
         context_length=context,
         size_bytes=sum(file.stat().st_size for file in files),
         converted=FORMAT_KEY in config,
+        notes=quantization_notes(quantization),
     )

@@ -105,6 +105,23 @@ def quantization_record(config: dict) -> dict | None:
     return record
 
 
+def group_size_of(record: dict, module: str) -> int:
+    """The group size ``record`` gives ``module`` (its own entry's, else the default)."""
+    entry = record.get(module)
+    return entry.get("group_size", record["group_size"]) if isinstance(entry, dict) else record["group_size"]
+
+
+def quantization_notes(record: dict | None) -> tuple[str, ...]:
+    """One line for `describe` when modules have settings of their own (mixed-bit recipes)."""
+    entries = {key: entry for key, entry in (record or {}).items() if isinstance(entry, dict) or entry is False}
+    if not entries:
+        return ()
+    bits = sorted({entry.get("bits", record["bits"]) for entry in entries.values() if entry})
+    floats = sum(entry is False for entry in entries.values())
+    return (f"mixed quantization: {len(entries)} modules with their own settings (bits "
+            f"{', '.join(map(str, bits)) or 'none'}; {floats} kept in float)",)
+
+
 def _module_settings(path: str, module: nn.Module, weights: dict[str, mx.array], mode: str) -> dict | bool:
     """How the module at ``path`` is stored: ``False`` if float, else its quantization,
     read from the shapes of its packed weight and scales (the record may name the

@@ -125,6 +125,15 @@ def test_mixed_bit_recipes_load_here(checkpoints, tmp_path, recipe):
     assert len(set(overrides.values())) == 2  # low and high bits, per module
     model = assert_same(folder)
     assert model.model.layers[1].feed_forward.down_proj.bits == overrides["model.layers.1.mlp.down_proj"]
+    from mlx.utils import tree_flatten
+
+    from mlx_llm.loading import describe
+
+    info = describe(folder)  # counted from the headers: each packed module with its own bits
+    float_model, _ = load_model(checkpoints["llama"])
+    assert info.num_parameters == sum(value.size for _, value in tree_flatten(float_model.parameters()))
+    assert info.notes == (f"mixed quantization: {len(overrides)} modules with their own settings (bits "
+                          f"{', '.join(map(str, sorted(set(overrides.values()))))}; 0 kept in float)",)
 
 
 def test_per_module_overrides_and_float_modules_load_here(checkpoints, tmp_path):
