@@ -151,8 +151,9 @@ def prefill(model: nn.Module, prompts: list[list[int]], cache: list, step_size: 
     while tokens.shape[1] > 1:
         chunk = min(step_size, tokens.shape[1] - 1)  # the last position runs alone: only its logits are needed
         model(tokens[:, :chunk], cache=cache)
-        mx.eval([layer.state for layer in cache])
         tokens = tokens[:, chunk:]
+        if tokens.shape[1] > 1:  # bounds a long prompt's graph; a short one stays lazy, queued with the next step
+            mx.eval([layer.state for layer in cache])
     return model(tokens, cache=cache)[:, -1, :]
 
 
