@@ -279,6 +279,18 @@ def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
         assert text == generate(model, tokenizer, prompt, max_tokens=count, repetition_penalty=penalty), prompt
     # Every finished row left its KV state for prefix reuse, the early leaver included.
     assert len(scheduler.prefix_cache) == len(cases)
+    # The same prompts again: their stored states are joined and their last tokens run together.
+    again = [[] for _ in cases]
+    for index, (prompt, count, penalty) in enumerate(cases):
+        scheduler.add(Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, repetition_penalty=penalty),
+                               again[index].append))
+    for _ in range(50):
+        if not scheduler.busy:
+            break
+        scheduler.step()
+    for (prompt, count, penalty), events, first in zip(cases, again, outputs):
+        assert events[-1].cached_tokens == len(tokenizer.encode(prompt)) - 1
+        assert [event.text for event in events[:-1]] == [event.text for event in first[:-1]], prompt
 
 
 def test_a_failed_batched_prefill_is_retried_row_by_row(library, monkeypatch):

@@ -240,11 +240,16 @@ class Scheduler:
         self._drop(finished, store=True)
 
     def _admit(self) -> None:
-        """Prefill the waiting sequences that fit (those with a stored prefix each alone,
-        the others together) and add them to the batch, their first tokens pending."""
+        """Prefill the waiting sequences that fit and add them to the batch, their first tokens pending.
+
+        Those without a stored prefix run together; those with one run
+        together when the rest of their prompts is as long (their stored
+        states left-padded into one batch), which is the case for a prompt
+        sent again.
+        """
         room = self.max_batch - len(self.rows)
         arrivals, self.waiting = self.waiting[:room], self.waiting[room:]
-        fresh = []
+        fresh, reused = [], {}
         for sequence in arrivals:
             if sequence.cancelled:
                 continue
@@ -259,7 +264,15 @@ class Scheduler:
                 fresh.append(sequence)
             else:
                 sequence.cached_tokens = held
-                self._prefill([sequence], cache)
+                reused.setdefault(len(sequence.prompt_ids) - held, []).append((sequence, cache))
+        for group in reused.values():
+            if len(group) == 1:
+                self._prefill([group[0][0]], group[0][1])
+                continue
+            batch = [BatchKVCache() for _ in range(self.layers)]
+            for _, cache in group:
+                join(batch, cache)
+            self._prefill([sequence for sequence, _ in group], batch)
         if fresh:
             self._prefill(fresh)
 
@@ -275,6 +288,7 @@ class Scheduler:
         except Exception as error:
             if len(sequences) > 1:
                 for sequence in sequences:
+                    sequence.cached_tokens = 0  # alone, from the start: the stored states were joined
                     self._prefill([sequence])
                 return
             log.exception("prefill failed")
