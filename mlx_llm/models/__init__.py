@@ -8,7 +8,11 @@ Every family module exports the same small interface:
   invalid value).
 - ``Model``: the ``nn.Module`` built from ``ModelArgs``.
 - ``convert_hf_weights(weights, args)``: Hugging Face tensor names and
-  layouts to the ``Model``'s parameter names.
+  layouts to the ``Model``'s parameter names; also mlx-lm's layout, and the
+  ``.scales`` / ``.biases`` of quantized layers.
+- ``export_hf_weights(weights, args)``: the inverse, used to write folders
+  (`mlx_llm.mlx_lm_layout`); ``export_mlx_lm_weights`` where mlx-lm's names
+  or layouts differ from transformers' (GPT-2).
 """
 
 from __future__ import annotations
