@@ -288,15 +288,7 @@ def pretrain(
         raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
     with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
         run_folder.prepare()
-        # Tokenizer: given, or trained on the data into the run folder (by the first process).
-        if tokenizer is not None:
-            tokenizer_dir = Path(tokenizer)
-        elif resume:
-            tokenizer_dir = out / "tokenizer" if (out / "tokenizer").is_dir() else out
-        else:
-            tokenizer_dir = out / "tokenizer"
-            if leader:
-                train_tokenizer(data, vocab_size, tokenizer_dir, bert_special_tokens=arch == "bert", overwrite=True)
+        tokenizer_dir = _run_tokenizer(arch, data, out, tokenizer, vocab_size, resume, leader)
         _barrier(world)
         loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
 
@@ -309,14 +301,7 @@ def pretrain(
                         "next_sentence_probability": next_sentence_probability}
         # Recorded only when not the default, so that runs started before these options existed still resume.
         run.update({key: value for key, value in text_options.items() if value != _TEXT_DEFAULTS[key]})
-        if resume:
-            saved = read_json(out / "run.json")
-            if saved != json.loads(json.dumps(run)):
-                differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
-                raise ValueError(
-                    f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
-        elif leader:
-            write_json(run, out / "run.json")
+        _record_run(run, out, resume, leader)
         model = build_model(config)
         if dtype == "bfloat16":
             model.set_dtype(mx.bfloat16)
@@ -341,6 +326,31 @@ def pretrain(
         if trainer.world.rank() == 0:
             save_model(model, config, out, tokenizer_dir, dtype=save_dtype)
         return PretrainResult(out, num_parameters(model), result, validation)
+
+
+def _run_tokenizer(arch: str, data, out: Path, tokenizer, vocab_size: int | None, resume: bool,
+                   leader: bool) -> Path:
+    """The run's tokenizer folder: the one given, the resumed run's, or one trained on the data
+    into the run folder (by the first process)."""
+    if tokenizer is not None:
+        return Path(tokenizer)
+    if resume:
+        return out / "tokenizer" if (out / "tokenizer").is_dir() else out
+    if leader:
+        train_tokenizer(data, vocab_size, out / "tokenizer", bert_special_tokens=arch == "bert", overwrite=True)
+    return out / "tokenizer"
+
+
+def _record_run(run: dict, out: Path, resume: bool, leader: bool) -> None:
+    """Write the run's settings to ``run.json``, or, when resuming, check that they are the saved ones."""
+    if not resume:
+        if leader:
+            write_json(run, out / "run.json")
+        return
+    saved = read_json(out / "run.json")
+    if saved != json.loads(json.dumps(run)):
+        differing = sorted(key for key in run if saved.get(key) != json.loads(json.dumps(run[key])))
+        raise ValueError(f"cannot resume {out}: the run was started with other settings ({', '.join(differing)})")
 
 
 def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path, seq_len: int, batch_size: int,
