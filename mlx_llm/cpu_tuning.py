@@ -233,15 +233,24 @@ def _pass_seconds(weights: list[mx.array], row: mx.array, flush: mx.array) -> fl
     return time.perf_counter() - start
 
 
-def in_out_is_faster(weights: list[mx.array]) -> bool:
-    """Whether one-row products ``x @ W.T`` (a decoding step) with these
-    same-shape ``(out, in)`` weights run faster with them stored ``(in, out)``.
+def in_out_is_faster(weights: list[mx.array], rows: int = 1) -> bool:
+    """Whether products ``x @ W.T`` with ``rows``-row inputs (one row: a decoding
+    step) and these same-shape ``(out, in)`` weights run faster with them stored ``(in, out)``.
 
     Both orders are timed, alternately, with the weights coming from memory
     (as in decoding, where a model does not fit in the caches): timing one
     matrix in a loop measures a cache-resident product and picks wrongly.
+
+    Args:
+        weights: Same-shape ``(out, in)`` float32 weights.
+        rows: Rows of ``x``: 1 for a decoding step, more for a batch decoded
+            together (a server), where MKL's small-``M`` ``sgemm`` reads a
+            transposed weight much slower.
+
+    Returns:
+        ``True`` when ``(in, out)`` is at least 5% faster.
     """
-    row = mx.ones((1, weights[0].shape[1]), mx.float32)
+    row = mx.ones((rows, weights[0].shape[1]), mx.float32)
     flush = mx.zeros((_FLUSH_BYTES // 4,), mx.float32)
     orders = {False: [mx.contiguous(w) for w in weights], True: [mx.contiguous(w.T).T for w in weights]}
     mx.eval(row, flush, orders)

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
@@ -317,6 +319,33 @@ def test_a_failed_batched_prefill_is_retried_row_by_row(library, monkeypatch):
     assert calls == [2, 1, 1]
     assert isinstance(good[-1], DoneEvent) and good[-1].completion_tokens == 3
     assert len(bad) == 1 and isinstance(bad[0], ErrorEvent) and "boom" in bad[0].message
+
+
+def test_weights_take_the_order_batched_products_read_fastest(monkeypatch):
+    from mlx_llm import cpu_tuning, layers
+    from mlx_llm.serve import weights
+
+    monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: False)
+    monkeypatch.setattr(layers, "_override", None)
+    timed = []
+
+    def faster_in_out(chosen, rows=1):  # stands in for the timing: the (512, 1024) weights read faster (in, out)
+        timed.append((tuple(chosen[0].shape), len(chosen), rows))
+        return tuple(chosen[0].shape) == (512, 1024)
+
+    monkeypatch.setattr(weights, "in_out_is_faster", faster_in_out)
+    mx.random.seed(0)
+    model = nn.Sequential(layers.Linear(1024, 512), layers.Linear(1024, 512), layers.Linear(512, 1024),
+                          layers.Linear(8, 4), layers.Embedding(600, 512))
+    x = mx.random.normal((3, 1024))
+    expected = np.array(model.layers[2](model.layers[0](x)))
+    assert weights.place_for_batches(model) == 2
+    assert sorted(timed) == [((512, 1024), 2, weights.BATCH_ROWS), ((1024, 512), 1, weights.BATCH_ROWS)]
+    strides = [memoryview(layer.weight).strides for layer in model.layers[:3]]
+    assert strides == [(4, 4 * 512), (4, 4 * 512), (4 * 512, 4)]  # (in, out), (in, out), (out, in) as before
+    np.testing.assert_allclose(np.array(model.layers[2](model.layers[0](x))), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(layers, "_override", True)  # the reference BLAS: weights already (in, out), nothing timed
+    assert weights.place_for_batches(model) == 0 and len(timed) == 2
 
 
 def test_multi_turn_chat_reuses_the_prefix(client, library):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .engine import ErrorEvent, Scheduler, Sequence
 from .prefix_cache import PrefixCache
+from .weights import place_for_batches
 
 log = logging.getLogger("mlx_llm.serve")
 
@@ -149,6 +150,11 @@ class ModelWorker:
         if not hasattr(model, "make_cache"):
             raise ValueError(f"{self.name} is an encoder-decoder; this server serves decoder-only models")
         self.kind = GENERATE
+        try:
+            placed = place_for_batches(model)
+            log.debug("model %s: %d weights stored (in, out) for batched decoding", self.name, placed)
+        except Exception:  # only speed is at stake: serve with the weights as loaded
+            log.warning("could not time the weight order of %s", self.name, exc_info=True)
         limits = [limit for limit in (context_length(model), self.max_kv_size) if limit is not None]
         self.context_limit = min(limits) if limits else None
         self.scheduler = Scheduler(model, tokenizer, tokenizer.eos_token_ids, self.prefix_cache, self.max_batch)
