@@ -63,6 +63,8 @@ def info(model: str, revision: str | None, as_json: bool) -> None:
     rows = [
         ("path", str(details.path)),
         ("architecture", f"{details.architecture} ({details.model_type})"),
+        *((("family", details.family),) if details.family else ()),
+        *((("features", ", ".join(details.features)),) if details.features else ()),
         ("parameters", f"{details.num_parameters:,} ({details.num_parameters / 1e6:.1f}M)"),
         ("dtype", details.dtype),
         ("quantization", quantization),

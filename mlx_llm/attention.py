@@ -140,6 +140,10 @@ def attention_weights(
     return weights.astype(queries.dtype)
 
 
+# Norms of the projected queries and keys: per head (Qwen3) or over the whole width (OLMo 2).
+QK_NORMS = (None, "head", "width")
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self- or cross-attention, with grouped-query heads, rotary
     positions and a KV cache.
@@ -167,6 +171,11 @@ class MultiHeadAttention(nn.Module):
             ``attention_probs_dropout_prob``); the fused kernel runs otherwise.
         fused_qkv: One ``qkv_proj`` (rows: queries, keys, values) instead of
             three projections; self-attention only.
+        qk_norm: RMSNorm (``q_norm``, ``k_norm``) on the projected queries and
+            keys, before rotary positions: ``"head"`` over each head's
+            ``head_dim`` (Qwen3), ``"width"`` over the whole projected width
+            (OLMo 2); ``None`` (the default) for none.
+        qk_norm_eps: Epsilon of those norms.
     """
 
     def __init__(
@@ -182,9 +191,13 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         dropout: float = 0.0,
         fused_qkv: bool = False,
+        qk_norm: str | None = None,
+        qk_norm_eps: float = 1e-6,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"unknown qk_norm {qk_norm!r}; choose one of {QK_NORMS}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
         if hidden_size < 1 or num_heads < 1 or num_kv_heads < 1:
@@ -229,6 +242,23 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=output_bias)
         self.rope = rope
         self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.qk_norm = qk_norm
+        if qk_norm is not None:
+            per_head = qk_norm == "head"
+            self.q_norm = nn.RMSNorm(head_dim if per_head else num_heads * head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim if per_head else num_kv_heads * head_dim, eps=qk_norm_eps)
+
+    def _normed(self, projected: mx.array, norm_name: str) -> mx.array:
+        # (B, L, H * D) in and out; "head" normalizes each (B, L, H, D) head vector over D.
+        if self.qk_norm is None:
+            return projected
+        norm = self[norm_name]
+        if self.qk_norm == "width":
+            return norm(projected)
+        batch, length, width = projected.shape
+        return norm(projected.reshape(batch, length, width // self.head_dim, self.head_dim)).reshape(
+            batch, length, width
+        )
 
     def _split_heads(self, projected: mx.array, num_heads: int) -> mx.array:
         batch, length, _ = projected.shape
@@ -251,6 +281,7 @@ class MultiHeadAttention(nn.Module):
         else:
             source = hidden_states if key_value_states is None else key_value_states
             queries, keys, values = self.q_proj(hidden_states), self.k_proj(source), self.v_proj(source)
+        queries, keys = self._normed(queries, "q_norm"), self._normed(keys, "k_norm")
         batch, length, _ = hidden_states.shape
         source_length = length if key_value_states is None else key_value_states.shape[1]
         # (B, L, H * D) -> (B, H, L, D)
@@ -300,7 +331,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
         elif cache is not None and cache.offset > 0:
-            queries = self._split_heads(self.q_proj(hidden_states), self.num_heads)
+            queries = self._split_heads(self._normed(self.q_proj(hidden_states), "q_norm"), self.num_heads)
             keys, values = cache.state  # encoder keys/values projected on an earlier step
         else:
             if (

@@ -340,6 +340,8 @@ class ModelInfo:
     converted: bool
     file_format: str = "safetensors"  # or "gguf"
     notes: tuple[str, ...] = ()  # e.g. which GGUF tensor types stay quantized or are dequantized
+    family: str = ""  # the module under mlx_llm.models that runs it
+    features: tuple[str, ...] = ()  # what sets the family's variants apart (the family's ``features``)
 
     def as_dict(self) -> dict:
         return {
@@ -354,6 +356,8 @@ class ModelInfo:
             "mlx_llm_format": self.converted,
             "file_format": self.file_format,
             "notes": list(self.notes),
+            "family": self.family,
+            "features": list(self.features),
         }
 
 
@@ -371,7 +375,8 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
         return describe_gguf(path_or_repo, revision=revision)
     folder = resolve_model_path(path_or_repo, revision=revision)
     config = read_config(folder)
-    get_family(config.get("model_type"))  # unsupported types fail here, with the list
+    family = get_family(config.get("model_type"))  # unsupported types fail here, with the list
+    features = tuple(family.features(family.ModelArgs.from_config(config))) if hasattr(family, "features") else ()
     files = find_weight_files(folder)
     quantization = quantization_record(config)  # a record this MLX cannot run fails here, as loading would
     headers = {name: entry for file in files for name, entry in read_safetensors_header(file).items()}
@@ -404,4 +409,6 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
         size_bytes=sum(file.stat().st_size for file in files),
         converted=FORMAT_KEY in config,
         notes=quantization_notes(quantization),
+        family=family.__name__.rsplit(".", 1)[-1],
+        features=features,
     )

@@ -34,8 +34,11 @@ def make_norm(kind: str, dims: int, eps: float) -> nn.Module:
 
 
 def _final_norm(layer: "TransformerEncoderLayer", hidden_size: int) -> nn.Module | None:
-    # Pre-LN stacks normalize their output once more; post-LN layers already end in a norm.
-    return make_norm(layer.norm_kind, hidden_size, layer.norm_eps) if layer.norm_first else None
+    # Pre-LN (and normalized-output) stacks normalize their output once more; post-LN layers
+    # already end in a norm.
+    if layer.norm_first or layer.norm_output:
+        return make_norm(layer.norm_kind, hidden_size, layer.norm_eps)
+    return None
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -63,6 +66,11 @@ class TransformerEncoderLayer(nn.Module):
         attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
         attention_dropout: Dropout on the attention probabilities (training only).
         fused_qkv: One ``qkv_proj`` for queries, keys and values (GPT-2's ``c_attn``).
+        qk_norm: RMSNorm of queries and keys, ``"head"`` or ``"width"`` (see
+            `MultiHeadAttention`); none if ``None``.
+        norm_output: With ``norm_first=False``, normalize each sublayer's output
+            before the residual add, ``x + Norm(Sublayer(x))`` (OLMo 2), instead of
+            post-LN's ``Norm(x + Sublayer(x))``.
     """
 
     def __init__(
@@ -85,9 +93,14 @@ class TransformerEncoderLayer(nn.Module):
         attention_scale: float | None = None,
         attention_dropout: float = 0.0,
         fused_qkv: bool = False,
+        qk_norm: str | None = None,
+        norm_output: bool = False,
     ):
         super().__init__()
+        if norm_first and norm_output:
+            raise ValueError("norm_output normalizes the sublayer output; it excludes norm_first (pre-LN)")
         self.norm_first = norm_first
+        self.norm_output = norm_output
         self.norm_kind = norm
         self.norm_eps = norm_eps
         self.self_attn = MultiHeadAttention(
@@ -101,6 +114,8 @@ class TransformerEncoderLayer(nn.Module):
             scale=attention_scale,
             dropout=attention_dropout,
             fused_qkv=fused_qkv,
+            qk_norm=qk_norm,
+            qk_norm_eps=norm_eps,
         )
         self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
         feed_forward = GatedFeedForward if gated else FeedForward
@@ -114,11 +129,15 @@ class TransformerEncoderLayer(nn.Module):
         # `inputs` go to the sublayer as keywords (no closure: this runs for every layer of every decoding step).
         if self.norm_first:
             output = sublayer(norm(hidden_states), **inputs)
+        elif self.norm_output:
+            output = norm(sublayer(hidden_states, **inputs))
         else:
             output = sublayer(hidden_states, **inputs)
         if self.dropout is not None and self.training:
             output = self.dropout(output)
-        return hidden_states + output if self.norm_first else norm(hidden_states + output)
+        if self.norm_first or self.norm_output:
+            return hidden_states + output
+        return norm(hidden_states + output)
 
     def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""

@@ -13,6 +13,8 @@ Every family module exports the same small interface:
 - ``export_hf_weights(weights, args)``: the inverse, used to write folders
   (`mlx_llm.mlx_lm_layout`); ``export_mlx_lm_weights`` where mlx-lm's names
   or layouts differ from transformers' (GPT-2).
+- ``features(args)`` (optional): short phrases that set the variant apart
+  (``mlx-llm info`` prints them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ FAMILIES: dict[str, str] = {
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
+    "qwen3": "qwen3",
     "bert": "bert",
     "roberta": "bert",
     "distilbert": "bert",

@@ -24,6 +24,8 @@ from ..positions import RotaryEmbedding
 from ..transformer import TransformerEncoderLayer
 
 ROPE_TYPES = ("default", "linear", "llama3")
+# config.json keys without a default.
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 @dataclass
@@ -57,6 +59,9 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         model_type = config.get("model_type", "llama")
+        missing = [key for key in REQUIRED_KEYS if key not in config]
+        if missing:
+            raise ValueError(f"{model_type} config.json lacks {', '.join(missing)}")
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{model_type} config has hidden_act={config['hidden_act']!r}; only 'silu' is supported")
         num_heads = config["num_attention_heads"]
@@ -102,6 +107,19 @@ class ModelArgs:
         )
 
 
+def features(args: ModelArgs) -> list[str]:
+    """What sets this Llama-family variant apart, for ``mlx-llm info``."""
+    found = [f"rotary positions (theta {args.rope_theta:g}"
+             + (f", {args.rope_scaling['rope_type']} scaling)" if args.rope_scaling else ")")]
+    if args.num_kv_heads < args.num_heads:
+        found.append(f"grouped-query attention ({args.num_heads} query / {args.num_kv_heads} key-value heads)")
+    if args.attention_bias:
+        found.append("q/k/v biases")
+    if args.tie_word_embeddings:
+        found.append("tied embeddings")
+    return found
+
+
 def llama3_inverse_frequencies(head_dim: int, base: float, scaling: dict) -> mx.array:
     """Llama 3.1 rope scaling: low frequencies slowed by ``factor``, high ones kept,
     and a smooth blend between the two wavelength thresholds."""
@@ -128,7 +146,11 @@ def make_rope(args: ModelArgs) -> RotaryEmbedding:
 
 
 class LlamaModel(nn.Module):
-    """Token embeddings, pre-RMSNorm blocks with rotary causal self-attention, final RMSNorm."""
+    """Token embeddings, pre-RMSNorm blocks with rotary causal self-attention, final RMSNorm.
+
+    Families built on this backbone (Qwen3, SmolLM3, OLMo 2) override
+    `layer_options`, the `TransformerEncoderLayer` arguments of one layer.
+    """
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -137,25 +159,27 @@ class LlamaModel(nn.Module):
         )
         rope = make_rope(args)  # shared by every layer; it has no parameters
         self.layers = [
-            TransformerEncoderLayer(
-                args.hidden_size,
-                args.num_heads,
-                args.intermediate_size,
-                num_kv_heads=args.num_kv_heads,
-                head_dim=args.head_dim,
-                activation="silu",
-                gated=True,
-                bias=args.attention_bias,
-                attention_output_bias=args.attention_output_bias,
-                feed_forward_bias=args.mlp_bias,
-                norm="rmsnorm",
-                norm_eps=args.rms_norm_eps,
-                norm_first=True,
-                rope=rope,
-            )
-            for _ in range(args.num_layers)
+            TransformerEncoderLayer(args.hidden_size, args.num_heads, args.intermediate_size,
+                                    **self.layer_options(args, index, rope))
+            for index in range(args.num_layers)
         ]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def layer_options(self, args: ModelArgs, index: int, rope: nn.Module) -> dict:
+        """Keyword arguments of `TransformerEncoderLayer` for layer ``index``."""
+        return dict(
+            num_kv_heads=args.num_kv_heads,
+            head_dim=args.head_dim,
+            activation="silu",
+            gated=True,
+            bias=args.attention_bias,
+            attention_output_bias=args.attention_output_bias,
+            feed_forward_bias=args.mlp_bias,
+            norm="rmsnorm",
+            norm_eps=args.rms_norm_eps,
+            norm_first=True,
+            rope=rope,
+        )
 
     def __call__(
         self,
@@ -175,10 +199,12 @@ class Model(nn.Module):
     """Llama-family causal language model, or a classifier over the same
     backbone when ``args.task`` asks for one."""
 
+    backbone = LlamaModel  # families on this file's pieces swap in their own
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        self.model = LlamaModel(args)
+        self.model = self.backbone(args)
         if args.task != "causal_lm":
             self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
         elif not args.tie_word_embeddings:
@@ -220,9 +246,17 @@ _KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_a
           "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.", "input_layernorm.", "post_attention_layernorm.")
 
 
-def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+def convert_hf_weights(
+    weights: dict[str, mx.array],
+    args: ModelArgs,
+    renames: dict[str, str] = _RENAMES,
+    known: tuple[str, ...] = _KNOWN,
+) -> dict[str, mx.array]:
     """Hugging Face ``LlamaForCausalLM`` names to this file's: the layer modules
-    are renamed (``mlp`` -> ``feed_forward``, the two norms), the rest kept."""
+    are renamed (``mlp`` -> ``feed_forward``, the two norms), the rest kept.
+
+    ``renames`` (theirs -> ours) and ``known`` (the layer tensors' name prefixes)
+    are the other families' on this backbone."""
     converted: dict[str, mx.array] = {}
     for name, tensor in weights.items():
         if "rotary_emb.inv_freq" in name:
@@ -241,9 +275,9 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
             converted[name] = tensor
             continue
         parts = name.split(".", 3)
-        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3].startswith(_KNOWN):
+        if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3].startswith(known):
             rest = parts[3]
-            for old, new in _RENAMES.items():
+            for old, new in renames.items():
                 if rest.startswith(old):
                     rest = new + rest[len(old):]
             converted[f"model.layers.{parts[2]}.{rest}"] = tensor
@@ -252,9 +286,11 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
     return converted
 
 
-def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+def export_hf_weights(
+    weights: dict[str, mx.array], args: ModelArgs, renames: dict[str, str] = _RENAMES
+) -> dict[str, mx.array]:
     """The inverse of `convert_hf_weights` (``feed_forward`` -> ``mlp``, the norms,
-    the head -> ``score``)."""
+    the head -> ``score``), ``renames`` as there."""
     exported: dict[str, mx.array] = {}
     for name, tensor in weights.items():
         if name.startswith("head.linear."):
@@ -263,7 +299,7 @@ def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str
         parts = name.split(".", 3)
         if len(parts) == 4 and parts[:2] == ["model", "layers"]:
             rest = parts[3]
-            for theirs, ours in _RENAMES.items():
+            for theirs, ours in renames.items():
                 if rest.startswith(ours):
                     rest = theirs + rest[len(ours):]
             name = f"model.layers.{parts[2]}.{rest}"
