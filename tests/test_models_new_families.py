@@ -22,7 +22,8 @@ from tokenizer_fixtures import build_byte_level_bpe
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=128, rms_norm_eps=1e-6, initializer_range=0.1)
+             max_position_embeddings=128, rms_norm_eps=1e-6, initializer_range=0.1, pad_token_id=0,
+             bos_token_id=1, eos_token_id=2)
 
 FAMILIES = {
     # head_dim 32 != 64 // 4: Qwen3's explicit head_dim; untied output layer.
@@ -30,12 +31,20 @@ FAMILIES = {
         **SIZES, num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, **extra)),
     "qwen3-tied-biases": lambda **extra: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
         **SIZES, num_hidden_layers=2, head_dim=16, tie_word_embeddings=True, attention_bias=True, **extra)),
+    # no_rope_layer_interval 4 (the default): layer 3 has no rotary positions.
+    "smollm3": lambda **extra: transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
+        **SIZES, num_hidden_layers=4, tie_word_embeddings=True, **extra)),
+    # An explicit per-layer list (1 = rotary positions), biases, untied.
+    "smollm3-list": lambda **extra: transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
+        **SIZES, num_hidden_layers=3, no_rope_layers=[0, 1, 0], attention_bias=True, tie_word_embeddings=False,
+        **extra)),
 }
 
 
 # Family module, and one feature `mlx-llm info` must name.
 FEATURES = {
     "qwen3": ("qwen3", "per-head q/k RMSNorm (head_dim 32)"),
+    "smollm3": ("smollm3", "no rotary positions in layers [3]"),
 }
 
 
@@ -113,7 +122,28 @@ def with_tokenizer(path, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("name", ["qwen3"])
+def test_smollm3_rope_layers_in_both_spellings(tmp_path):
+    from mlx_llm.models import smollm3
+
+    build("smollm3-list", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert smollm3.ModelArgs.from_config(config).rope_layers == (False, True, False)
+    # Only the interval given: every 2nd layer is a NoPE layer.
+    interval = {key: value for key, value in config.items() if key != "no_rope_layers"}
+    args = smollm3.ModelArgs.from_config({**interval, "no_rope_layer_interval": 2})
+    assert args.rope_layers == (True, False, True)
+    model = smollm3.Model(args)
+    assert [layer.self_attn.rope is None for layer in model.layers] == [False, True, False]
+    with pytest.raises(ValueError, match="no_rope_layers has 2 entries for 3 layers"):
+        smollm3.ModelArgs.from_config({**config, "no_rope_layers": [1, 0]})
+    with pytest.raises(ValueError, match=r"sliding-window attention \(window 4\) in layers \[0, 2\]"):
+        smollm3.ModelArgs.from_config({**interval, "no_rope_layers": [0, 1, 0], "use_sliding_window": True,
+                                       "sliding_window": 4, "layer_types": None})  # NoPE layers slide
+    # layer_types, when written, decides (as in transformers): all full attention here.
+    assert smollm3.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 4})
+
+
+@pytest.mark.parametrize("name", ["qwen3", "smollm3"])
 def test_convert_float_and_quantized(tmp_path, name, tokenizer):
     """`convert` writes Hugging Face names that load back here (float: equal logits;
     8- and 4-bit: within quantization error) and, where mlx-lm has the family, in mlx-lm."""

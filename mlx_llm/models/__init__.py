@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "mistral": "llama",
     "qwen2": "llama",
     "qwen3": "qwen3",
+    "smollm3": "smollm3",
     "bert": "bert",
     "roberta": "bert",
     "distilbert": "bert",

@@ -1,0 +1,88 @@
+"""The SmolLM3 family: SmolLM3 3B.
+
+A Llama-family decoder (`llama`) in which some layers attend without rotary
+positions ("NoPE" layers). ``no_rope_layers`` lists one flag per layer:
+1 = the layer uses rotary positions, 0 = it does not (transformers'
+``SmolLM3Attention.use_rope``). When the config has no list,
+``no_rope_layer_interval`` (default 4) makes every 4th layer (indices 3, 7, ...)
+a NoPE layer, as transformers does.
+
+Sliding-window attention (``use_sliding_window``, which transformers applies to
+NoPE layers only; off in the released model) is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import llama
+
+
+@dataclass
+class ModelArgs(llama.ModelArgs):
+    """`llama.ModelArgs` plus which layers use rotary positions."""
+
+    rope_layers: tuple[bool, ...] = ()  # one flag per layer, True = rotary positions
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.rope_layers) != self.num_layers:
+            raise ValueError(
+                f"{self.model_type} no_rope_layers has {len(self.rope_layers)} entries for {self.num_layers} layers"
+            )
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        """Read a SmolLM3 config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``).
+
+        Raises:
+            ValueError: naming missing keys, a ``no_rope_layers`` of the wrong
+                length, or sliding-window attention turned on.
+        """
+        base = llama.ModelArgs.from_config({"model_type": "smollm3", **config})
+        flags = config.get("no_rope_layers")
+        if flags is None:
+            interval = config.get("no_rope_layer_interval", 4)
+            flags = [(index + 1) % interval != 0 for index in range(base.num_layers)]
+        if config.get("use_sliding_window") and config.get("sliding_window") is not None:
+            sliding = [index for index, uses_rope in enumerate(flags) if not uses_rope]
+            if config.get("layer_types") is not None:
+                sliding = [index for index, kind in enumerate(config["layer_types"]) if kind == "sliding_attention"]
+            if sliding:
+                raise ValueError(
+                    f"smollm3 config.json turns on sliding-window attention (window {config['sliding_window']}) "
+                    f"in layers {sliding}; it is not supported: set use_sliding_window to false"
+                )
+        return cls(**vars(base), rope_layers=tuple(bool(flag) for flag in flags))
+
+
+def features(args: ModelArgs) -> list[str]:
+    """Llama's features plus the layers without positions, for ``mlx-llm info``."""
+    nope = [index for index, uses_rope in enumerate(args.rope_layers) if not uses_rope]
+    return [*llama.features(args), f"no rotary positions in layers {nope}" if nope else "rotary positions in every layer"]
+
+
+class SmolLM3Model(llama.LlamaModel):
+    """The Llama backbone; NoPE layers get no rotary embedding."""
+
+    def layer_options(self, args: ModelArgs, index: int, rope: nn.Module) -> dict:
+        return {**super().layer_options(args, index, rope), "rope": rope if args.rope_layers[index] else None}
+
+
+class Model(llama.Model):
+    """SmolLM3 causal language model (or classifier, as `llama.Model`)."""
+
+    backbone = SmolLM3Model
+
+
+def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """Hugging Face ``SmolLM3ForCausalLM`` names to this file's (Llama's map)."""
+    return llama.convert_hf_weights(weights, args)
+
+
+def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+    """The inverse of `convert_hf_weights`."""
+    return llama.export_hf_weights(weights, args)
