@@ -18,7 +18,7 @@ from .models import get_family
 
 # Llama-family model_type -> transformers class prefix.
 LLAMA_CLASS_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
-                        "smollm3": "SmolLM3"}
+                        "smollm3": "SmolLM3", "olmo2": "Olmo2"}
 DECODER_SUFFIXES = {"causal_lm": "ForCausalLM", "sequence_classification": "ForSequenceClassification",
                     "token_classification": "ForTokenClassification"}
 

@@ -38,6 +38,11 @@ FAMILIES = {
     "smollm3-list": lambda **extra: transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
         **SIZES, num_hidden_layers=3, no_rope_layers=[0, 1, 0], attention_bias=True, tie_word_embeddings=False,
         **extra)),
+    # Norms after each sublayer, q/k norms over the full width; GQA makes the k width differ.
+    "olmo2": lambda **extra: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        **SIZES, num_hidden_layers=3, tie_word_embeddings=False, **extra)),
+    "olmo2-tied-biases": lambda **extra: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        **SIZES, num_hidden_layers=2, tie_word_embeddings=True, attention_bias=True, **extra)),
 }
 
 
@@ -45,6 +50,7 @@ FAMILIES = {
 FEATURES = {
     "qwen3": ("qwen3", "per-head q/k RMSNorm (head_dim 32)"),
     "smollm3": ("smollm3", "no rotary positions in layers [3]"),
+    "olmo2": ("olmo2", "norms after attention and feed-forward"),
 }
 
 
@@ -143,7 +149,7 @@ def test_smollm3_rope_layers_in_both_spellings(tmp_path):
     assert smollm3.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 4})
 
 
-@pytest.mark.parametrize("name", ["qwen3", "smollm3"])
+@pytest.mark.parametrize("name", ["qwen3", "smollm3", "olmo2"])
 def test_convert_float_and_quantized(tmp_path, name, tokenizer):
     """`convert` writes Hugging Face names that load back here (float: equal logits;
     8- and 4-bit: within quantization error) and, where mlx-lm has the family, in mlx-lm."""

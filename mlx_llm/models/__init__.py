@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "qwen2": "llama",
     "qwen3": "qwen3",
     "smollm3": "smollm3",
+    "olmo2": "olmo2",
     "bert": "bert",
     "roberta": "bert",
     "distilbert": "bert",
