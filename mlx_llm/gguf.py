@@ -33,6 +33,7 @@ ARCHITECTURES = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
 }
 # Architectures whose q/k rows llama.cpp permutes (Qwen2 uses the NeoX rotary layout, unpermuted).
 _PERMUTED = ("llama", "mistral")
@@ -56,6 +57,8 @@ _LAYER_NAMES = {
     "ffn_gate": "feed_forward.gate_proj",
     "ffn_up": "feed_forward.up_proj",
     "ffn_down": "feed_forward.down_proj",
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3's per-head query and key norms
+    "attn_k_norm": "self_attn.k_norm",
 }
 
 

@@ -80,7 +80,8 @@ def vocabularies():
 
 HF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-            "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+            "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 
 
 def permute(rows, heads):
@@ -254,6 +255,17 @@ def test_float_gguf_matches_transformers(files, name):
     assert error <= 1e-4, error  # measured 1.8e-7 (llama)
 
 
+def test_qwen3_gguf_matches_transformers(tmp_path, vocabularies):
+    """Qwen3: per-head q/k norms (blk.N.attn_q_norm / attn_k_norm), explicit head_dim, unpermuted q/k."""
+    reference = tiny(transformers.Qwen3ForCausalLM, transformers.Qwen3Config, vocabularies["gpt2"], head_dim=32)
+    write_gguf(tmp_path / "qwen3.gguf", "qwen3", reference.config, gguf_tensors(reference, "qwen3"),
+               vocabularies["gpt2"])
+    model, config = load_model(tmp_path / "qwen3.gguf")
+    assert config["model_type"] == "qwen3" and model.args.head_dim == 32
+    error = np.abs(logits(model) - torch_logits(reference)).max()
+    assert error <= 1e-4, error
+
+
 def test_llama3_rope_freqs_tensor_matches_transformers(tmp_path, vocabularies):
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
@@ -394,13 +406,13 @@ def bad_files(files, tmp_path_factory, vocabularies):
     bad = tmp_path_factory.mktemp("bad")
     llama = references["llama"]
     tensors = gguf_tensors(llama, "llama")
-    write_gguf(bad / "qwen3.gguf", "qwen3", llama.config, tensors, vocabularies["gpt2"])
+    write_gguf(bad / "phi3.gguf", "phi3", llama.config, tensors, vocabularies["gpt2"])
     write_gguf(bad / "q8_1.gguf", "llama", llama.config, tensors, vocabularies["gpt2"], {"attn_v": Q.Q8_1})
     data = (folder / "llama-f32.gguf").read_bytes()
     (bad / "truncated.gguf").write_bytes(data[: len(data) - 1000])
     (bad / "header-only.gguf").write_bytes(data[:200])
     return {
-        "architecture": (bad / "qwen3.gguf", ["'qwen3' is not supported", "llama, mistral, qwen2"]),
+        "architecture": (bad / "phi3.gguf", ["'phi3' is not supported", "llama, mistral, qwen2, qwen3"]),
         "type": (bad / "q8_1.gguf", ["blk.0.attn_v.weight", "Q8_1"]),
         "truncated": (bad / "truncated.gguf", ["truncated"]),
         "header": (bad / "header-only.gguf", ["not a readable GGUF file"]),
