@@ -1,7 +1,8 @@
 """Throughput and time to first token of `mlx-llm serve` against `mlx_lm.server`, with concurrent clients.
 
     cd benchmarks && python serve.py [--model PATH] [--clients 1 4 8] [--requests 3] [--rounds 2]
-        [--max-tokens 64] [--blas mkl|reference] [--workdir /tmp/mlx_llm_bench] [--servers mlx-llm mlx-lm]
+        [--max-tokens 64] [--blas mkl|reference] [--quiet-load 1.0] [--workdir /tmp/mlx_llm_bench]
+        [--servers mlx-llm mlx-lm]
 
 Both servers run as subprocesses on 127.0.0.1, started with the same
 interpreter, the same checkpoint (by default a random-weight
@@ -159,6 +160,20 @@ def load_average() -> str:
         return "unknown"
 
 
+def wait_for_quiet(limit: float, most_seconds: float) -> None:
+    """Wait (at most ``most_seconds``) until the 1-minute load average is below ``limit``: other jobs
+    on a shared machine distort every number."""
+    deadline = time.monotonic() + most_seconds
+    while time.monotonic() < deadline:
+        try:
+            if float(Path("/proc/loadavg").read_text().split()[0]) < limit:
+                return
+        except (OSError, ValueError):
+            return
+        time.sleep(5)
+    print(f"the load average stayed above {limit}; measuring anyway", flush=True)
+
+
 def warm_up(url: str, model: str, clients: int) -> None:
     """Load the model and run the solo and the batched paths once (short requests)."""
     request(url, model, PROMPTS[0], 4)
@@ -197,9 +212,13 @@ def main() -> None:
                         help="The BLAS both servers run with (mkl: this environment's libmkl_rt, preloaded).")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mlx_llm_bench"))
     parser.add_argument("--servers", nargs="+", default=["mlx-llm", "mlx-lm"], choices=["mlx-llm", "mlx-lm"])
+    parser.add_argument("--quiet-load", type=float, default=0.0,
+                        help="Before measuring, wait (up to 10 minutes) for a 1-minute load average below this.")
     args = parser.parse_args()
     model = args.model or make_model(args.workdir)
     environment = server_environment(args.blas)
+    if args.quiet_load > 0:
+        wait_for_quiet(args.quiet_load, 600)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = load_average()
     processes, urls, blas = {}, {}, {}
