@@ -68,7 +68,8 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 # config.json key holding the number of layers, per model_type.
 LAYER_KEYS = {"bert": "num_hidden_layers", "roberta": "num_hidden_layers", "distilbert": "n_layers",
               "gpt2": "n_layer", "llama": "num_hidden_layers", "mistral": "num_hidden_layers",
-              "qwen2": "num_hidden_layers"}
+              "qwen2": "num_hidden_layers", "qwen3": "num_hidden_layers", "smollm3": "num_hidden_layers",
+              "olmo2": "num_hidden_layers"}
 WIDTH_KEYS = {"distilbert": "dim", "gpt2": "n_embd"}
 RUN_FILE = "distill.json"
 
@@ -119,6 +120,12 @@ def student_from_teacher(teacher: nn.Module, teacher_config: dict, layer_map: li
     """
     layer_map = check_layer_map(layer_map, _layer_count(teacher_config))
     config = {**teacher_config, LAYER_KEYS[teacher_config["model_type"]]: len(layer_map)}
+    # Per-layer settings follow the copied layers (SmolLM3's rotary flags, per-layer attention kinds).
+    rope_layers = getattr(getattr(teacher, "args", None), "rope_layers", None)
+    if rope_layers:
+        config["no_rope_layers"] = [int(rope_layers[index]) for index in layer_map]
+    if isinstance(config.get("layer_types"), list) and len(config["layer_types"]) == _layer_count(teacher_config):
+        config["layer_types"] = [config["layer_types"][index] for index in layer_map]
     family = get_family(config["model_type"])
     student = family.Model(family.ModelArgs.from_config(config))
     source = dict(tree_flatten(teacher.parameters()))

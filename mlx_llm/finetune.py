@@ -40,7 +40,7 @@ from .training import Trainer, TrainingConfig, evaluate_objective
 TASKS = ("classify", "tag", "lm")
 MODEL_TASKS = {"classify": "sequence_classification", "tag": "token_classification", "lm": "causal_lm"}
 ENCODERS = ("bert", "roberta", "distilbert")
-DECODERS = ("gpt2", "llama", "mistral", "qwen2")
+DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
 # transformers' problem_type names.
 HF_PROBLEMS = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
                "regression": "regression"}

@@ -67,7 +67,8 @@ def context_length(model: nn.Module) -> int | None:
 
 
 _FAMILY_NAMES = {"bert": "BERT", "roberta": "RoBERTa", "distilbert": "DistilBERT", "gpt2": "GPT-2",
-                 "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "t5": "T5"}
+                 "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
+                 "smollm3": "SmolLM3", "olmo2": "OLMo 2", "t5": "T5"}
 # An encoder's task -> (what its heads are, the commands that fit it).
 _ENCODER_TASKS = {
     "base": ("with no task head", "mlx-llm embed"),
