@@ -322,8 +322,11 @@ def test_a_failed_batched_prefill_is_retried_row_by_row(library, monkeypatch):
 
 
 def test_weights_take_the_order_batched_products_read_fastest(monkeypatch):
-    from mlx_llm import cpu_tuning, layers
+    from mlx_llm import backend, cpu_tuning, layers
     from mlx_llm.serve import weights
+
+    # The CPU branch itself, also when the suite runs with MLX_LLM_CPU_KERNELS=0.
+    monkeypatch.setattr(backend, "_switch", True)
 
     monkeypatch.setattr(cpu_tuning, "reference_blas", lambda: False)
     monkeypatch.setattr(layers, "_override", None)
@@ -346,6 +349,9 @@ def test_weights_take_the_order_batched_products_read_fastest(monkeypatch):
     np.testing.assert_allclose(np.array(model.layers[2](model.layers[0](x))), expected, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(layers, "_override", True)  # the reference BLAS: weights already (in, out), nothing timed
     assert weights.place_for_batches(model) == 0 and len(timed) == 2
+    monkeypatch.setattr(layers, "_override", None)
+    with backend.cpu_kernels(False):  # the Metal/CUDA path: no BLAS, nothing timed or moved
+        assert weights.place_for_batches(model) == 0 and len(timed) == 2
 
 
 def test_multi_turn_chat_reuses_the_prefix(client, library):
