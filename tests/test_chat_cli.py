@@ -1,12 +1,11 @@
 """Chat sessions (KV cache kept between turns) and the generate / chat commands."""
 
-import json
 
 import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from tokenizer_fixtures import CHATML_TEMPLATE, build_byte_level_bpe
+from tokenizer_fixtures import build_byte_level_bpe, build_chat_llama
 
 from mlx_llm.chat import ChatSession
 from mlx_llm.generate import generate
@@ -17,16 +16,7 @@ from mlx_llm_cli.main import main
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chat")
-    build_byte_level_bpe(folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = CHATML_TEMPLATE
-    config_path.write_text(json.dumps(config))
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=0,
-    )).save_pretrained(folder, safe_serialization=True)
+    build_chat_llama(folder, max_positions=512)
     return folder
 
 

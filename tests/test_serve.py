@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tokenizer_fixtures import CHATML_TEMPLATE, build_byte_level_bpe, minilm_folder
+from tokenizer_fixtures import build_chat_llama, minilm_folder
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -44,16 +44,7 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve_llama")
-    build_byte_level_bpe(folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = CHATML_TEMPLATE
-    config_path.write_text(json.dumps(config))
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=CONTEXT, bos_token_id=0, eos_token_id=0,
-    )).save_pretrained(folder, safe_serialization=True)
+    build_chat_llama(folder, max_positions=CONTEXT)
     (folder / "generation_config.json").write_text(json.dumps(
         {"do_sample": False, "max_new_tokens": DEFAULT_MAX_TOKENS, "eos_token_id": 0}))
     return folder

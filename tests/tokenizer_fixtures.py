@@ -80,6 +80,22 @@ TOOLS_TEMPLATE = (
 )
 
 
+def build_chat_llama(folder: Path, max_positions: int) -> Path:
+    """A tiny random Llama (2 layers, width 32, grouped-query attention) with a byte-level BPE
+    tokenizer and a ChatML template, in Hugging Face layout."""
+    import torch
+    import transformers
+
+    build_byte_level_bpe(folder)
+    update_json(folder / "tokenizer_config.json", chat_template=CHATML_TEMPLATE)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=max_positions, bos_token_id=0, eos_token_id=0,
+    )).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def corpus_lines(count: int = 300, seed: int = 0) -> list[str]:
     """``count`` random sentences over `CORPUS_WORDS`, the same for the same seed."""
     rng = random.Random(seed)
