@@ -140,9 +140,17 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
     if nsp_probability is not None and arch != "bert":
         raise click.UsageError("--nsp-probability applies to --arch bert")
     preset = _size(size, arch)
-    report = _leader()
-    files = _corpus_files("--data", data, data_glob, report)
-    valid_files = _corpus_files("--valid", valid_data, data_glob, report) if valid_data else None
+    files = _corpus_files("--data", data, data_glob, report=False)
+    valid_files = _corpus_files("--valid", valid_data, data_glob, report=False) if valid_data else None
+
+    def list_files() -> None:  # once pretrain accepted the settings: a refused run prints only its error
+        if _leader():
+            from mlx_llm.corpus_files import describe_files
+
+            click.echo(f"--data: {describe_files(files)}", err=True)
+            if valid_files:
+                click.echo(f"--valid: {describe_files(valid_files)}", err=True)
+
     result = pretrain(
         arch, files, out, preset=preset, valid_data=valid_files, tokenizer=tokenizer_dir, vocab_size=vocab_size, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, min_learning_rate=min_lr,
@@ -150,7 +158,7 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
         eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, dtype=dtype, save_dtype=save_dtype,
         seed=seed, resume=resume, overwrite=overwrite, progress=not quiet,
         split_on_blank_lines=split_on_blank_lines,
-        next_sentence_probability=0.5 if nsp_probability is None else nsp_probability,
+        next_sentence_probability=0.5 if nsp_probability is None else nsp_probability, on_start=list_files,
     )
     import mlx.core as mx
 

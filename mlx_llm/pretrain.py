@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -240,6 +241,7 @@ def pretrain(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> PretrainResult:
     """Pretrain a model on local text and save it to ``out``.
 
@@ -265,6 +267,9 @@ def pretrain(
         resume: Continue from the latest checkpoint in ``out``.
         overwrite: Start afresh in an ``out`` that holds files (an earlier
             run): they are deleted first.
+        on_start: Called once the settings and ``out`` are accepted, before
+            any data is read (the command line lists the files it will read
+            there, so that a refused run prints only its error).
 
     Raises:
         FileExistsError, FileNotFoundError, ValueError: ``out`` is not a folder
@@ -288,6 +293,8 @@ def pretrain(
         raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
     with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
         run_folder.prepare()
+        if on_start is not None:
+            on_start()
         tokenizer_dir = _run_tokenizer(arch, data, out, tokenizer, vocab_size, resume, leader)
         _barrier(world)
         loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)

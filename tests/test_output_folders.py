@@ -88,6 +88,9 @@ def test_finetune_and_distill_refuse_a_folder_that_holds_files(tiny, tmp_path):
     assert snapshot(out) == before
     assert_refused(run(*distill_arguments(tiny, tiny["teacher"], out)), f"--out {out} {REFUSED}")
     assert snapshot(out) == before
+    # train lists the files it reads only once the folder is accepted: the refusal is its one line.
+    assert_refused(run(*train_arguments(tiny, tiny["text"], out)), f"{out} already holds files")
+    assert snapshot(out) == before
     # --resume needs a checkpoint: refused too, and both flags at once.
     result = run(*finetune_arguments(tiny, tiny["base"], out, "--resume"))
     assert_refused(result, f"--resume: {out} holds no checkpoint to continue from")
