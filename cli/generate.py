@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import re
 import sys
 
@@ -21,13 +20,15 @@ def resolve_model(model: str | None) -> str:
     return str(demo_model_path())
 
 
-def _checked(test, requirement: str):
-    """A Click callback refusing a number that fails ``test`` (nan and inf included),
-    so the message names the option."""
+def _checked(name: str):
+    """A Click callback refusing a value of the sampling option ``name`` that the library
+    would refuse (nan and inf included), so that the message names the option."""
+    from mlx_llm.sampling import sampling_value_problem
 
     def callback(context, parameter, value):
-        if value is not None and (not math.isfinite(value) or not test(value)):
-            raise click.BadParameter(f"must be a finite number {requirement}, got {value}")
+        problem = None if value is None else sampling_value_problem(name, value)
+        if problem is not None:
+            raise click.BadParameter(problem)
         return value
 
     return callback
@@ -43,14 +44,14 @@ def sampling_options(command):
         click.option("--model", "-m", help="Local folder or Hub repo id (default: the built-in demo model)."),
         click.option("--max-tokens", type=click.IntRange(min=1),
                      help=f"Most tokens to generate ({_FROM_CHECKPOINT} 256; the context may cut it)."),
-        click.option("--temp", type=float, callback=_checked(lambda v: v >= 0, ">= 0"),
+        click.option("--temp", type=float, callback=_checked("temperature"),
                      help=f"Sampling temperature; 0 is greedy ({_FROM_CHECKPOINT} 0)."),
         click.option("--top-k", type=click.IntRange(min=0), help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
-        click.option("--top-p", type=float, callback=_checked(lambda v: 0 < v <= 1, "in (0, 1]"),
+        click.option("--top-p", type=float, callback=_checked("top_p"),
                      help=f"Nucleus probability; 1 = off ({_FROM_CHECKPOINT} 1)."),
-        click.option("--min-p", type=float, callback=_checked(lambda v: 0 <= v < 1, "in [0, 1)"),
+        click.option("--min-p", type=float, callback=_checked("min_p"),
                      help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
-        click.option("--repetition-penalty", type=float, callback=_checked(lambda v: v > 0, "> 0"),
+        click.option("--repetition-penalty", type=float, callback=_checked("repetition_penalty"),
                      help=f"1 = off ({_FROM_CHECKPOINT} 1)."),
         click.option("--seed", type=int, help="Seed for sampling."),
         click.option("--stop", multiple=True,

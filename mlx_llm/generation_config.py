@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hub import read_json
+from .sampling import SAMPLING_BOUNDS
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -52,13 +53,9 @@ class GenerationDefaults:
     eos_token_ids: tuple[int, ...] = ()
 
 
-# key -> (type, check, what the check requires)
+# key -> (type, check, what the check requires): the sampling options' own bounds, and max_new_tokens.
 _CHECKS = {
-    "temperature": (float, lambda v: v >= 0, ">= 0"),
-    "top_k": (int, lambda v: v >= 0, ">= 0"),
-    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "min_p": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
-    "repetition_penalty": (float, lambda v: v > 0, "> 0"),
+    **{key: (int if key == "top_k" else float, *bounds) for key, bounds in SAMPLING_BOUNDS.items()},
     "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
 }
 

@@ -79,6 +79,32 @@ def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
     return mx.where(log_probabilities >= threshold, logits, NEG_INF)
 
 
+# The valid values of each sampling option: name -> (test, what the test requires). Read by
+# SamplingConfig, generation_config.json's reader and the command line, so that all three agree.
+SAMPLING_BOUNDS = {
+    "temperature": (lambda value: value >= 0, ">= 0"),
+    "top_k": (lambda value: value >= 0, ">= 0"),
+    "top_p": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "min_p": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "repetition_penalty": (lambda value: value > 0, "> 0"),
+}
+
+
+def sampling_value_problem(name: str, value: float) -> str | None:
+    """What is wrong with ``value`` for the sampling option ``name``, or ``None``.
+
+    nan passes every comparison unnoticed, and an infinite temperature or
+    penalty flattens or erases the distribution: neither is a setting.
+
+    Returns:
+        For example ``"must be a finite number >= 0, got nan"``.
+    """
+    test, requirement = SAMPLING_BOUNDS[name]
+    if not math.isfinite(value) or not test(value):
+        return f"must be a finite number {requirement}, got {value}"
+    return None
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to pick the next token.
@@ -101,21 +127,10 @@ class SamplingConfig:
     repetition_context_size: int = 20
 
     def __post_init__(self):
-        # nan passes every comparison below unnoticed, and an infinite temperature or
-        # penalty flattens or erases the distribution: neither is a setting.
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in SAMPLING_BOUNDS:
+            problem = sampling_value_problem(name, getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
         if self.repetition_context_size < 1:
             raise ValueError(f"repetition_context_size must be >= 1, got {self.repetition_context_size}")
 

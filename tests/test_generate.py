@@ -190,9 +190,9 @@ def test_bad_input(gpt2):
     truncated = list(stream_generate(model, tokenizer, "word " * 200, max_tokens=5, truncate_prompt=True,
                                      eos_token_ids=(), on_warning=lambda message: None))
     assert truncated[-1].prompt_tokens == 91 and len(truncated) == 5  # the oldest tokens make room for max_tokens
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"top_p must be a finite number in \(0, 1\]"):
         generate(model, tokenizer, PROMPT, top_p=1.5)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         generate(model, tokenizer, PROMPT, temperature=-1.0)
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         generate(model, tokenizer, PROMPT, max_tokens=0)

@@ -95,12 +95,12 @@ def test_infinite_logits_are_handled():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(temperature=-0.5), "temperature must be >= 0, got -0.5"),
-        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
-        (dict(top_p=1.2), r"top_p must be in \(0, 1\], got 1.2"),
-        (dict(top_k=-1), "top_k must be >= 0"),
-        (dict(min_p=1.0), r"min_p must be in \[0, 1\)"),
-        (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+        (dict(temperature=-0.5), "temperature must be a finite number >= 0, got -0.5"),
+        (dict(top_p=0.0), r"top_p must be a finite number in \(0, 1\], got 0.0"),
+        (dict(top_p=1.2), r"top_p must be a finite number in \(0, 1\], got 1.2"),
+        (dict(top_k=-1), "top_k must be a finite number >= 0"),
+        (dict(min_p=1.0), r"min_p must be a finite number in \[0, 1\)"),
+        (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
     ],
 )
 def test_bad_sampling_settings(options, message):
