@@ -25,13 +25,12 @@ from collections.abc import Mapping, Sequence
 
 import click
 
-from mlx_llm.cpu_tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, installed_mkl, slow_blas_hint  # noqa: F401
+from mlx_llm.backend import switched_off
+from mlx_llm.cpu_tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, OPTIMIZED_BLAS, installed_mkl, slow_blas_hint  # noqa: F401
 
 # Commands whose work is float32 matrix products (training and scoring whole data sets).
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})
 GUARD_VARIABLE = "MLX_LLM_MKL_REEXEC"  # set in the re-executed process: never twice
-_OPTIMIZED_BLAS = ("mkl", "openblas", "blis", "flexiblas", "armpl", "atlas")
-_OFF_VALUES = {"0", "false", "no", "off"}
 
 
 def show_library_warnings() -> None:
@@ -75,11 +74,11 @@ def mkl_reexec(
     """
     command = _command(arguments)
     if (not system.startswith("linux") or not on_cpu or mkl is None or command not in HEAVY_COMMANDS
-            or environ.get(AUTO_VARIABLE, "1").strip().lower() in _OFF_VALUES or GUARD_VARIABLE in environ
+            or switched_off(environ.get(AUTO_VARIABLE)) or GUARD_VARIABLE in environ
             or any(argument in ("-h", "--help", "--version") for argument in arguments)):
         return None
     preload = environ.get("LD_PRELOAD", "")
-    if any(name in preload.lower() for name in _OPTIMIZED_BLAS):
+    if any(name in preload.lower() for name in OPTIMIZED_BLAS):
         return None  # the user preloads a BLAS already
     return {
         "LD_PRELOAD": f"{mkl}:{preload}" if preload.strip() else mkl,  # other preloads (a malloc) stay

@@ -29,12 +29,18 @@ from contextlib import contextmanager
 import mlx.core as mx
 
 ENVIRONMENT_VARIABLE = "MLX_LLM_CPU_KERNELS"
-_OFF_VALUES = {"0", "false", "no", "off"}
+OFF_VALUES = frozenset({"0", "false", "no", "off"})
 _CPU_DEVICE = mx.Device(mx.cpu)
 
 
+def switched_off(value: str | None) -> bool:
+    """Whether the value of one of mlx_llm's on/off environment variables turns it off
+    (``0``, ``false``, ``no`` or ``off``); unset means on."""
+    return value is not None and value.strip().lower() in OFF_VALUES
+
+
 def _from_environment() -> bool:
-    return os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower() not in _OFF_VALUES
+    return not switched_off(os.environ.get(ENVIRONMENT_VARIABLE))
 
 
 _switch: bool = _from_environment()

@@ -30,8 +30,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from .backend import switched_off
+
 # Names of optimized BLAS libraries, looked for in LD_PRELOAD and in the path of a mapped libblas.
-_OPTIMIZED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl", "flexiblas", "atlas")
+OPTIMIZED_BLAS = ("openblas", "mkl", "blis", "accelerate", "armpl", "flexiblas", "atlas")
 
 
 def reference_blas_in(mapped_paths: list[str], preload: str = "") -> bool:
@@ -51,10 +53,10 @@ def reference_blas_in(mapped_paths: list[str], preload: str = "") -> bool:
     mapped_names = {os.path.basename(path) for path in mapped_paths}
     for entry in re.split(r"[:\s]+", preload):
         names = {os.path.basename(entry), os.path.basename(os.path.realpath(entry))} if entry else set()
-        if any(name in entry.lower() for name in _OPTIMIZED_BLAS) and names & mapped_names:
+        if any(name in entry.lower() for name in OPTIMIZED_BLAS) and names & mapped_names:
             return False
     return any(
-        os.path.basename(path).startswith("libblas") and not any(name in path for name in _OPTIMIZED_BLAS)
+        os.path.basename(path).startswith("libblas") and not any(name in path for name in OPTIMIZED_BLAS)
         for path in (path.lower() for path in mapped_paths)
     )
 
@@ -87,7 +89,6 @@ def reference_blas() -> bool:
 MKL_LIBRARY = "libmkl_rt.so.3"
 AUTO_MKL_VARIABLE = "MLX_LLM_AUTO_MKL"  # the mlx-llm command preloads MKL itself unless this is 0
 HINT_VARIABLE = "MLX_LLM_BLAS_HINT"  # 0: no warning about the reference BLAS
-_OFF_VALUES = {"0", "false", "no", "off"}
 _MKL_PLATFORMS = ("x86_64", "amd64")  # the mkl wheels exist for Linux x86-64 only
 
 
@@ -130,12 +131,12 @@ def slow_blas_hint(
         GPU, or where it is silenced.
     """
     if (not system.startswith("linux") or not on_cpu or not reference_blas
-            or environ.get(HINT_VARIABLE, "1").strip().lower() in _OFF_VALUES):
+            or switched_off(environ.get(HINT_VARIABLE))):
         return None
     start = ("mlx-llm: MLX computes float32 matrix products on its bundled reference BLAS here, "
              "up to 10x slower than MKL")
     preload = f"LD_PRELOAD={mkl} MKL_THREADING_LAYER=INTEL"
-    if mkl is not None and environ.get(AUTO_MKL_VARIABLE, "1").strip().lower() in _OFF_VALUES:
+    if mkl is not None and switched_off(environ.get(AUTO_MKL_VARIABLE)):
         return f"{start}; MKL is installed: run with {preload} (or unset {AUTO_MKL_VARIABLE} and mlx-llm preloads it)"
     if mkl is not None:  # installed, but the automatic preload did not take (a program calling main())
         return f"{start}; MKL is installed: run with {preload}"
@@ -301,6 +302,6 @@ def weight_orders(groups: dict[tuple[int, int], list[nn.Module]]) -> dict[tuple[
     """
     sizes = {shape: sum(module.weight.nbytes for module in modules) for shape, modules in groups.items()}
     tuned = {shape: groups[shape] for shape, size in sizes.items() if size >= _UNTIMED_SHAPE_BYTES}
-    if sum(sizes.values()) < _UNTIMED_MODEL_BYTES or os.environ.get("MLX_LLM_TUNE_ORDER", "1") == "0":
+    if sum(sizes.values()) < _UNTIMED_MODEL_BYTES or switched_off(os.environ.get("MLX_LLM_TUNE_ORDER")):
         return {}
     return _measured_orders(tuned) if tuned else {}
