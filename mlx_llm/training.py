@@ -9,15 +9,13 @@ Features: AdamW with weight decay on matrices only, warmup then cosine or
 linear decay, gradient accumulation, global-norm clipping, a compiled step,
 evaluation every N steps, a progress bar (loss, tokens/s, ETA), metrics as
 JSON lines, a loss-curve PNG, atomic checkpoints with exact resume, a stop
-on NaN/inf, and data parallelism over `mx.distributed`.
+on NaN/inf, and data parallelism over `mx.distributed`. Checkpoint files: `checkpoints`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +25,19 @@ from typing import Callable, Iterator, Protocol
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_map
 
+from .checkpoints import (
+    latest_checkpoint,
+    load_trained_weights,
+    prune_checkpoints,
+    read_optimizer_state,
+    read_resumable_state,
+    settings_fingerprint,
+    write_best,
+    write_checkpoint,
+)
 from .cpu_tuning import warn_if_reference_blas
-from .hub import atomic_output_dir, read_json, write_json
 
 Batch = dict[str, mx.array]
 SCHEDULES = ("cosine", "linear", "constant")
@@ -198,10 +205,6 @@ class TrainResult:
     stopped_early: bool = False
     examples: int = 0  # rows of every micro-batch of this session
     train_seconds: float = 0.0  # in training steps (data included), without evaluation and checkpoints
-
-
-def _fingerprint(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def evaluate_objective(model: nn.Module, objective: Objective, batches: Iterator[Batch],
@@ -390,22 +393,18 @@ class Trainer:
         target = self.checkpoint_dir / f"step-{self.step:07d}"
         if self.world.rank() == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_output_dir(target, overwrite=True) as staging:
-                # Frozen parameters (a LoRA base) never change: only the trained ones are kept.
-                mx.save_safetensors(str(staging / "model.safetensors"), self.trained_weights())
-                mx.save_safetensors(str(staging / "optimizer.safetensors"), dict(tree_flatten(self.optimizer.state)))
-                write_json({
-                    "step": self.step,
-                    "tokens_seen": self.tokens_seen,
-                    "data": self.train_data.state(),
-                    "fingerprint": _fingerprint(self.fingerprint_values),
-                    "settings": self.fingerprint_values,
-                    "history": self.history,
-                    "best": self.best,
-                    "evaluations_since_best": self.evaluations_since_best,
-                }, staging / "trainer_state.json")
-            for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old)
+            # Frozen parameters (a LoRA base) never change: only the trained ones are kept.
+            write_checkpoint(target, self.trained_weights(), dict(tree_flatten(self.optimizer.state)), {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "data": self.train_data.state(),
+                "fingerprint": settings_fingerprint(self.fingerprint_values),
+                "settings": self.fingerprint_values,
+                "history": self.history,
+                "best": self.best,
+                "evaluations_since_best": self.evaluations_since_best,
+            })
+            prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return target
 
     def trained_weights(self) -> dict[str, mx.array]:
@@ -431,9 +430,7 @@ class Trainer:
             self.best = {"step": self.step, "metric": name, "value": value}
             self.evaluations_since_best = 0
             if self.world.rank() == 0:
-                with atomic_output_dir(self.best_dir, overwrite=True) as staging:
-                    mx.save_safetensors(str(staging / "model.safetensors"), self.trained_weights())
-                    write_json({**self.best, "metrics": metrics}, staging / "best.json")
+                write_best(self.best_dir, self.trained_weights(), {**self.best, "metrics": metrics})
         else:
             self.evaluations_since_best += 1
         patience = self.config.early_stopping_patience
@@ -443,45 +440,18 @@ class Trainer:
         """Put the best weights (see ``best_metric``) back into the model; their record, or ``None``."""
         if self.best is None or not (self.best_dir / "model.safetensors").is_file():
             return None
-        self._load_trained(self.best_dir / "model.safetensors")
+        load_trained_weights(self.model, self.best_dir / "model.safetensors")
         mx.eval(self.model.parameters())
         return self.best
 
-    def _load_trained(self, path: Path) -> None:
-        """Load weights this trainer saved (its trainable ones), refusing any tensor the model lacks."""
-        weights = mx.load(str(path))
-        expected = dict(tree_flatten(self.model.parameters()))
-        wrong = sorted(name for name, value in weights.items()
-                       if name not in expected or expected[name].shape != value.shape)
-        if wrong:
-            raise ValueError(
-                f"{path} does not fit this model: {len(wrong)} tensor(s) it lacks or shapes differently "
-                f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}); it was written for another model "
-                "or by an older mlx_llm: start a new run in another folder"
-            )
-        self.model.load_weights(list(weights.items()), strict=False)
-
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(path for path in self.checkpoint_dir.glob("step-*") if (path / "trainer_state.json").is_file())
-        return found[-1] if found else None
+        return latest_checkpoint(self.checkpoint_dir)
 
     def restore(self, checkpoint: Path) -> None:
         """Continue exactly from ``checkpoint``; refuses a checkpoint of a different configuration."""
-        state = read_json(checkpoint / "trainer_state.json")
-        if state["fingerprint"] != _fingerprint(self.fingerprint_values):
-            saved, current = state["settings"], json.loads(json.dumps(self.fingerprint_values, default=str))
-            differences = [
-                f"{section}.{key}: checkpoint {saved.get(section, {}).get(key)!r}, now {current[section].get(key)!r}"
-                for section in current if isinstance(current[section], dict)
-                for key in sorted(set(current[section]) | set(saved.get(section, {})))
-                if saved.get(section, {}).get(key) != current[section].get(key)
-            ] or ["world_size"]
-            raise ValueError(
-                f"cannot resume from {checkpoint}: the run's settings differ ({'; '.join(differences)}); "
-                "resume with the same settings, or start a new run in another folder"
-            )
-        self._load_trained(checkpoint / "model.safetensors")
-        self.optimizer.state = tree_unflatten(list(mx.load(str(checkpoint / "optimizer.safetensors")).items()))
+        state = read_resumable_state(checkpoint, self.fingerprint_values)
+        load_trained_weights(self.model, checkpoint / "model.safetensors")
+        self.optimizer.state = read_optimizer_state(checkpoint)
         self.train_data.restore(state["data"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
