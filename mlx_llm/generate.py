@@ -268,8 +268,9 @@ def _encoder_decoder_step(
         yield token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
-class _StopStrings:
-    """Holds back text that could be the start of a stop string."""
+class StopStrings:
+    """Holds back text that could be the start of a stop string (shared by `generate`,
+    `batch_generate` and the server)."""
 
     def __init__(self, stop: Sequence[str]):
         if any(not text for text in stop):
@@ -298,6 +299,9 @@ class _StopStrings:
     def flush(self) -> str:
         emitted, self.pending = self.pending, ""
         return emitted
+
+
+_StopStrings = StopStrings  # the former private name
 
 
 def stream_generate(
@@ -376,7 +380,7 @@ def stream_generate(
         mx.random.seed(seed)
 
     detokenizer = tokenizer.detokenizer()
-    stops = _StopStrings(stop)
+    stops = StopStrings(stop)
     eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
     start = time.perf_counter()
     first_token_time = prompt_tps = 0.0
@@ -498,7 +502,7 @@ def batch_generate(
             return model(token[:, None], attention_mask=mask, cache=cache)[:, -1, :]
 
     detokenizers = [tokenizer.detokenizer() for _ in rows]
-    stops = [_StopStrings(stop) for _ in rows]
+    stops = [StopStrings(stop) for _ in rows]
     texts = [""] * len(rows)
     reasons: list[str | None] = [None] * len(rows)
     eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)

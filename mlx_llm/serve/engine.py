@@ -18,7 +18,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..generate import _StopStrings
+from ..generate import StopStrings
 from ..sampling import SamplingConfig
 from .batch_cache import BatchKVCache, join, keep_rows, row_state, start_rows
 from .picks import Picks, choose, concatenate
@@ -109,7 +109,7 @@ class Sequence:
         self.sampling = SamplingConfig(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
         self.key = None if s.seed is None else mx.random.key(s.seed)
         self.detokenizer = tokenizer.detokenizer()
-        self.stops = _StopStrings(s.stop)
+        self.stops = StopStrings(s.stop)
         self.finished = False
 
     @property
