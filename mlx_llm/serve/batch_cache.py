@@ -47,10 +47,6 @@ class BatchKVCache(KVCache):
         return mask
 
 
-def _held(cache: KVCache) -> tuple[mx.array, mx.array]:
-    return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
-
-
 def _pad_left(array: mx.array, count: int) -> mx.array:
     if count == 0:
         return array
@@ -71,13 +67,13 @@ def join(batch: list[BatchKVCache], new: list[KVCache]) -> None:
         new: The new sequences' caches, one per layer.
     """
     for layer, single in zip(batch, new):
-        new_keys, new_values = _held(single)
+        new_keys, new_values = single.state
         new_padding = list(getattr(single, "padding", None) or [0] * new_keys.shape[0])
         if layer.keys is None or not layer.padding:
             # Kept as they are, spare capacity included: the next step writes in place.
             layer.set_rows(single.keys, single.values, single.offset, new_padding)
             continue
-        keys, values = _held(layer)
+        keys, values = layer.state
         length = max(layer.offset, single.offset)
         grow = length - layer.offset
         keys, values = _pad_left(keys, grow), _pad_left(values, grow)
@@ -129,7 +125,7 @@ def row_state(batch: list[BatchKVCache], row: int) -> list[tuple[mx.array, mx.ar
     per layer, copied so they do not keep the batch's buffers alive."""
     state = []
     for layer in batch:
-        keys, values = _held(layer)
+        keys, values = layer.state
         start = layer.padding[row]
         state.append((mx.contiguous(keys[row : row + 1, :, start:, :]),
                       mx.contiguous(values[row : row + 1, :, start:, :])))
