@@ -144,7 +144,16 @@ def _float32_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]
     return products, lookups
 
 
-def _place(module: nn.Module, in_out: bool) -> None:
+def product_groups(model: nn.Module) -> dict[tuple[int, int], list[nn.Module]]:
+    """The model's float32 weights that multiply (linear layers, output embeddings), by ``(out, in)`` shape."""
+    groups: dict[tuple[int, int], list[nn.Module]] = defaultdict(list)
+    for module in _float32_layers(model)[0]:
+        groups[tuple(module.weight.shape)].append(module)
+    return groups
+
+
+def place_weight(module: nn.Module, in_out: bool) -> None:
+    """Store ``module.weight`` ``(in, out)`` (``in_out``) or ``(out, in)`` in memory, values unchanged."""
     # A copy only where the stored order is the other one; one matrix at a time, so the old memory
     # is freed before the next copy.
     module.weight = mx.contiguous(module.weight.T).T if in_out else mx.contiguous(module.weight)
@@ -180,16 +189,14 @@ def relayout(model: nn.Module) -> int:
         return 0
     products, lookups = _float32_layers(model)
     for module in lookups:
-        _place(module, False)
+        place_weight(module, False)
     if input_major():
         for module in products:
-            _place(module, True)
+            place_weight(module, True)
         return len(products) + len(lookups)
-    groups: dict[tuple[int, int], list[nn.Module]] = defaultdict(list)
-    for module in products:
-        groups[tuple(module.weight.shape)].append(module)
+    groups = product_groups(model)
     orders = cpu_tuning.weight_orders(groups)
     for shape, modules in groups.items():
         for module in modules:
-            _place(module, orders.get(shape, False))
+            place_weight(module, orders.get(shape, False))
     return len(products) + len(lookups)

@@ -12,29 +12,15 @@ once per loaded model and keeps the faster.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import mlx.core as mx
 import mlx.nn as nn
 
 from ..backend import cpu_kernels_enabled
 from ..cpu_tuning import in_out_is_faster
-from ..layers import input_major
+from ..layers import input_major, place_weight, product_groups
 
 BATCH_ROWS = 8  # rows of the timed product: a typical running batch
 _SMALL_BYTES = 2**20  # a shape with less weight in all stays in the caches: its order hardly matters
 _TIMED_BYTES = 64 * 2**20  # at most this much of one shape's weights is copied and timed
-
-
-def _products(model: nn.Module) -> dict[tuple[int, int], list[nn.Module]]:
-    """The model's float32 weights that multiply (linear layers, output embeddings), by shape."""
-    groups: dict[tuple[int, int], list[nn.Module]] = defaultdict(list)
-    for _, module in model.named_modules():
-        multiplies = isinstance(module, nn.Linear) or (
-            isinstance(module, nn.Embedding) and getattr(module, "output_layer", False))
-        if multiplies and "weight" in module and module.weight.dtype == mx.float32:
-            groups[tuple(module.weight.shape)].append(module)
-    return groups
 
 
 def place_for_batches(model: nn.Module, rows: int = BATCH_ROWS) -> int:
@@ -54,15 +40,14 @@ def place_for_batches(model: nn.Module, rows: int = BATCH_ROWS) -> int:
     if not cpu_kernels_enabled() or input_major():
         return 0
     placed = 0
-    for modules in _products(model).values():
+    for modules in product_groups(model).values():
         size = modules[0].weight.nbytes
         if size * len(modules) < _SMALL_BYTES:
             continue
         timed = [module.weight for module in modules[: max(1, _TIMED_BYTES // size)]]
         if not in_out_is_faster(timed, rows=rows):
             continue
-        for module in modules:  # one at a time, so each old copy is freed before the next is made
-            module.weight = mx.contiguous(module.weight.T).T
-            mx.eval(module.weight)
-            placed += 1
+        for module in modules:
+            place_weight(module, True)
+        placed += len(modules)
     return placed
