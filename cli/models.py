@@ -31,7 +31,7 @@ def convert(source: str, out: Path, dtype: str | None, quantize: bool, bits: str
 
     if not quantize and (bits != "4" or group_size != "64"):
         raise click.UsageError("--bits and --group-size take effect only with --quantize")
-    check_output_dir(out, overwrite)  # before a download that the folder would refuse
+    check_output_dir(out, overwrite, inputs={"SOURCE": source})  # before a download that the folder would refuse
     report = convert_checkpoint(source, out, dtype=dtype, quantize=quantize, bits=int(bits),
                                 group_size=int(group_size), revision=revision, overwrite=overwrite)
     click.echo(str(report.out))

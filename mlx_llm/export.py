@@ -97,7 +97,7 @@ def export_to_hf(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     hf_config["torch_dtype"] = hf_config["dtype"] = next(name for name, value in DTYPES.items() if value == stored)
     if task not in ("sequence_classification", "token_classification"):
         hf_config.pop("problem_type", None)
-    with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
+    with atomic_output_dir(Path(out), overwrite=overwrite, inputs={"MODEL_DIR": folder}) as staging:
         save_safetensors(weights, staging, metadata={"format": "pt"})
         write_json(hf_config, staging / "config.json")
         copy_tokenizer_files(folder, staging)

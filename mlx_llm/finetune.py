@@ -563,7 +563,8 @@ def fuse(model_dir: str | Path, out: str | Path, dequantize: bool = False, overw
     # mlx-lm's layout; the quantization record is built from the fused model's modules.
     weights, config = mlx_lm_folder(model, config, get_family(config["model_type"]), {"trained_by": "mlx_llm"},
                                     FORMAT_VERSION, OWN_NAMES_VERSION)
-    with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
+    base = read_json(folder / ADAPTER_CONFIG).get("base_model")
+    with atomic_output_dir(Path(out), overwrite=overwrite, inputs={"MODEL_DIR": folder, "base_model": base}) as staging:
         save_safetensors(weights, staging)
         write_json(config, staging / "config.json")
         copy_tokenizer_files(folder, staging)

@@ -21,6 +21,8 @@ from typing import Any, Literal, overload
 
 import mlx.core as mx
 
+from .run_folders import Inputs, check_not_an_input
+
 # What `resolve_model_path` downloads from a Hub repo by default: configs,
 # safetensors weights and tokenizer files. Pickle weights (*.bin, *.pt) and
 # remote code (*.py) are never fetched.
@@ -586,12 +588,14 @@ def save_safetensors(
 # Output folders and side files
 
 
-def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+def check_output_dir(out: str | Path, overwrite: bool = False, inputs: Inputs | None = None) -> Path:
     """Check that `atomic_output_dir` may write ``out``, before any costly work.
 
     Args:
         out: The final folder.
         overwrite: Whether an existing non-empty ``out`` may be replaced.
+        inputs: What the command reads (`mlx_llm.run_folders.check_not_an_input`):
+            ``out`` may not be, hold or lie inside one of them, even with ``overwrite``.
 
     Returns:
         ``out`` as a ``Path`` (``~`` expanded).
@@ -599,9 +603,10 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
     Raises:
         FileExistsError: ``out`` exists and is non-empty (without
             ``overwrite``), or is a file.
-        ValueError: ``out`` is the working folder or one of its parents.
+        ValueError: ``out`` is the working folder or one of its parents, or an input.
     """
     out = Path(out).expanduser()
+    check_not_an_input(out, inputs)
     # The folder is built beside ``out`` and renamed into place, which cannot be done to the
     # working folder or one that holds it (``.``, ``..``): the shell would be left in a removed folder.
     if out.name in ("", ".", "..") or out.resolve() in (Path.cwd(), *Path.cwd().parents):
@@ -619,7 +624,7 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, overwrite: bool = False, inputs: Inputs | None = None) -> Iterator[Path]:
     """Build an output folder under a temporary name; move it into place on success.
 
     The block writes into a hidden sibling folder of ``out`` (same parent, so
@@ -631,6 +636,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         out: The final folder.
         overwrite: Replace an existing non-empty ``out``; the old folder is
             removed only after the new one is complete.
+        inputs: What the block reads, which ``out`` may not be (`check_output_dir`).
 
     Yields:
         The temporary folder to write into.
@@ -638,7 +644,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     Raises:
         FileExistsError, ValueError: as `check_output_dir`.
     """
-    out = check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = out.with_name(f".{out.name}.tmp-{token}")

@@ -307,7 +307,7 @@ def convert(
     # mlx-lm's layout, with the quantization record built from the modules as they are.
     weights, config = mlx_lm_folder(model, config, get_family(config["model_type"]),
                                     {"converted_from": str(source)}, FORMAT_VERSION, OWN_NAMES_VERSION)
-    with atomic_output_dir(Path(out), overwrite=overwrite) as staging:
+    with atomic_output_dir(Path(out), overwrite=overwrite, inputs={"SOURCE": folder}) as staging:
         files = save_safetensors(weights, staging, max_shard_size=max_shard_size)
         write_json(config, staging / "config.json")
         if from_gguf:

@@ -44,7 +44,19 @@ def _input_paths(inputs: Inputs | None) -> Iterable[tuple[str, Path]]:
                 yield option, Path(path).expanduser()
 
 
-def _check_inputs(out: Path, inputs: Inputs | None) -> None:
+def check_not_an_input(out: PathLike, inputs: Inputs | None) -> None:
+    """Refuse an output folder that is one of the inputs, lies inside one or holds one:
+    nothing of mlx_llm writes into what it reads, not even with ``overwrite``.
+
+    Args:
+        out: The output folder.
+        inputs: What the command reads, by the option that names it (paths
+            that do not exist locally, such as Hub ids, are skipped).
+
+    Raises:
+        ValueError: naming the option and the relation.
+    """
+    out = Path(out).expanduser()
     resolved = out.resolve()
     for option, path in _input_paths(inputs):
         source = path.resolve()
@@ -87,7 +99,7 @@ def check_run_folder(out: PathLike, *, resume: bool = False, overwrite: bool = F
         raise ValueError(f"pass --resume (continue the run in {out}) or --overwrite (start afresh in it), not both")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder; choose another path")
-    _check_inputs(out, inputs)
+    check_not_an_input(out, inputs)
     if resume:
         if not has_checkpoint(out):
             raise FileNotFoundError(
@@ -140,7 +152,7 @@ class RunFolder:
 
     def add_inputs(self, inputs: Inputs) -> None:
         """Check inputs known only later (a Hub model's cache folder) against the folder too."""
-        _check_inputs(self.path, inputs)
+        check_not_an_input(self.path, inputs)
         self.inputs.update(inputs)
 
     def prepare(self) -> Path:

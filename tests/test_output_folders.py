@@ -207,3 +207,16 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_resumes(tiny, tmp_path, mo
     monkeypatch.setattr(Trainer, "train_step", original)
     assert finetune(config, resume=True, progress=False).steps == 3
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_convert_and_export_never_replace_their_source(tiny, tmp_path, command):
+    source = tmp_path / "model"
+    shutil.copytree(tiny["teacher"] if command == "export" else tiny["base"], source)
+    before = snapshot(source)
+    for out in (source, source / "inside"):
+        arguments = ["convert", source, "--out", out] if command == "convert" else ["export", source, "--to-hf", out]
+        result = run(*arguments, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert "a run never writes into its inputs" in result.output and "Traceback" not in result.output
+        assert snapshot(source) == before
