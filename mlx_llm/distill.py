@@ -2,8 +2,9 @@
 
 Students come from a config (fewer layers, narrower) or from the teacher
 itself by copying a subset of its layers (every other one by default, as
-DistilBERT), embeddings and heads included. One objective mixes the terms of
-the classic recipes, each weighted by an ``alpha``:
+DistilBERT), embeddings and heads included (`distill_students`). One objective
+(`distill_objective`) mixes the terms of the classic recipes, each weighted by an
+``alpha``:
 
 - ``soft``: the teacher's softened distribution (KL x T^2, Hinton et al.);
   for causal LMs forward KL, reverse KL or a generalized Jensen-Shannon mix;
@@ -31,394 +32,42 @@ from typing import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
 
 from . import finetune as finetuning
 from .data import steps_for
+from .distill_objective import (
+    DIVERGENCES,  # noqa: F401  (re-exported, as the names below)
+    ENCODERS,
+    DistillationObjective,
+    Distiller,
+    LossWeights,
+    encoder_inputs,
+)
+from .distill_students import (
+    LAYER_KEYS,  # noqa: F401  (re-exported: `from mlx_llm.distill import LAYER_KEYS` keeps working)
+    WIDTH_KEYS,  # noqa: F401
+    check_layer_map,  # noqa: F401
+    default_layer_map,
+    layer_count,
+    masked_lm_student,
+    student_from_config,
+    student_from_teacher,
+    width,
+)
 from .export import dequantize_model
 from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
-from .layers import Linear
 from .loading import DTYPES, load_model
-from .losses import (
-    IGNORE_INDEX,
-    attention_score_mse_loss,
-    binary_cross_entropy_with_logits,
-    cosine_embedding_loss,
-    cross_entropy,
-    hidden_mse_loss,
-    jensen_shannon,
-    mean_squared_error,
-    pkd_loss,
-    reverse_kl,
-    soft_target_loss,
-)
 from .lora import fuse_lora
-from .models import get_family
 from .objectives import CausalLMObjective, MaskedLMObjective
-from .pretrain import build_model, save_model
+from .pretrain import save_model
 from .run_folders import RunFolder
 from .tokenization import Tokenizer
 from .training import Trainer, TrainingConfig, evaluate_objective
 from .utils import num_parameters
 
 TASKS = ("mlm", "classify", "tag", "lm")
-ENCODERS = ("bert", "roberta", "distilbert")
-DIVERGENCES = ("forward", "reverse", "jsd")
-# config.json key holding the number of layers, per model_type.
-LAYER_KEYS = {"bert": "num_hidden_layers", "roberta": "num_hidden_layers", "distilbert": "n_layers",
-              "gpt2": "n_layer", "llama": "num_hidden_layers", "mistral": "num_hidden_layers",
-              "qwen2": "num_hidden_layers", "qwen3": "num_hidden_layers", "smollm3": "num_hidden_layers",
-              "olmo2": "num_hidden_layers"}
-WIDTH_KEYS = {"distilbert": "dim", "gpt2": "n_embd"}
 RUN_FILE = "distill.json"
-
-
-# --- students ----------------------------------------------------------------------------------
-
-
-def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
-    """Teacher layers a student of ``student_layers`` copies: every other one
-    (0, 2, 4, ... as DistilBERT) when that fits, else evenly spaced from the first to the last."""
-    if not 1 <= student_layers <= teacher_layers:
-        raise ValueError(f"a student needs 1 to {teacher_layers} layers (the teacher's), got {student_layers}")
-    if 2 * student_layers <= teacher_layers:
-        return [2 * index for index in range(student_layers)]
-    if student_layers == 1:
-        return [0]
-    return [round(index * (teacher_layers - 1) / (student_layers - 1)) for index in range(student_layers)]
-
-
-def check_layer_map(layer_map: list[int], teacher_layers: int) -> list[int]:
-    """Validate a layer map (student layer i <- teacher layer ``layer_map[i]``)."""
-    if not layer_map:
-        raise ValueError("the layer map is empty; name at least one teacher layer")
-    for index in layer_map:
-        if not 0 <= index < teacher_layers:
-            raise ValueError(
-                f"the layer map names teacher layer {index}, but the teacher has {teacher_layers} layers "
-                f"(0 to {teacher_layers - 1})"
-            )
-    return list(layer_map)
-
-
-def _layer_count(config: dict) -> int:
-    return config[LAYER_KEYS[config["model_type"]]]
-
-
-def _width(config: dict) -> int:
-    return config[WIDTH_KEYS.get(config["model_type"], "hidden_size")]
-
-
-def student_from_teacher(teacher: nn.Module, teacher_config: dict, layer_map: list[int]) -> tuple[nn.Module, dict]:
-    """A student with ``len(layer_map)`` layers initialized from the teacher:
-    student layer ``i`` is a copy of teacher layer ``layer_map[i]``; embeddings,
-    final norms, pooler and heads are copied as they are.
-
-    Returns:
-        ``(student, config)``.
-    """
-    layer_map = check_layer_map(layer_map, _layer_count(teacher_config))
-    config = {**teacher_config, LAYER_KEYS[teacher_config["model_type"]]: len(layer_map)}
-    # Per-layer settings follow the copied layers (SmolLM3's rotary flags, per-layer attention kinds).
-    rope_layers = getattr(getattr(teacher, "args", None), "rope_layers", None)
-    if rope_layers:
-        config["no_rope_layers"] = [int(rope_layers[index]) for index in layer_map]
-    if isinstance(config.get("layer_types"), list) and len(config["layer_types"]) == _layer_count(teacher_config):
-        config["layer_types"] = [config["layer_types"][index] for index in layer_map]
-    family = get_family(config["model_type"])
-    student = family.Model(family.ModelArgs.from_config(config))
-    source = dict(tree_flatten(teacher.parameters()))
-    weights = {}
-    for name, _ in tree_flatten(student.parameters()):
-        if name.startswith("model.layers."):
-            index, _, rest = name.removeprefix("model.layers.").partition(".")
-            name_in_teacher = f"model.layers.{layer_map[int(index)]}.{rest}"
-        else:
-            name_in_teacher = name
-        weights[name] = source[name_in_teacher]
-    student.load_weights(list(weights.items()))
-    mx.eval(student.parameters())
-    return student, config
-
-
-def student_from_config(teacher_config: dict, fields: dict) -> tuple[nn.Module, dict]:
-    """A freshly initialized student: the teacher's config with ``fields`` replaced
-    (e.g. fewer layers, a narrower width), same task and labels.
-
-    Raises:
-        ValueError: when the student's vocabulary differs from the teacher's
-            (logit losses compare distributions over the same tokens).
-    """
-    config = {**teacher_config, **fields}
-    if config.get("model_type") != teacher_config.get("model_type"):
-        raise ValueError(f"the student must be a {teacher_config['model_type']} model like the teacher, "
-                         f"not {config.get('model_type')!r}")
-    if config.get("vocab_size") != teacher_config.get("vocab_size"):
-        raise ValueError(
-            f"the student config has vocab_size {config.get('vocab_size')}, the teacher "
-            f"{teacher_config.get('vocab_size')}: logit losses need the same vocabulary (and tokenizer)"
-        )
-    return build_model(config), config
-
-
-class Distiller(nn.Module):
-    """What the trainer optimizes: the student, and the projection of its hidden
-    states to the teacher's width when they differ (TinyBERT's ``W_h``)."""
-
-    def __init__(self, student: nn.Module, student_width: int, teacher_width: int, needs_projection: bool):
-        super().__init__()
-        self.student = student
-        if needs_projection and student_width != teacher_width:
-            self.projection = Linear(student_width, teacher_width)
-
-    def project(self, hidden_states: mx.array) -> mx.array:
-        return self.projection(hidden_states) if "projection" in self else hidden_states
-
-
-# --- the objective -----------------------------------------------------------------------------
-
-
-@dataclass
-class LossWeights:
-    """The ``alpha`` of each term (0 leaves a term out)."""
-
-    soft: float = 1.0
-    hard: float = 1.0
-    cos: float = 0.0
-    hidden: float = 0.0
-    attention: float = 0.0
-    pkd: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 0:
-                raise ValueError(f"alpha_{name} must be >= 0, got {value}")
-        if not any(asdict(self).values()):
-            raise ValueError("every alpha is 0: give at least one loss term a weight")
-
-    def active(self) -> dict[str, float]:
-        return {name: value for name, value in asdict(self).items() if value > 0}
-
-
-def _encoder_inputs(model: nn.Module, batch: dict) -> dict:
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
-    if "token_type_ids" in batch and model.args.type_vocab_size > 0:
-        inputs["token_type_ids"] = batch["token_type_ids"]
-    return inputs
-
-
-def attention_scores(layer: nn.Module, hidden_states: mx.array, attention_mask: mx.array | None) -> mx.array:
-    """A post-LN encoder layer's unnormalized attention scores ``(B, H, L, L)`` for its
-    input ``hidden_states`` (``q k^T / sqrt(d)``, padding keys at -inf-like values)."""
-    attention = layer.self_attn
-    queries, keys, _ = attention.project(hidden_states)
-    scores = (queries * attention.scale) @ keys.transpose(0, 1, 3, 2)
-    if attention_mask is not None:
-        scores = mx.where(attention_mask[:, None, None, :] != 0, scores, mx.array(-1e4, scores.dtype))
-    return scores
-
-
-class DistillationObjective:
-    """The weighted distillation terms for one task (see the module docstring).
-
-    Each term's loss is a sum here; the trainer divides it by the term's count.
-
-    Args:
-        teacher: The frozen teacher (eval mode; never updated).
-        task: ``"mlm"``, ``"classify"``, ``"tag"`` or ``"lm"``.
-        weights: `LossWeights`.
-        temperature: Softening of both distributions for the soft term.
-        layer_map: Student layer i is matched with teacher layer ``layer_map[i]``
-            (hidden, attention and PKD terms).
-        divergence: Causal LMs: ``"forward"`` KL, ``"reverse"`` KL or ``"jsd"``.
-        beta: The Jensen-Shannon mix.
-        problem: Classification kind of the teacher's head.
-        task_objective: Validation metrics of the task (on the student).
-        teacher_logits: Cached teacher logits by ``example_index`` (classify, tag).
-    """
-
-    def __init__(self, teacher: nn.Module, task: str, weights: LossWeights, temperature: float,
-                 layer_map: list[int], divergence: str = "forward", beta: float = 0.5,
-                 problem: str = "single_label", task_objective=None, teacher_logits: mx.array | None = None):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
-        encoder = teacher.args.model_type in ENCODERS
-        for name in ("hidden", "attention", "pkd"):
-            if getattr(weights, name) > 0 and not encoder:
-                raise ValueError(f"the {name} term compares encoder layers; {teacher.args.model_type} teachers "
-                                 "distill with the soft, hard and cos terms")
-        if weights.pkd > 0 and task != "classify":
-            raise ValueError("the PKD term matches [CLS] states: it serves --task classify")
-        self.teacher = teacher
-        self.task = task
-        self.weights = weights
-        self.temperature = temperature
-        self.layer_map = layer_map
-        self.divergence = divergence
-        self.beta = beta
-        self.problem = problem
-        self.task_objective = task_objective
-        self.teacher_logits = teacher_logits
-        self.encoder = encoder
-        self.needs_states = any(getattr(weights, name) > 0 for name in ("hidden", "attention", "pkd", "cos"))
-
-    @property
-    def state(self) -> list:
-        """The arrays the loss reads besides the batch (for the trainer's compiled step)."""
-        return [self.teacher.state]  # cached logits are constants: captured as they are
-
-    # which positions each term averages over
-    def _soft_positions(self, batch: dict) -> mx.array | None:
-        if self.task == "mlm":
-            return batch["mlm_labels"] != IGNORE_INDEX
-        if self.task == "lm":
-            return batch["targets"] != IGNORE_INDEX
-        if self.task == "tag":
-            return batch["attention_mask"] != 0
-        return None  # one distribution per sequence
-
-    def _token_positions(self, batch: dict) -> mx.array:
-        if "attention_mask" in batch:
-            return batch["attention_mask"] != 0
-        return mx.ones(batch["input_ids"].shape, dtype=mx.bool_)
-
-    def counts(self, batch: dict) -> dict[str, mx.array]:
-        rows = batch["input_ids"].shape[0]
-        counts = {}
-        soft_positions = self._soft_positions(batch)
-        if self.weights.soft:
-            counts["soft"] = mx.array(rows) if soft_positions is None else soft_positions.sum()
-        if self.weights.hard:
-            if self.task == "mlm":
-                counts["hard"] = (batch["mlm_labels"] != IGNORE_INDEX).sum()
-            elif self.task == "lm":
-                counts["hard"] = (batch["targets"] != IGNORE_INDEX).sum()
-            elif self.task == "tag":
-                counts["hard"] = (batch["labels"] != IGNORE_INDEX).sum()
-            else:
-                counts["hard"] = mx.array(batch["labels"].size)
-        tokens = self._token_positions(batch).sum()
-        if self.weights.cos:
-            counts["cos"] = tokens
-        if self.weights.hidden:
-            counts["hidden"] = tokens * _model_width(self.teacher)
-        if self.weights.attention:
-            length = batch["input_ids"].shape[1]
-            counts["attention"] = mx.array(rows * self.teacher.args.num_heads * length * length)
-        if self.weights.pkd:
-            counts["pkd"] = mx.array(rows)
-        return counts
-
-    def _run(self, model: nn.Module, batch: dict, with_states: bool):
-        """``(logits, hidden states or None)`` of a model for this task."""
-        if self.encoder:
-            output = model(**_encoder_inputs(model, batch), output_hidden_states=with_states)
-            logits = output.mlm_logits if self.task == "mlm" else output.logits
-            return logits, output.hidden_states
-        logits = model(batch["input_ids"], batch.get("attention_mask"))
-        states = [model.model(batch["input_ids"], batch.get("attention_mask"))] if with_states else None
-        return logits, states
-
-    def _teacher(self, batch: dict):
-        if self.teacher_logits is not None and "example_index" in batch and not self.needs_states:
-            logits = self.teacher_logits[batch["example_index"]]
-            if logits.ndim == 3:
-                logits = logits[:, : batch["input_ids"].shape[1]]
-            return logits, None
-        logits, states = self._run(self.teacher, batch, self.needs_states)
-        return mx.stop_gradient(logits), None if states is None else [mx.stop_gradient(s) for s in states]
-
-    def _soft(self, student_logits: mx.array, teacher_logits: mx.array, positions) -> mx.array:
-        if self.task == "classify" and self.problem == "regression":
-            return mean_squared_error(student_logits, teacher_logits.squeeze(-1), reduction="sum")
-        if self.task == "classify" and self.problem == "multi_label":
-            targets = mx.sigmoid(teacher_logits / self.temperature)
-            return (self.temperature ** 2) * binary_cross_entropy_with_logits(
-                student_logits / self.temperature, targets, reduction="sum") / student_logits.shape[-1]
-        if self.task == "lm" and self.divergence != "forward":
-            if self.divergence == "reverse":
-                return reverse_kl(student_logits, teacher_logits, mask=positions, temperature=self.temperature,
-                                  reduction="sum")
-            return jensen_shannon(student_logits, teacher_logits, beta=self.beta, mask=positions,
-                                  temperature=self.temperature, reduction="sum")
-        return soft_target_loss(student_logits, teacher_logits, temperature=self.temperature, mask=positions,
-                                reduction="sum")
-
-    def _hard(self, logits: mx.array, batch: dict) -> mx.array:
-        if self.task == "mlm":
-            return cross_entropy(logits, batch["mlm_labels"], reduction="sum")
-        if self.task == "lm":
-            return cross_entropy(logits, batch["targets"], reduction="sum")
-        if self.task == "tag" or self.problem == "single_label":
-            return cross_entropy(logits, batch["labels"], reduction="sum")
-        if self.problem == "multi_label":
-            return binary_cross_entropy_with_logits(logits, batch["labels"], reduction="sum")
-        return mean_squared_error(logits, batch["labels"], reduction="sum")
-
-    def sums(self, distiller: Distiller, batch: dict) -> dict[str, mx.array]:
-        student = distiller.student
-        student_logits, student_states = self._run(student, batch, self.needs_states)
-        teacher_logits, teacher_states = self._teacher(batch)
-        sums = {}
-        if self.weights.soft:
-            sums["soft"] = self._soft(student_logits, teacher_logits, self._soft_positions(batch))
-        if self.weights.hard:
-            sums["hard"] = self._hard(student_logits, batch)
-        positions = self._token_positions(batch)
-        if self.weights.cos:
-            sums["cos"] = cosine_embedding_loss(distiller.project(student_states[-1]), teacher_states[-1],
-                                                mask=positions, reduction="sum")
-        if self.weights.hidden:
-            # Embedding outputs, then each student layer's output against its teacher layer's.
-            pairs = [(0, 0)] + [(index + 1, teacher + 1) for index, teacher in enumerate(self.layer_map)]
-            sums["hidden"] = sum(
-                hidden_mse_loss(distiller.project(student_states[s]), teacher_states[t], mask=positions,
-                                reduction="sum")
-                for s, t in pairs
-            )
-        if self.weights.attention:
-            mask = batch.get("attention_mask")
-            total = mx.array(0.0)
-            for index, teacher_index in enumerate(self.layer_map):
-                ours = attention_scores(student.layers[index], student_states[index], mask)
-                theirs = mx.stop_gradient(
-                    attention_scores(self.teacher.layers[teacher_index], teacher_states[teacher_index], mask))
-                total = total + attention_score_mse_loss(ours, theirs, attention_mask=mask) * ours.size
-            sums["attention"] = total
-        if self.weights.pkd:
-            ours = [distiller.project(student_states[index + 1][:, 0]) for index in range(len(self.layer_map))]
-            theirs = [teacher_states[teacher + 1][:, 0] for teacher in self.layer_map]
-            sums["pkd"] = pkd_loss(ours, theirs) * batch["input_ids"].shape[0]
-        return {name: value * getattr(self.weights, name) for name, value in sums.items()}
-
-    def evaluate_dataset(self, distiller: Distiller, batches) -> dict[str, float]:
-        """The task's metrics of the student, and its top-1 agreement with the teacher."""
-        batches = list(batches)
-        metrics = evaluate_objective(distiller.student, self.task_objective, iter(batches))
-        agreements, count = 0, 0
-        for batch in batches:
-            student_logits, _ = self._run(distiller.student, batch, False)
-            teacher_logits, _ = self._run(self.teacher, batch, False)
-            same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
-            positions = self._soft_positions(batch)
-            if self.task == "classify" and self.problem != "single_label":
-                continue
-            if positions is not None:
-                same = same & positions
-                count += int(positions.sum())
-            else:
-                count += same.size
-            agreements += int(same.sum())
-        if count:
-            metrics["agreement"] = agreements / count
-        return metrics
-
-
-def _model_width(model: nn.Module) -> int:
-    return model.args.hidden_size
 
 
 # --- the workflow ------------------------------------------------------------------------------
@@ -600,7 +249,7 @@ def measure_speed(model: nn.Module, batch: dict, repeats: int = 5, encoder: bool
     """Inference examples per second of ``model`` on ``batch`` (median of ``repeats``, after a warm-up)."""
     def forward():
         if encoder:
-            output = model(**_encoder_inputs(model, batch))
+            output = model(**encoder_inputs(model, batch))
             mx.eval(output.logits if output.logits is not None else output.mlm_logits)
         else:
             mx.eval(model(batch["input_ids"], batch.get("attention_mask")))
@@ -629,6 +278,43 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True,
         return _distill(config, run_folder, resume, progress)
 
 
+def _student(config: DistillConfig, teacher: nn.Module, teacher_config: dict) -> tuple[nn.Module, dict, list[int]]:
+    """The student ``config`` asks for: fresh from ``--student-config`` or copied from the teacher's layers.
+
+    Returns:
+        ``(student, student_config, layer_map)``; the layer map pairs student and teacher layers for the losses.
+    """
+    mx.random.seed(config.seed)
+    if config.student_config is not None:
+        path = Path(config.student_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--student-config {path} does not exist")
+        fields = read_json(path)
+        student, student_config = student_from_config(teacher_config, fields)
+        student.set_dtype(DTYPES[config.dtype])
+        student_layers = layer_count(student_config)
+        layer_map = default_layer_map(layer_count(teacher_config), student_layers)
+    else:
+        teacher_layers = layer_count(teacher_config)
+        layer_map = config.layer_map or default_layer_map(teacher_layers, config.student_layers)
+        student, student_config = student_from_teacher(teacher, teacher_config, layer_map)
+    if config.task == "mlm":
+        # Task-agnostic students keep only the MLM head (DistilBERT drops NSP and the pooler).
+        student, student_config = masked_lm_student(student, student_config)
+    return student, student_config, layer_map
+
+
+def _compare_speeds(teacher: nn.Module, student: nn.Module, batch: dict, repeats: int) -> tuple[float, float]:
+    """Examples per second of teacher and student on ``batch``: the median of three alternating runs."""
+    encoder = teacher.args.model_type in ENCODERS
+    # Alternate the two, so that a change in machine load touches both alike.
+    teacher_speeds, student_speeds = [], []
+    for _ in range(3):
+        teacher_speeds.append(measure_speed(teacher, batch, repeats, encoder))
+        student_speeds.append(measure_speed(student, batch, repeats, encoder))
+    return statistics.median(teacher_speeds), statistics.median(student_speeds)
+
+
 def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progress: bool) -> DistillResult:
     start = time.perf_counter()
     teacher, teacher_config, folder = load_teacher(config.teacher, config.dtype)
@@ -637,32 +323,9 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     _expected_task(config.task, teacher, config.teacher)
     out = run_folder.path
 
-    # The student.
-    mx.random.seed(config.seed)
-    layer_map = None
-    if config.student_config is not None:
-        path = Path(config.student_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--student-config {path} does not exist")
-        fields = read_json(path)
-        student, student_config = student_from_config(teacher_config, fields)
-        student.set_dtype(DTYPES[config.dtype])
-        student_layers = _layer_count(student_config)
-        layer_map = default_layer_map(_layer_count(teacher_config), student_layers)
-    else:
-        teacher_layers = _layer_count(teacher_config)
-        layer_map = config.layer_map or default_layer_map(teacher_layers, config.student_layers)
-        student, student_config = student_from_teacher(teacher, teacher_config, layer_map)
-    if config.task == "mlm":
-        # Task-agnostic students keep only the MLM head (DistilBERT drops NSP and the pooler).
-        student_config["architectures"] = [f"{_hf_prefix(student_config['model_type'])}ForMaskedLM"]
-        family = get_family(student_config["model_type"])
-        masked = family.Model(family.ModelArgs.from_config(student_config))
-        masked.load_weights([(n, w) for n, w in tree_flatten(student.parameters())
-                             if n in dict(tree_flatten(masked.parameters()))])
-        student = masked
+    student, student_config, layer_map = _student(config, teacher, teacher_config)
     weights = config.weights()
-    distiller = Distiller(student, _width(student_config), _width(teacher_config),
+    distiller = Distiller(student, width(student_config), width(teacher_config),
                           needs_projection=weights.hidden > 0 or weights.cos > 0 or weights.pkd > 0)
 
     # Data and the task's own validation metrics.
@@ -725,13 +388,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     else:
         speed_batch = next(iter(train))
     speed_batch = {key: value for key, value in speed_batch.items() if key != "example_index"}
-    encoder = teacher.args.model_type in ENCODERS
-    # Alternate the two, so that a change in machine load touches both alike.
-    teacher_speeds, student_speeds = [], []
-    for _ in range(3):
-        teacher_speeds.append(measure_speed(teacher, speed_batch, config.speed_batches, encoder))
-        student_speeds.append(measure_speed(student, speed_batch, config.speed_batches, encoder))
-    teacher_speed, student_speed = statistics.median(teacher_speeds), statistics.median(student_speeds)
+    teacher_speed, student_speed = _compare_speeds(teacher, student, speed_batch, config.speed_batches)
 
     report = {
         "teacher": str(config.teacher), "task": config.task, "layer_map": layer_map,
@@ -755,10 +412,6 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     )
 
 
-def _hf_prefix(model_type: str) -> str:
-    return {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}[model_type]
-
-
 def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) -> mx.array:
     """The teacher's logits for every training example, computed once before training
     (``(N, C)``, or ``(N, longest, C)`` for tagging) and kept in ``teacher_logits.npy``."""
@@ -766,7 +419,7 @@ def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) ->
     rows = []
     longest = max(len(item["input_ids"]) for item in batches.encoded)
     for _, batch in batches.iterate_once():
-        output = teacher(**_encoder_inputs(teacher, batch)) if teacher.args.model_type in ENCODERS else None
+        output = teacher(**encoder_inputs(teacher, batch)) if teacher.args.model_type in ENCODERS else None
         logits = output.logits if output is not None else teacher(batch["input_ids"], batch.get("attention_mask"))
         logits = np.array(logits.astype(mx.float32))
         if task == "tag":

@@ -1,0 +1,290 @@
+"""The distillation objective: what a student learns from its teacher, term by term.
+
+`DistillationObjective` mixes the terms of the classic recipes, each weighted
+by a `LossWeights` alpha (soft targets, hard labels, cosine of hidden states,
+matched layers' states and attention scores, BERT-PKD); `Distiller` is the
+student plus the projection to the teacher's width that the trainer optimizes.
+The workflow that builds and trains them is `distill`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .layers import Linear
+from .losses import (
+    IGNORE_INDEX,
+    attention_score_mse_loss,
+    binary_cross_entropy_with_logits,
+    cosine_embedding_loss,
+    cross_entropy,
+    hidden_mse_loss,
+    jensen_shannon,
+    mean_squared_error,
+    pkd_loss,
+    reverse_kl,
+    soft_target_loss,
+)
+from .training import evaluate_objective
+
+ENCODERS = ("bert", "roberta", "distilbert")
+DIVERGENCES = ("forward", "reverse", "jsd")
+
+
+class Distiller(nn.Module):
+    """What the trainer optimizes: the student, and the projection of its hidden
+    states to the teacher's width when they differ (TinyBERT's ``W_h``)."""
+
+    def __init__(self, student: nn.Module, student_width: int, teacher_width: int, needs_projection: bool):
+        super().__init__()
+        self.student = student
+        if needs_projection and student_width != teacher_width:
+            self.projection = Linear(student_width, teacher_width)
+
+    def project(self, hidden_states: mx.array) -> mx.array:
+        return self.projection(hidden_states) if "projection" in self else hidden_states
+
+
+@dataclass
+class LossWeights:
+    """The ``alpha`` of each term (0 leaves a term out)."""
+
+    soft: float = 1.0
+    hard: float = 1.0
+    cos: float = 0.0
+    hidden: float = 0.0
+    attention: float = 0.0
+    pkd: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value < 0:
+                raise ValueError(f"alpha_{name} must be >= 0, got {value}")
+        if not any(asdict(self).values()):
+            raise ValueError("every alpha is 0: give at least one loss term a weight")
+
+    def active(self) -> dict[str, float]:
+        return {name: value for name, value in asdict(self).items() if value > 0}
+
+
+def encoder_inputs(model: nn.Module, batch: dict) -> dict:
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if "token_type_ids" in batch and model.args.type_vocab_size > 0:
+        inputs["token_type_ids"] = batch["token_type_ids"]
+    return inputs
+
+
+def attention_scores(layer: nn.Module, hidden_states: mx.array, attention_mask: mx.array | None) -> mx.array:
+    """A post-LN encoder layer's unnormalized attention scores ``(B, H, L, L)`` for its
+    input ``hidden_states`` (``q k^T / sqrt(d)``, padding keys at -inf-like values)."""
+    attention = layer.self_attn
+    queries, keys, _ = attention.project(hidden_states)
+    scores = (queries * attention.scale) @ keys.transpose(0, 1, 3, 2)
+    if attention_mask is not None:
+        scores = mx.where(attention_mask[:, None, None, :] != 0, scores, mx.array(-1e4, scores.dtype))
+    return scores
+
+
+class DistillationObjective:
+    """The weighted distillation terms for one task (see the module docstring).
+
+    Each term's loss is a sum here; the trainer divides it by the term's count.
+
+    Args:
+        teacher: The frozen teacher (eval mode; never updated).
+        task: ``"mlm"``, ``"classify"``, ``"tag"`` or ``"lm"``.
+        weights: `LossWeights`.
+        temperature: Softening of both distributions for the soft term.
+        layer_map: Student layer i is matched with teacher layer ``layer_map[i]``
+            (hidden, attention and PKD terms).
+        divergence: Causal LMs: ``"forward"`` KL, ``"reverse"`` KL or ``"jsd"``.
+        beta: The Jensen-Shannon mix.
+        problem: Classification kind of the teacher's head.
+        task_objective: Validation metrics of the task (on the student).
+        teacher_logits: Cached teacher logits by ``example_index`` (classify, tag).
+    """
+
+    def __init__(self, teacher: nn.Module, task: str, weights: LossWeights, temperature: float,
+                 layer_map: list[int], divergence: str = "forward", beta: float = 0.5,
+                 problem: str = "single_label", task_objective=None, teacher_logits: mx.array | None = None):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
+        encoder = teacher.args.model_type in ENCODERS
+        for name in ("hidden", "attention", "pkd"):
+            if getattr(weights, name) > 0 and not encoder:
+                raise ValueError(f"the {name} term compares encoder layers; {teacher.args.model_type} teachers "
+                                 "distill with the soft, hard and cos terms")
+        if weights.pkd > 0 and task != "classify":
+            raise ValueError("the PKD term matches [CLS] states: it serves --task classify")
+        self.teacher = teacher
+        self.task = task
+        self.weights = weights
+        self.temperature = temperature
+        self.layer_map = layer_map
+        self.divergence = divergence
+        self.beta = beta
+        self.problem = problem
+        self.task_objective = task_objective
+        self.teacher_logits = teacher_logits
+        self.encoder = encoder
+        self.needs_states = any(getattr(weights, name) > 0 for name in ("hidden", "attention", "pkd", "cos"))
+
+    @property
+    def state(self) -> list:
+        """The arrays the loss reads besides the batch (for the trainer's compiled step)."""
+        return [self.teacher.state]  # cached logits are constants: captured as they are
+
+    # which positions each term averages over
+    def _soft_positions(self, batch: dict) -> mx.array | None:
+        if self.task == "mlm":
+            return batch["mlm_labels"] != IGNORE_INDEX
+        if self.task == "lm":
+            return batch["targets"] != IGNORE_INDEX
+        if self.task == "tag":
+            return batch["attention_mask"] != 0
+        return None  # one distribution per sequence
+
+    def _token_positions(self, batch: dict) -> mx.array:
+        if "attention_mask" in batch:
+            return batch["attention_mask"] != 0
+        return mx.ones(batch["input_ids"].shape, dtype=mx.bool_)
+
+    def counts(self, batch: dict) -> dict[str, mx.array]:
+        rows = batch["input_ids"].shape[0]
+        counts = {}
+        soft_positions = self._soft_positions(batch)
+        if self.weights.soft:
+            counts["soft"] = mx.array(rows) if soft_positions is None else soft_positions.sum()
+        if self.weights.hard:
+            if self.task == "mlm":
+                counts["hard"] = (batch["mlm_labels"] != IGNORE_INDEX).sum()
+            elif self.task == "lm":
+                counts["hard"] = (batch["targets"] != IGNORE_INDEX).sum()
+            elif self.task == "tag":
+                counts["hard"] = (batch["labels"] != IGNORE_INDEX).sum()
+            else:
+                counts["hard"] = mx.array(batch["labels"].size)
+        tokens = self._token_positions(batch).sum()
+        if self.weights.cos:
+            counts["cos"] = tokens
+        if self.weights.hidden:
+            counts["hidden"] = tokens * _model_width(self.teacher)
+        if self.weights.attention:
+            length = batch["input_ids"].shape[1]
+            counts["attention"] = mx.array(rows * self.teacher.args.num_heads * length * length)
+        if self.weights.pkd:
+            counts["pkd"] = mx.array(rows)
+        return counts
+
+    def _run(self, model: nn.Module, batch: dict, with_states: bool):
+        """``(logits, hidden states or None)`` of a model for this task."""
+        if self.encoder:
+            output = model(**encoder_inputs(model, batch), output_hidden_states=with_states)
+            logits = output.mlm_logits if self.task == "mlm" else output.logits
+            return logits, output.hidden_states
+        logits = model(batch["input_ids"], batch.get("attention_mask"))
+        states = [model.model(batch["input_ids"], batch.get("attention_mask"))] if with_states else None
+        return logits, states
+
+    def _teacher(self, batch: dict):
+        if self.teacher_logits is not None and "example_index" in batch and not self.needs_states:
+            logits = self.teacher_logits[batch["example_index"]]
+            if logits.ndim == 3:
+                logits = logits[:, : batch["input_ids"].shape[1]]
+            return logits, None
+        logits, states = self._run(self.teacher, batch, self.needs_states)
+        return mx.stop_gradient(logits), None if states is None else [mx.stop_gradient(s) for s in states]
+
+    def _soft(self, student_logits: mx.array, teacher_logits: mx.array, positions) -> mx.array:
+        if self.task == "classify" and self.problem == "regression":
+            return mean_squared_error(student_logits, teacher_logits.squeeze(-1), reduction="sum")
+        if self.task == "classify" and self.problem == "multi_label":
+            targets = mx.sigmoid(teacher_logits / self.temperature)
+            return (self.temperature ** 2) * binary_cross_entropy_with_logits(
+                student_logits / self.temperature, targets, reduction="sum") / student_logits.shape[-1]
+        if self.task == "lm" and self.divergence != "forward":
+            if self.divergence == "reverse":
+                return reverse_kl(student_logits, teacher_logits, mask=positions, temperature=self.temperature,
+                                  reduction="sum")
+            return jensen_shannon(student_logits, teacher_logits, beta=self.beta, mask=positions,
+                                  temperature=self.temperature, reduction="sum")
+        return soft_target_loss(student_logits, teacher_logits, temperature=self.temperature, mask=positions,
+                                reduction="sum")
+
+    def _hard(self, logits: mx.array, batch: dict) -> mx.array:
+        if self.task == "mlm":
+            return cross_entropy(logits, batch["mlm_labels"], reduction="sum")
+        if self.task == "lm":
+            return cross_entropy(logits, batch["targets"], reduction="sum")
+        if self.task == "tag" or self.problem == "single_label":
+            return cross_entropy(logits, batch["labels"], reduction="sum")
+        if self.problem == "multi_label":
+            return binary_cross_entropy_with_logits(logits, batch["labels"], reduction="sum")
+        return mean_squared_error(logits, batch["labels"], reduction="sum")
+
+    def sums(self, distiller: Distiller, batch: dict) -> dict[str, mx.array]:
+        student = distiller.student
+        student_logits, student_states = self._run(student, batch, self.needs_states)
+        teacher_logits, teacher_states = self._teacher(batch)
+        sums = {}
+        if self.weights.soft:
+            sums["soft"] = self._soft(student_logits, teacher_logits, self._soft_positions(batch))
+        if self.weights.hard:
+            sums["hard"] = self._hard(student_logits, batch)
+        positions = self._token_positions(batch)
+        if self.weights.cos:
+            sums["cos"] = cosine_embedding_loss(distiller.project(student_states[-1]), teacher_states[-1],
+                                                mask=positions, reduction="sum")
+        if self.weights.hidden:
+            # Embedding outputs, then each student layer's output against its teacher layer's.
+            pairs = [(0, 0)] + [(index + 1, teacher + 1) for index, teacher in enumerate(self.layer_map)]
+            sums["hidden"] = sum(
+                hidden_mse_loss(distiller.project(student_states[s]), teacher_states[t], mask=positions,
+                                reduction="sum")
+                for s, t in pairs
+            )
+        if self.weights.attention:
+            mask = batch.get("attention_mask")
+            total = mx.array(0.0)
+            for index, teacher_index in enumerate(self.layer_map):
+                ours = attention_scores(student.layers[index], student_states[index], mask)
+                theirs = mx.stop_gradient(
+                    attention_scores(self.teacher.layers[teacher_index], teacher_states[teacher_index], mask))
+                total = total + attention_score_mse_loss(ours, theirs, attention_mask=mask) * ours.size
+            sums["attention"] = total
+        if self.weights.pkd:
+            ours = [distiller.project(student_states[index + 1][:, 0]) for index in range(len(self.layer_map))]
+            theirs = [teacher_states[teacher + 1][:, 0] for teacher in self.layer_map]
+            sums["pkd"] = pkd_loss(ours, theirs) * batch["input_ids"].shape[0]
+        return {name: value * getattr(self.weights, name) for name, value in sums.items()}
+
+    def evaluate_dataset(self, distiller: Distiller, batches) -> dict[str, float]:
+        """The task's metrics of the student, and its top-1 agreement with the teacher."""
+        batches = list(batches)
+        metrics = evaluate_objective(distiller.student, self.task_objective, iter(batches))
+        agreements, count = 0, 0
+        for batch in batches:
+            student_logits, _ = self._run(distiller.student, batch, False)
+            teacher_logits, _ = self._run(self.teacher, batch, False)
+            same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
+            positions = self._soft_positions(batch)
+            if self.task == "classify" and self.problem != "single_label":
+                continue
+            if positions is not None:
+                same = same & positions
+                count += int(positions.sum())
+            else:
+                count += same.size
+            agreements += int(same.sum())
+        if count:
+            metrics["agreement"] = agreements / count
+        return metrics
+
+
+def _model_width(model: nn.Module) -> int:
+    return model.args.hidden_size
