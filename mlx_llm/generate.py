@@ -301,9 +301,6 @@ class StopStrings:
         return emitted
 
 
-_StopStrings = StopStrings  # the former private name
-
-
 def stream_generate(
     model: nn.Module,
     tokenizer,
