@@ -10,7 +10,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, save_safetensors, write_json
+from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, write_json
+from .weight_files import save_safetensors
 from .layers import Embedding, Linear
 from .loading import DTYPES, FORMAT_KEY, load_model
 from .lora import fuse_lora

@@ -550,7 +550,8 @@ def fuse(model_dir: str | Path, out: str | Path, dequantize: bool = False, overw
     """Merge a LoRA run's adapters into its base and write a standalone model folder
     (quantized bases stay quantized unless ``dequantize``)."""
     from .export import dequantize_model
-    from .hub import atomic_output_dir, save_safetensors
+    from .hub import atomic_output_dir
+    from .weight_files import save_safetensors
     from .lora import fuse_lora
 
     folder = Path(model_dir)

@@ -20,7 +20,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .hub import load_safetensors, read_json, write_json
+from .hub import read_json, write_json
+from .weight_files import load_safetensors
 from .layers import Linear
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"

@@ -28,7 +28,7 @@ from .data import (
     tokenize_documents_for_bert,
 )
 from .cpu_tuning import warn_if_reference_blas
-from .hub import copy_tokenizer_files, read_json, save_safetensors, write_json
+from .hub import copy_tokenizer_files, read_json, write_json
 from .loading import DTYPES, FORMAT_VERSION, OWN_NAMES_VERSION
 from .mlx_lm_layout import mlx_lm_folder
 from .models import get_family
@@ -38,6 +38,7 @@ from .tokenization import Tokenizer
 from .tokenizer_training import train_tokenizer
 from .training import Trainer, TrainingConfig, TrainResult
 from .utils import num_parameters
+from .weight_files import save_safetensors
 
 ARCHITECTURES = ("gpt", "bert")
 

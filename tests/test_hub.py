@@ -22,16 +22,13 @@ from mlx_llm.hub import (
     HubConnectionError,
     ModelAccessError,
     ModelNotFoundError,
-    UnsafeCheckpointError,
     atomic_output_dir,
     copy_tokenizer_files,
-    find_weight_files,
     hub_cache_dir,
-    load_safetensors,
     read_json,
     resolve_model_path,
-    save_safetensors,
 )
+from mlx_llm.weight_files import UnsafeCheckpointError, find_weight_files, load_safetensors, save_safetensors
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_hub import FakeHub, commit_hash  # noqa: E402
