@@ -1,12 +1,34 @@
 """Model families, one file each, all built from the shared blocks.
 
-Every family module exports the same small interface:
+The family interface: every family module (``models/<family>.py``) exports
 
+- ``MODEL_TYPES``: ``{model_type: ModelType(...)}`` for each Hugging Face
+  ``model_type`` it reads (each also a line in `FAMILIES`): the name shown to
+  people, the transformers class prefix, and the ``config.json`` keys of the
+  layer count and the width (distillation resizes students with them).
 - ``ModelArgs``: a dataclass of the fields the model uses, with
   ``ModelArgs.from_config(config: dict)`` reading a Hugging Face
-  ``config.json`` through an explicit key map (``ValueError`` naming any
-  invalid value).
-- ``Model``: the ``nn.Module`` built from ``ModelArgs``.
+  ``config.json`` through an explicit key map; required keys are checked up
+  front (``ValueError`` naming the missing key and ``config.json``), as is
+  any invalid value. Activations are read with
+  `feed_forward.hf_activation` (the one Hugging Face activation map).
+- ``Model``: the ``nn.Module`` built from ``ModelArgs``, with
+  - ``kind``: a class attribute, `model_output.DECODER`, ``ENCODER`` or
+    ``ENCODER_DECODER``; callers ask it rather than guess from methods;
+  - ``forward(input_ids, attention_mask=None, cache=None, *,
+    output_hidden_states=False) -> ModelOutput`` (`model_output`): ``logits``
+    always, ``last_hidden_state``, and ``hidden_states`` (``num_layers + 1``
+    arrays, as transformers) on request; BERT adds ``token_type_ids`` and its
+    heads' outputs, T5 takes its decoder inputs (see `t5.Model.forward`);
+  - ``__call__(...)``: ``forward(...).logits``, an ``mx.array`` (what
+    mlx-lm-style code and the samplers expect);
+  - ``make_cache(...)``: decoders one cache per layer (``left_padding``,
+    ``max_kv_size``), encoder-decoders the decoder's caches; an encoder
+    raises ``ValueError`` (it keeps no cache: ask ``kind`` first);
+  - ``args`` (its ``ModelArgs``) and ``layers`` (the backbone's layers).
+- ``hf_architecture(model_type, task) -> str``: the transformers class that
+  loads this model built for ``task`` (``ValueError`` for a task the family
+  lacks); `export` and `finetune` write it into ``config.json``.
 - ``convert_hf_weights(weights, args)``: Hugging Face tensor names and
   layouts to the ``Model``'s parameter names; also mlx-lm's layout, and the
   ``.scales`` / ``.biases`` of quantized layers.
@@ -15,12 +37,35 @@ Every family module exports the same small interface:
   or layouts differ from transformers' (GPT-2).
 - ``features(args)`` (optional): short phrases that set the variant apart
   (``mlx-llm info`` prints them).
+
+``tests/test_model_contract.py`` walks `FAMILIES` and checks every module
+and ``Model`` against this list.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """What the library knows of one Hugging Face ``model_type`` besides its ``ModelArgs``.
+
+    Attributes:
+        display_name: How messages name it (``"GPT-2"``, ``"Qwen2"``).
+        hf_prefix: The transformers class prefix (``"GPT2"``, ``"Qwen2"``,
+            ``"DistilBert"``), for ``hf_architecture``.
+        layers_key: The ``config.json`` key of the number of layers.
+        width_key: The ``config.json`` key of the hidden width.
+    """
+
+    display_name: str
+    hf_prefix: str
+    layers_key: str = "num_hidden_layers"
+    width_key: str = "hidden_size"
+
 
 # Hugging Face ``model_type`` -> family module.
 FAMILIES: dict[str, str] = {
@@ -46,3 +91,8 @@ def get_family(model_type: str | None) -> ModuleType:
             f"{', '.join(sorted(FAMILIES))}"
         )
     return importlib.import_module(f"{__name__}.{FAMILIES[model_type]}")
+
+
+def model_type_info(model_type: str | None) -> ModelType:
+    """The `ModelType` of ``model_type``, from its family module's ``MODEL_TYPES``."""
+    return get_family(model_type).MODEL_TYPES[model_type]
