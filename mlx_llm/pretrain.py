@@ -23,7 +23,6 @@ from .data import (
     read_documents,
     split_documents,
     split_tokens,
-    steps_for,
     tokenize_corpus,
     tokenize_documents_for_bert,
 )
@@ -36,7 +35,7 @@ from .objectives import BertPretrainingObjective, CausalLMObjective
 from .run_folders import RunFolder
 from .tokenization import Tokenizer
 from .tokenizer_training import train_tokenizer
-from .training import Trainer, TrainingConfig, TrainResult
+from .training import OptimizationConfig, Trainer, TrainResult
 from .utils import num_parameters
 from .weight_files import save_safetensors
 
@@ -222,13 +221,13 @@ def pretrain(
     vocab_size: int | None = None,
     seq_len: int = 256,
     batch_size: int = 16,
-    grad_accum: int = 1,
-    learning_rate: float = 1e-3,
+    grad_accum: int | None = None,
+    learning_rate: float | None = None,
     min_learning_rate: float | None = None,
-    warmup_steps: int = 100,
+    warmup_steps: int | None = None,
     steps: int | None = None,
     epochs: float | None = None,
-    weight_decay: float = 0.1,
+    weight_decay: float | None = None,
     dropout: float = 0.1,
     eval_every: int = 200,
     eval_batches: int = 0,
@@ -243,6 +242,7 @@ def pretrain(
     overwrite: bool = False,
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
+    optimization: OptimizationConfig | None = None,
 ) -> PretrainResult:
     """Pretrain a model on local text and save it to ``out``.
 
@@ -256,8 +256,11 @@ def pretrain(
         tokenizer: A tokenizer folder; otherwise one is trained on ``data``
             with ``vocab_size`` tokens into ``out``.
         seq_len: Tokens per training sequence (the context length).
-        batch_size, grad_accum: Sequences per micro-batch, micro-batches per step.
-        steps, epochs: Training length (one of them).
+        batch_size: Sequences per micro-batch.
+        optimization: Learning rate, schedule, warmup, weight decay, clipping,
+            accumulation and length (`OptimizationConfig`); or, instead, the keywords
+            grad_accum, learning_rate, min_learning_rate, warmup_steps, steps,
+            epochs, weight_decay (read by `pretrain_optimization`).
         validation_fraction: The last part of the token stream held out.
         split_on_blank_lines: Text files hold one document per blank-line
             separated block (BERT's input format) instead of one per file.
@@ -277,80 +280,146 @@ def pretrain(
             this run may write into (see `mlx_llm.run_folders`), or bad input.
             A fresh run that fails before its first checkpoint leaves no files.
     """
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
-    if (steps is None) == (epochs is None):
-        raise ValueError("give exactly one of steps and epochs")
-    if arch != "bert" and next_sentence_probability != 0.5:
-        raise ValueError("next_sentence_probability (--nsp-probability) applies to BERT pretraining only")
-    if tokenizer is None and vocab_size is None and not resume:
-        raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
+    optimization = _optimization(optimization, grad_accum=grad_accum, learning_rate=learning_rate,
+                                 min_learning_rate=min_learning_rate, warmup_steps=warmup_steps, steps=steps,
+                                 epochs=epochs, weight_decay=weight_decay)
+    _check_settings(arch, dtype, tokenizer, vocab_size, resume, next_sentence_probability)
     world = mx.distributed.init()
     leader = world.rank() == 0
-    run_folder = RunFolder(out, resume=resume, overwrite=overwrite, writer=leader,
-                           inputs={"--data": data, "--valid": valid_data, "--tokenizer": tokenizer})
+    run_folder = _open_run_folder(out, resume, overwrite, leader,
+                                  {"--data": data, "--valid": valid_data, "--tokenizer": tokenizer})
     out = run_folder.path
-    if resume and not (out / "run.json").is_file():
-        raise FileNotFoundError(f"--resume: {out} holds no run (run.json is missing)")
     with run_folder:  # a fresh run that fails before its first checkpoint leaves no files
         run_folder.prepare()
         if on_start is not None:
             on_start()
-        tokenizer_dir = _run_tokenizer(arch, data, out, tokenizer, vocab_size, resume, leader)
-        _barrier(world)
-        loaded_tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-
-        mx.random.seed(seed)
-        config = model_config(arch, preset, loaded_tokenizer.vocab_size, seq_len, loaded_tokenizer, dropout)
+        tokenizer_dir, loaded_tokenizer = _run_tokenizer(arch, data, out, tokenizer, vocab_size, resume, world)
+        config, model = _new_model(arch, preset, loaded_tokenizer, seq_len, dropout, dtype, seed)
+        text_options = {"split_on_blank_lines": split_on_blank_lines,
+                        "next_sentence_probability": next_sentence_probability}
         run = {"arch": arch, "config": config, "data": [str(Path(p)) for p in data],
                "valid_data": [str(Path(p)) for p in valid_data or []], "seq_len": seq_len,
                "batch_size": batch_size, "validation_fraction": validation_fraction, "dtype": dtype}
-        text_options = {"split_on_blank_lines": split_on_blank_lines,
-                        "next_sentence_probability": next_sentence_probability}
-        # Recorded only when not the default, so that runs started before these options existed still resume.
-        run.update({key: value for key, value in text_options.items() if value != _TEXT_DEFAULTS[key]})
-        _record_run(run, out, resume, leader)
-        model = build_model(config)
-        if dtype == "bfloat16":
-            model.set_dtype(mx.bfloat16)
-
+        _record_run(run, text_options, out, resume, leader)
         source, objective, evaluation, batches_per_epoch = _training_data(
             arch, data, valid_data, loaded_tokenizer, out, seq_len, batch_size, validation_fraction, seed, world,
             progress, **text_options)
-
-        total_steps = steps if steps is not None else steps_for(epochs, batches_per_epoch, grad_accum)
-        training = TrainingConfig(
-            steps=total_steps, grad_accum=grad_accum, learning_rate=learning_rate,
-            min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
-            warmup_steps=min(warmup_steps, total_steps), weight_decay=weight_decay, eval_every=eval_every,
-            eval_batches=eval_batches, save_every=save_every, seed=seed,
-        )
+        training = optimization.training_config(optimization.total_steps(batches_per_epoch), eval_every=eval_every,
+                                                eval_batches=eval_batches, save_every=save_every, seed=seed)
         trainer = Trainer(model, objective, source, training, out, eval_data=evaluation, run_config=run,
                           progress=progress)
-        result = trainer.fit(resume=resume)
-        model.eval()
-        evaluations = [record for record in trainer.history if any(key.startswith("eval_") for key in record)]
-        validation = evaluations[-1] if evaluations else {}
-        if trainer.world.rank() == 0:
-            save_model(model, config, out, tokenizer_dir, dtype=save_dtype)
-        return PretrainResult(out, num_parameters(model), result, validation)
+        return _fit_and_save(trainer, config, tokenizer_dir, save_dtype, resume)
+
+
+def pretrain_optimization(
+    grad_accum: int | None = None,
+    learning_rate: float | None = None,
+    min_learning_rate: float | None = None,
+    warmup_steps: int | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    weight_decay: float | None = None,
+) -> OptimizationConfig:
+    """The `OptimizationConfig` of `pretrain`'s keywords, with pretraining's defaults for those left out.
+
+    Defaults: ``grad_accum`` 1, ``learning_rate`` 1e-3, ``min_learning_rate``
+    a tenth of the learning rate, ``warmup_steps`` 100 (cut to the run),
+    ``weight_decay`` 0.1; cosine decay, AdamW betas (0.9, 0.95), clipping at 1.
+
+    Raises:
+        ValueError: not exactly one of ``steps`` and ``epochs``, or a setting
+            `OptimizationConfig` refuses.
+    """
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps and epochs")
+    learning_rate = 1e-3 if learning_rate is None else learning_rate
+    return OptimizationConfig(
+        learning_rate=learning_rate,
+        min_learning_rate=learning_rate / 10 if min_learning_rate is None else min_learning_rate,
+        warmup_steps=100 if warmup_steps is None else warmup_steps,
+        weight_decay=0.1 if weight_decay is None else weight_decay,
+        grad_accum=1 if grad_accum is None else grad_accum,
+        steps=steps, epochs=epochs,
+    )
+
+
+def _optimization(optimization: OptimizationConfig | None, **keywords) -> OptimizationConfig:
+    """``optimization``, or the one the keywords describe (`pretrain_optimization`); not both."""
+    if optimization is None:
+        return pretrain_optimization(**keywords)
+    given = [name for name, value in keywords.items() if value is not None]
+    if given:
+        raise ValueError(f"give the optimizer settings either as optimization=OptimizationConfig(...) or as "
+                         f"keywords, not both ({', '.join(given)} given as keywords)")
+    return optimization
+
+
+def _check_settings(arch: str, dtype: str, tokenizer, vocab_size: int | None, resume: bool,
+                    next_sentence_probability: float) -> None:
+    """Refuse settings that cannot start a run, before anything is written."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {dtype!r}")
+    if arch != "bert" and next_sentence_probability != 0.5:
+        raise ValueError("next_sentence_probability (--nsp-probability) applies to BERT pretraining only")
+    if tokenizer is None and vocab_size is None and not resume:
+        raise ValueError("pass a tokenizer folder or a vocabulary size to train one")
+
+
+def _fit_and_save(trainer: Trainer, config: dict, tokenizer_dir: Path, save_dtype: str | None,
+                  resume: bool) -> PretrainResult:
+    """Train, then save the model into the run folder (the first process); the result
+    holds the last validation metrics."""
+    result = trainer.fit(resume=resume)
+    trainer.model.eval()
+    if trainer.world.rank() == 0:
+        save_model(trainer.model, config, trainer.out_dir, tokenizer_dir, dtype=save_dtype)
+    evaluations = [record for record in trainer.history if any(key.startswith("eval_") for key in record)]
+    return PretrainResult(trainer.out_dir, num_parameters(trainer.model), result,
+                          evaluations[-1] if evaluations else {})
+
+
+def _open_run_folder(out, resume: bool, overwrite: bool, leader: bool, inputs: dict) -> RunFolder:
+    """The run folder `RunFolder` accepts for ``out``; resuming needs the ``run.json`` of a run there."""
+    run_folder = RunFolder(out, resume=resume, overwrite=overwrite, writer=leader, inputs=inputs)
+    if resume and not (run_folder.path / "run.json").is_file():
+        raise FileNotFoundError(f"--resume: {run_folder.path} holds no run (run.json is missing)")
+    return run_folder
+
+
+def _new_model(arch: str, preset: str | dict, tokenizer: Tokenizer, seq_len: int, dropout: float, dtype: str,
+               seed: int) -> tuple[dict, nn.Module]:
+    """The ``config.json`` fields and the freshly initialized model (from ``seed``) of a run, in ``dtype``."""
+    mx.random.seed(seed)
+    config = model_config(arch, preset, tokenizer.vocab_size, seq_len, tokenizer, dropout)
+    model = build_model(config)
+    if dtype == "bfloat16":
+        model.set_dtype(mx.bfloat16)
+    return config, model
 
 
 def _run_tokenizer(arch: str, data, out: Path, tokenizer, vocab_size: int | None, resume: bool,
-                   leader: bool) -> Path:
-    """The run's tokenizer folder: the one given, the resumed run's, or one trained on the data
-    into the run folder (by the first process)."""
+                   world) -> tuple[Path, Tokenizer]:
+    """The run's tokenizer folder and tokenizer: the one given, the resumed run's, or one trained
+    on the data into the run folder (by the first process, which the others wait for)."""
     if tokenizer is not None:
-        return Path(tokenizer)
-    if resume:
-        return out / "tokenizer" if (out / "tokenizer").is_dir() else out
-    if leader:
-        train_tokenizer(data, vocab_size, out / "tokenizer", bert_special_tokens=arch == "bert", overwrite=True)
-    return out / "tokenizer"
+        folder = Path(tokenizer)
+    elif resume:
+        folder = out / "tokenizer" if (out / "tokenizer").is_dir() else out
+    else:
+        folder = out / "tokenizer"
+        if world.rank() == 0:
+            train_tokenizer(data, vocab_size, folder, bert_special_tokens=arch == "bert", overwrite=True)
+    _barrier(world)
+    return folder, Tokenizer.from_pretrained(folder)
 
 
-def _record_run(run: dict, out: Path, resume: bool, leader: bool) -> None:
-    """Write the run's settings to ``run.json``, or, when resuming, check that they are the saved ones."""
+def _record_run(run: dict, text_options: dict, out: Path, resume: bool, leader: bool) -> None:
+    """Write the run's settings to ``run.json``, or, when resuming, check that they are the saved ones.
+
+    The document options (``text_options``) are recorded only where they are
+    not the default, so that runs started before those options existed still resume.
+    """
+    run = {**run, **{key: value for key, value in text_options.items() if value != _TEXT_DEFAULTS[key]}}
     if not resume:
         if leader:
             write_json(run, out / "run.json")

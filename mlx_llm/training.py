@@ -38,9 +38,15 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .cpu_tuning import warn_if_reference_blas
+from .optimization import (  # noqa: F401 (defined there, imported from here too)
+    SCHEDULES,
+    AdamWMatrixDecay,
+    OptimizationConfig,
+    TrainingConfig,
+    learning_rate_schedule,
+)
 
 Batch = dict[str, mx.array]
-SCHEDULES = ("cosine", "linear", "constant")
 
 
 class Objective(Protocol):
@@ -68,113 +74,6 @@ class BatchSource(Protocol):
     def state(self) -> dict: ...
 
     def restore(self, state: dict) -> None: ...
-
-
-@dataclass
-class TrainingConfig:
-    """Hyperparameters of a run (all recorded in checkpoints; resuming needs the same).
-
-    Attributes:
-        steps: Optimizer steps.
-        grad_accum: Micro-batches per optimizer step.
-        learning_rate: Peak learning rate.
-        min_learning_rate: Learning rate at the end of the decay.
-        warmup_steps: Linear warmup from 0.
-        schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` after warmup.
-        weight_decay: Decoupled decay, applied to parameters with 2+ dimensions only.
-        betas, eps: AdamW moments.
-        max_grad_norm: Clip the global gradient norm (0 = off).
-        eval_every: Evaluate every N steps (0 = only at the end).
-        eval_batches: Validation batches per evaluation (0 = all).
-        save_every: Checkpoint every N steps (0 = only at the end).
-        keep_checkpoints: Keep the newest K checkpoints.
-        log_every: Write a metrics line every N steps.
-        seed: Seeds dropout (per step, so that a resumed run draws the same masks).
-        best_metric: Validation metric (e.g. ``"accuracy"``, ``"loss"``) whose
-            best value so far keeps the weights in ``best/``; ``None`` = off.
-        best_mode: ``"max"`` or ``"min"``; ``None`` picks ``"min"`` for losses
-            and perplexity, ``"max"`` for the rest.
-        early_stopping_patience: Stop after this many evaluations without a
-            better ``best_metric`` (0 = never).
-    """
-
-    steps: int
-    grad_accum: int = 1
-    learning_rate: float = 3e-4
-    min_learning_rate: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
-    eval_batches: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    best_metric: str | None = None
-    best_mode: str | None = None
-    early_stopping_patience: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        self.betas = tuple(self.betas)
-        if self.best_mode is None and self.best_metric is not None:
-            lower_is_better = "loss" in self.best_metric or "perplexity" in self.best_metric or self.best_metric == "mse"
-            self.best_mode = "min" if lower_is_better else "max"
-        if self.best_mode not in (None, "min", "max"):
-            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
-        if self.early_stopping_patience and self.best_metric is None:
-            raise ValueError("early stopping watches best_metric: set best_metric too")
-
-
-class AdamWMatrixDecay(optim.AdamW):
-    """AdamW whose weight decay skips vectors (biases, norm scales).
-
-    Bias correction is on by default, as in the AdamW paper, PyTorch and
-    transformers (MLX's own default is off: its first steps are then up to
-    several times larger, which short fine-tuning runs feel most).
-    """
-
-    def __init__(self, learning_rate, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
-                 bias_correction: bool = True):
-        super().__init__(learning_rate=learning_rate, betas=list(betas), eps=eps, weight_decay=weight_decay,
-                         bias_correction=bias_correction)
-
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
-        if parameter.ndim < 2:
-            return optim.Adam.apply_single(self, gradient, parameter, state)
-        return super().apply_single(gradient, parameter, state)
-
-
-def learning_rate_schedule(config: TrainingConfig) -> Callable[[mx.array], mx.array]:
-    """Linear warmup from 0 to the peak, then the chosen decay to ``min_learning_rate``."""
-    decay_steps = max(config.steps - config.warmup_steps, 1)
-    if config.schedule == "cosine":
-        decay = optim.cosine_decay(config.learning_rate, decay_steps, config.min_learning_rate)
-    elif config.schedule == "linear":
-        decay = optim.linear_schedule(config.learning_rate, config.min_learning_rate, decay_steps)
-    else:
-        decay = lambda step: mx.array(config.learning_rate)  # noqa: E731
-    if config.warmup_steps == 0:
-        return decay
-    warmup = optim.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
-    return optim.join_schedules([warmup, decay], [config.warmup_steps])
 
 
 class TrainingDiverged(RuntimeError):

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_llm.loading import load
-from mlx_llm.pretrain import evaluate_text
+from mlx_llm.pretrain import evaluate_text, pretrain, pretrain_optimization
+from mlx_llm.training import OptimizationConfig
 from mlx_llm_cli.main import main
 
 WORDS = "the king queen lord lady sword crown castle night day love war peace heart blood fair foul".split()
@@ -132,3 +133,18 @@ def test_bad_input(corpus, tmp_path):
     result = run("train", "--arch", "gpt", "--data", corpus / "train.txt", "--out", tmp_path / "e",
                  "--vocab-size", 300, "--steps", 2, "--dtype", "float16")
     assert result.exit_code == 2
+
+
+def test_pretrain_takes_an_optimization_config_or_its_keywords(corpus, tmp_path):
+    # The keywords build one OptimizationConfig, with pretraining's defaults for those left out.
+    assert pretrain_optimization(steps=10) == OptimizationConfig(
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, weight_decay=0.1, steps=10)
+    assert pretrain_optimization(epochs=2, learning_rate=0.5, grad_accum=3).min_learning_rate == 0.05
+    with pytest.raises(ValueError, match="give exactly one of steps and epochs"):
+        pretrain_optimization()
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        pretrain("gpt", [corpus / "train.txt"], tmp_path / "bad", vocab_size=300, steps=2, learning_rate=-1.0)
+    with pytest.raises(ValueError, match=r"not both \(learning_rate, steps given as keywords\)"):
+        pretrain("gpt", [corpus / "train.txt"], tmp_path / "both", vocab_size=300, learning_rate=1e-3, steps=2,
+                 optimization=OptimizationConfig(steps=2))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "both").exists()  # refused before any file

@@ -17,6 +17,7 @@ from mlx_llm.models.gpt2 import Model as GPT2, ModelArgs as GPT2Args
 from mlx_llm.objectives import CausalLMObjective
 from mlx_llm.training import (
     AdamWMatrixDecay,
+    OptimizationConfig,
     Trainer,
     TrainingConfig,
     TrainingDiverged,
@@ -79,6 +80,46 @@ def test_schedule_values():
     with pytest.raises(ValueError, match=r"warmup_steps must be in \[0, steps=10\]"):
         TrainingConfig(steps=10, warmup_steps=11)
 
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"steps": 5, "learning_rate": 0.0}, "learning_rate must be > 0, got 0.0"),
+    ({"steps": 5, "learning_rate": math.nan}, "learning_rate must be a finite number, got nan"),
+    ({"steps": 5, "learning_rate": 1e-3, "min_learning_rate": 1e-2}, r"min_learning_rate must be in \[0, "),
+    ({"steps": 5, "schedule": "step"}, "unknown schedule 'step'"),
+    ({"steps": 5, "warmup_steps": -1}, "warmup_steps must be >= 0, got -1"),
+    ({"steps": 5, "warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\), got 1.0"),
+    ({"steps": 5, "warmup_steps": 2, "warmup_ratio": 0.1}, "give warmup_steps or warmup_ratio, not both"),
+    ({"steps": 5, "weight_decay": -0.1}, "weight_decay and max_grad_norm must be >= 0"),
+    ({"steps": 5, "betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
+    ({"steps": 5, "grad_accum": 0}, "grad_accum must be >= 1, got 0"),
+    ({}, "give the run's length: steps or epochs"),
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"epochs": 0.0}, "epochs must be a finite number > 0, got 0.0"),
+])
+def test_optimization_config_refuses_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizationConfig(**settings)
+
+
+def test_optimization_config_makes_the_training_config():
+    # 10 batches an epoch, 4 per step: 2.5 epochs are ceil(2.5 * 10 / 4) = 7 steps; warmup 0.3 * 7 -> 2.
+    optimization = OptimizationConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_ratio=0.3, epochs=2.5,
+                                      grad_accum=4, schedule="linear", betas=[0.9, 0.999])
+    steps = optimization.total_steps(batches_per_epoch=10)
+    training = optimization.training_config(steps, eval_every=3, seed=5)
+    assert (steps, training.warmup_steps, training.grad_accum, training.betas) == (7, 2, 4, (0.9, 0.999))
+    assert (training.learning_rate, training.min_learning_rate, training.schedule) == (1e-3, 1e-4, "linear")
+    assert (training.eval_every, training.seed) == (3, 5)
+    # Warmup given in steps is cut to the run; steps win over epochs.
+    assert OptimizationConfig(warmup_steps=100, steps=20, epochs=3).training_config(20).warmup_steps == 20
+    assert OptimizationConfig(steps=20, epochs=3).total_steps(batches_per_epoch=1000) == 20
+    # A TrainingConfig's optimizer settings are checked by OptimizationConfig.
+    assert training.optimization() == OptimizationConfig(
+        learning_rate=1e-3, min_learning_rate=1e-4, schedule="linear", warmup_steps=2, betas=(0.9, 0.999),
+        grad_accum=4, steps=7)
+    with pytest.raises(ValueError, match="weight_decay and max_grad_norm must be >= 0"):
+        TrainingConfig(steps=5, max_grad_norm=-1.0)
 
 def test_weight_decay_applies_to_matrices_only():
     layer = nn.Linear(3, 2)
