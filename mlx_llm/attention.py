@@ -20,6 +20,7 @@ import mlx.nn as nn
 
 from .cache import KVCache
 from .layers import Linear
+from .norms import make_norm
 
 Mask = mx.array | str | None
 
@@ -111,12 +112,19 @@ def attention_weights(
     keys: mx.array,
     mask: Mask = None,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> mx.array:
     """The attention probabilities ``alpha`` themselves, ``(B, H, L, S)``.
 
     Materializes the score matrix, so use it for inspection and distillation,
-    not in the forward pass. Masked positions get exactly zero weight and a
-    row with no allowed key is all zeros.
+    and in the forward pass only where the fused kernel cannot compute it
+    (dropout on the probabilities, soft-capped scores). Masked positions get
+    exactly zero weight and a row with no allowed key is all zeros.
+
+    Args:
+        softcap: If given, scores ``s = Q K^T * scale`` become
+            ``softcap * tanh(s / softcap)`` before the mask (Gemma 2's
+            ``attn_logit_softcapping``).
     """
     values = mx.zeros(keys.shape[:3] + (1,), keys.dtype)
     _check_attention_inputs(queries, keys, values, mask)
@@ -126,6 +134,8 @@ def attention_weights(
     if repeats > 1:
         keys = mx.repeat(keys, repeats, axis=1)
     scores = (queries * scale) @ keys.swapaxes(-1, -2)
+    if softcap is not None:
+        scores = mx.tanh(scores / softcap) * softcap
     query_length, key_length = scores.shape[-2:]
     if isinstance(mask, str):
         query_positions = mx.arange(key_length - query_length, key_length)[:, None]
@@ -176,6 +186,11 @@ class MultiHeadAttention(nn.Module):
             ``head_dim`` (Qwen3), ``"width"`` over the whole projected width
             (OLMo 2); ``None`` (the default) for none.
         qk_norm_eps: Epsilon of those norms.
+        qk_norm_kind: Their kind (`mlx_llm.norms.NORMS`): ``"rmsnorm"``, or
+            ``"rmsnorm_unit_offset"`` (Gemma 3's ``(1 + w)`` scale).
+        logit_softcap: Cap ``c`` of the scores, ``c * tanh(s / c)`` before the
+            mask (Gemma 2); the probabilities are then computed explicitly
+            (`attention_weights`), since the fused kernel has no cap.
     """
 
     def __init__(
@@ -193,6 +208,8 @@ class MultiHeadAttention(nn.Module):
         fused_qkv: bool = False,
         qk_norm: str | None = None,
         qk_norm_eps: float = 1e-6,
+        qk_norm_kind: str = "rmsnorm",
+        logit_softcap: float | None = None,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -200,6 +217,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"unknown qk_norm {qk_norm!r}; choose one of {QK_NORMS}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
+        if logit_softcap is not None and not logit_softcap > 0:
+            raise ValueError(f"attention logit_softcap must be positive, got {logit_softcap}")
         if hidden_size < 1 or num_heads < 1 or num_kv_heads < 1:
             raise ValueError(
                 f"hidden_size, num_heads and num_kv_heads must be positive, got "
@@ -242,11 +261,12 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=output_bias)
         self.rope = rope
         self.attention_dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.logit_softcap = logit_softcap
         self.qk_norm = qk_norm
         if qk_norm is not None:
             per_head = qk_norm == "head"
-            self.q_norm = nn.RMSNorm(head_dim if per_head else num_heads * head_dim, eps=qk_norm_eps)
-            self.k_norm = nn.RMSNorm(head_dim if per_head else num_kv_heads * head_dim, eps=qk_norm_eps)
+            self.q_norm = make_norm(qk_norm_kind, head_dim if per_head else num_heads * head_dim, qk_norm_eps)
+            self.k_norm = make_norm(qk_norm_kind, head_dim if per_head else num_kv_heads * head_dim, qk_norm_eps)
 
     def _normed(self, projected: mx.array, norm_name: str) -> mx.array:
         # (B, L, H * D) in and out; "head" normalizes each (B, L, H, D) head vector over D.
@@ -347,9 +367,11 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
 
-        if self.attention_dropout is not None and self.training:
-            # Dropout needs the probabilities themselves: the textbook computation, unfused.
-            weights = self.attention_dropout(attention_weights(queries, keys, mask=mask, scale=self.scale))
+        dropout = self.attention_dropout is not None and self.training
+        if dropout or self.logit_softcap is not None:
+            # Dropout and the cap need the probabilities themselves: the textbook computation, unfused.
+            weights = attention_weights(queries, keys, mask=mask, scale=self.scale, softcap=self.logit_softcap)
+            weights = self.attention_dropout(weights) if dropout else weights
             repeats = self.num_heads // self.num_kv_heads
             output = weights @ (mx.repeat(values, repeats, axis=1) if repeats > 1 else values)  # (B, H, L, D)
         else:

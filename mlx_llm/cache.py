@@ -82,10 +82,15 @@ class KVCache:
         self.values[..., previous : self.offset, :] = values
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    def make_mask(self, query_length: int, attention_mask: mx.array | None = None) -> mx.array | str | None:
+    def make_mask(
+        self, query_length: int, attention_mask: mx.array | None = None, window_size: int | None = None
+    ) -> mx.array | str | None:
         """The causal (and padding) mask for ``query_length`` new queries against
-        the held and new keys; ``attention_mask`` is ``(B, offset + L)`` 1/0."""
-        return create_attention_mask(query_length, attention_mask, causal=True, offset=self.offset)
+        the held and new keys; ``attention_mask`` is ``(B, offset + L)`` 1/0;
+        ``window_size`` limits each query to the keys ``p - window_size < k <= p``
+        (a sliding-window layer that keeps every position)."""
+        return create_attention_mask(query_length, attention_mask, causal=True, offset=self.offset,
+                                     window_size=window_size)
 
     @property
     def state(self) -> tuple[mx.array, mx.array] | tuple[None, None]:
@@ -127,10 +132,16 @@ class RotatingKVCache:
     It keeps the first ``keep`` positions (attention sinks) and the most
     recent ``max_size - keep``; each query attends to exactly those (see
     `make_mask`). Keys are stored after rotary embedding, so evicting old
-    positions needs no re-rotation. Left-padded batches are not supported.
+    positions needs no re-rotation. With ``keep=0`` and ``max_size`` the
+    window ``W``, this is the cache of a sliding-window layer: the query at
+    position ``p`` sees ``p - W < k <= p``, and nothing older is kept.
+
+    ``left_padding`` (``(B,)``, as `KVCache`'s) holds a left-padded batch:
+    positions count from each row's first real token and the mask hides the
+    padding while it is held.
     """
 
-    def __init__(self, max_size: int, keep: int = 0, step: int = 256):
+    def __init__(self, max_size: int, keep: int = 0, step: int = 256, left_padding: mx.array | None = None):
         if max_size < 2 or not 0 <= keep < max_size - 1:
             raise ValueError(
                 f"RotatingKVCache needs max_size >= 2 and 0 <= keep < max_size - 1, got max_size={max_size}, keep={keep}"
@@ -141,13 +152,16 @@ class RotatingKVCache:
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0  # positions seen in total
-        self.left_padding = None
+        self.left_padding = left_padding
         self._size = 0  # positions held
         self._next = 0  # buffer slot of the next single-token write once full
 
     @property
-    def position_offset(self) -> int:
-        return self.offset
+    def position_offset(self) -> int | mx.array:
+        """Position of the next token: ``offset``, or per row ``(B,)`` ``offset - left_padding``."""
+        if self.left_padding is None:
+            return self.offset
+        return self.offset - self.left_padding
 
     def _held_positions(self) -> mx.array:
         """Absolute positions of the held keys, in time order."""
@@ -162,18 +176,40 @@ class RotatingKVCache:
             [array[..., : self.keep, :], array[..., self._next :, :], array[..., self.keep : self._next, :]], axis=2
         )
 
-    def make_mask(self, query_length: int, attention_mask: mx.array | None = None) -> mx.array | None:
-        """The mask for ``query_length`` new queries against held + new keys:
-        causal, and within the sinks or the recent window."""
-        if attention_mask is not None and not bool(attention_mask.all()):
+    def _buffer_positions(self) -> mx.array:
+        """Absolute positions of the ``max_size`` buffer slots of a full cache, in slot
+        order, once the next single-token write (position ``offset``) lands in slot ``_next``."""
+        slots = mx.arange(self.max_size)
+        recent = self.max_size - self.keep
+        # Slot _next gets `offset`; the slot before it holds offset - 1, and so on around the ring.
+        age = ((self._next - slots) % recent + recent) % recent
+        return mx.where(slots < self.keep, slots, self.offset - age)
+
+    def make_mask(
+        self, query_length: int, attention_mask: mx.array | None = None, window_size: int | None = None
+    ) -> mx.array | None:
+        """The mask for ``query_length`` new queries against held + new keys (in the
+        order `update_and_fetch` returns them): causal, within the sinks or the
+        recent window, within ``window_size`` if given, and off the padding of a
+        left-padded batch. ``(L, S)``, ``(B, 1, L, S)`` with padding, or ``None``."""
+        if self.left_padding is None and attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("a rotating KV cache (max_kv_size) cannot hold padded batches; generate one prompt at a time")
-        if query_length == 1:
-            return None  # the held keys are exactly what the new position may see
-        key_positions = mx.concatenate([self._held_positions(), mx.arange(self.offset, self.offset + query_length)])
-        query_positions = mx.arange(self.offset, self.offset + query_length)[:, None]
         window = self.max_size - self.keep
+        narrower = window_size is not None and (self.keep > 0 or window_size < window)
+        if query_length == 1 and self.left_padding is None and not narrower:
+            return None  # the held keys are exactly what the new position may see
+        if query_length == 1 and self._size == self.max_size:
+            key_positions = self._buffer_positions()
+        else:
+            key_positions = mx.concatenate([self._held_positions(), mx.arange(self.offset, self.offset + query_length)])
+        query_positions = mx.arange(self.offset, self.offset + query_length)[:, None]
         visible = (key_positions[None] < self.keep) | (key_positions[None] > query_positions - window)
-        return visible & (key_positions[None] <= query_positions)
+        visible = visible & (key_positions[None] <= query_positions)
+        if window_size is not None:
+            visible = visible & (key_positions[None] > query_positions - window_size)
+        if self.left_padding is not None:  # (B, 1, L, S): no row sees its padding
+            visible = visible[None, None] & (key_positions >= self.left_padding[:, None])[:, None, None, :]
+        return visible
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append ``(B, H_kv, L, D)`` keys and values; return what the new
@@ -248,8 +284,12 @@ class RotatingKVCache:
 
 
 def make_decoder_cache(
-    num_layers: int, left_padding: mx.array | None = None, max_kv_size: int | None = None, keep: int = 4
-) -> list[KVCache] | list[RotatingKVCache]:
+    num_layers: int,
+    left_padding: mx.array | None = None,
+    max_kv_size: int | None = None,
+    keep: int = 4,
+    windows: list[int | None] | None = None,
+) -> list[KVCache | RotatingKVCache]:
     """Caches for the layers of a decoder-only model.
 
     Args:
@@ -257,9 +297,22 @@ def make_decoder_cache(
         left_padding: ``(B,)`` padding counts of a left-padded batch.
         max_kv_size: Bound the cache to this many positions (a `RotatingKVCache`
             keeping ``keep`` initial positions as attention sinks).
+        windows: Per layer, the sliding window ``W`` of a sliding-window layer
+            (a `RotatingKVCache` of ``W`` positions without sinks, or the
+            ``max_kv_size`` one when that is smaller), or ``None`` for a layer
+            that sees every position.
     """
-    if max_kv_size is None:
-        return [KVCache(left_padding=left_padding) for _ in range(num_layers)]
-    if left_padding is not None:
+    if max_kv_size is not None and left_padding is not None:
         raise ValueError("a rotating KV cache (max_kv_size) cannot hold padded batches; generate one prompt at a time")
-    return [RotatingKVCache(max_kv_size, keep=min(keep, max_kv_size - 2)) for _ in range(num_layers)]
+    windows = [None] * num_layers if windows is None else windows
+    if len(windows) != num_layers:
+        raise ValueError(f"make_decoder_cache got {len(windows)} windows for {num_layers} layers")
+    caches: list[KVCache | RotatingKVCache] = []
+    for window in windows:
+        if window is not None and (max_kv_size is None or window < max_kv_size):
+            caches.append(RotatingKVCache(max(window, 2), keep=0, left_padding=left_padding))
+        elif max_kv_size is not None:
+            caches.append(RotatingKVCache(max_kv_size, keep=min(keep, max_kv_size - 2)))
+        else:
+            caches.append(KVCache(left_padding=left_padding))
+    return caches

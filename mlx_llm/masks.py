@@ -79,6 +79,7 @@ def create_attention_mask(
     attention_mask: mx.array | None = None,
     causal: bool = False,
     offset: int = 0,
+    window_size: int | None = None,
 ) -> mx.array | str | None:
     """The mask a model passes to its attention layers.
 
@@ -93,6 +94,10 @@ def create_attention_mask(
             (cached and new).
         causal: Whether queries may not attend to later positions.
         offset: Number of positions already in the KV cache.
+        window_size: With ``causal``, sliding-window attention: the query at
+            position ``p`` sees keys ``p - window_size < k <= p`` (transformers'
+            ``sliding_window``); the window only matters once ``offset + L``
+            exceeds it.
 
     Returns:
         ``None``, ``"causal"`` or a boolean array broadcastable to
@@ -107,15 +112,20 @@ def create_attention_mask(
     keys = padding_mask(attention_mask) if attention_mask is not None else None
     if not causal:
         return keys
-    if keys is None:
+    if window_size is not None and key_length <= window_size:
+        window_size = None  # every key is inside every query's window
+    if keys is None and window_size is None:
         return "causal" if query_length > 1 else None
-    return combine_masks(causal_mask(query_length, offset), keys)
+    return combine_masks(causal_mask(query_length, offset, window_size), keys)
 
 
-def decoder_mask(query_length: int, attention_mask: mx.array | None = None, cache=None) -> mx.array | str | None:
+def decoder_mask(
+    query_length: int, attention_mask: mx.array | None = None, cache=None, window_size: int | None = None
+) -> mx.array | str | None:
     """The causal (and padding) mask of a decoder-only model's layers; with a
     cache (one layer's `KVCache` or `RotatingKVCache`), the cache builds it,
-    since only it knows which earlier positions it holds."""
+    since only it knows which earlier positions it holds. ``window_size``: for
+    sliding-window layers (see `create_attention_mask`)."""
     if cache is None:
-        return create_attention_mask(query_length, attention_mask, causal=True)
-    return cache.make_mask(query_length, attention_mask)
+        return create_attention_mask(query_length, attention_mask, causal=True, window_size=window_size)
+    return cache.make_mask(query_length, attention_mask, window_size=window_size)

@@ -19,18 +19,8 @@ from .cache import KVCache
 from .feed_forward import FeedForward, GatedFeedForward
 from .layers import Embedding, Linear
 from .masks import create_attention_mask, padding_mask
+from .norms import NORMS, make_norm  # noqa: F401  (NORMS, make_norm: also importable from here)
 from .positions import SinusoidalPositionalEncoding
-
-NORMS = ("layernorm", "rmsnorm")
-
-
-def make_norm(kind: str, dims: int, eps: float) -> nn.Module:
-    """``nn.LayerNorm`` or ``nn.RMSNorm`` (both run as `mx.fast` kernels)."""
-    if kind == "layernorm":
-        return nn.LayerNorm(dims, eps=eps)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(dims, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
 
 
 def _final_norm(layer: "TransformerEncoderLayer", hidden_size: int) -> nn.Module | None:
@@ -58,19 +48,31 @@ class TransformerEncoderLayer(nn.Module):
         bias: Biases in the attention and feed-forward projections.
         attention_output_bias: Bias in ``W^O``; ``bias`` if ``None``.
         feed_forward_bias: Biases in the feed-forward layers; ``bias`` if ``None``.
-        norm: ``"layernorm"`` or ``"rmsnorm"``.
+        norm: One of `mlx_llm.norms.NORMS` (``"layernorm"``, ``"rmsnorm"``,
+            ``"rmsnorm_unit_offset"``); the query/key norms are of this kind too.
         norm_eps: Normalization epsilon.
         norm_first: Pre-LN if ``True``, post-LN (the textbook) if ``False``.
         dropout: Dropout on each sublayer's output before the residual add.
         rope: Optional rotary embedding for queries and keys.
         attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
+        attention_logit_softcap: Cap ``c`` of the attention scores,
+            ``c * tanh(scores / c)`` (Gemma 2); none if ``None``.
         attention_dropout: Dropout on the attention probabilities (training only).
         fused_qkv: One ``qkv_proj`` for queries, keys and values (GPT-2's ``c_attn``).
         qk_norm: RMSNorm of queries and keys, ``"head"`` or ``"width"`` (see
             `MultiHeadAttention`); none if ``None``.
         norm_output: With ``norm_first=False``, normalize each sublayer's output
             before the residual add, ``x + Norm(Sublayer(x))`` (OLMo 2), instead of
-            post-LN's ``Norm(x + Sublayer(x))``.
+            post-LN's ``Norm(x + Sublayer(x))``. With ``norm_first=True``, a second
+            norm of its own follows each sublayer ("sandwich" norms, Gemma 2 and 3):
+            ``x + OutputNorm(Sublayer(Norm(x)))``, the output norms being
+            ``self_attn_output_norm`` and ``feed_forward_output_norm``.
+        feed_forward: A module ``(B, L, hidden_size) -> (B, L, hidden_size)`` used as the
+            feed-forward sublayer instead of building one (a sparse mixture of experts,
+            `mlx_llm.moe.SparseMoeBlock`); ``intermediate_size``, ``activation``,
+            ``gated`` and ``feed_forward_bias`` are then unused.
+        residual_scale: Multiplier ``m`` of each sublayer's output before the residual
+            add, ``x + m * Sublayer(...)`` (Granite's ``residual_multiplier``); 1 by default.
     """
 
     def __init__(
@@ -95,10 +97,11 @@ class TransformerEncoderLayer(nn.Module):
         fused_qkv: bool = False,
         qk_norm: str | None = None,
         norm_output: bool = False,
+        attention_logit_softcap: float | None = None,
+        feed_forward: nn.Module | None = None,
+        residual_scale: float = 1.0,
     ):
         super().__init__()
-        if norm_first and norm_output:
-            raise ValueError("norm_output normalizes the sublayer output; it excludes norm_first (pre-LN)")
         self.norm_first = norm_first
         self.norm_output = norm_output
         self.norm_kind = norm
@@ -116,31 +119,49 @@ class TransformerEncoderLayer(nn.Module):
             fused_qkv=fused_qkv,
             qk_norm=qk_norm,
             qk_norm_eps=norm_eps,
+            qk_norm_kind=norm,
+            logit_softcap=attention_logit_softcap,
         )
         self.self_attn_norm = make_norm(norm, hidden_size, norm_eps)
-        feed_forward = GatedFeedForward if gated else FeedForward
-        self.feed_forward = feed_forward(
-            hidden_size, intermediate_size, activation=activation, bias=bias if feed_forward_bias is None else feed_forward_bias
-        )
+        if feed_forward is None:
+            feed_forward = (GatedFeedForward if gated else FeedForward)(
+                hidden_size, intermediate_size, activation=activation,
+                bias=bias if feed_forward_bias is None else feed_forward_bias,
+            )
+        self.feed_forward = feed_forward
         self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)
+        self.sandwich = norm_first and norm_output
+        if self.sandwich:
+            self.self_attn_output_norm = make_norm(norm, hidden_size, norm_eps)
+            self.feed_forward_output_norm = make_norm(norm, hidden_size, norm_eps)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None  # no call at all when off
+        self.residual_scale = residual_scale
 
-    def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[..., mx.array], **inputs) -> mx.array:
+    def _residual(self, hidden_states: mx.array, norm: nn.Module, sublayer: Callable[..., mx.array],
+                  output_norm: nn.Module | None = None, **inputs) -> mx.array:
         # `inputs` go to the sublayer as keywords (no closure: this runs for every layer of every decoding step).
         if self.norm_first:
             output = sublayer(norm(hidden_states), **inputs)
+            if output_norm is not None:
+                output = output_norm(output)
         elif self.norm_output:
             output = norm(sublayer(hidden_states, **inputs))
         else:
             output = sublayer(hidden_states, **inputs)
         if self.dropout is not None and self.training:
             output = self.dropout(output)
+        if self.residual_scale != 1.0:
+            output = output * self.residual_scale
         if self.norm_first or self.norm_output:
             return hidden_states + output
         return norm(hidden_states + output)
 
     def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``mask`` and ``cache`` go to self-attention."""
+        if self.sandwich:
+            hidden_states = self._residual(hidden_states, self.self_attn_norm, self.self_attn,
+                                           self.self_attn_output_norm, mask=mask, cache=cache)
+            return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward, self.feed_forward_output_norm)
         hidden_states = self._residual(hidden_states, self.self_attn_norm, self.self_attn, mask=mask, cache=cache)
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
@@ -155,6 +176,8 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, memory_size: int | None = None, **options):
         super().__init__(hidden_size, num_heads, intermediate_size, **options)
+        if self.sandwich:
+            raise ValueError("sandwich norms (norm_first with norm_output) are not supported with cross-attention")
         self_attn = self.self_attn
         # Same heads, widths and biases as self-attention; no rotary positions across sequences.
         self.cross_attn = MultiHeadAttention(
@@ -215,13 +238,26 @@ class TransformerEncoder(nn.Module):
         ]
         self.norm = _final_norm(self.layers[-1], hidden_size)
 
-    def __call__(self, hidden_states: mx.array, mask: Mask = None, cache: list[KVCache] | None = None) -> mx.array:
-        """``(B, L, hidden_size)`` in and out; ``cache`` holds one `KVCache` per layer."""
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        mask: Mask = None,
+        cache: list[KVCache] | None = None,
+        all_hidden_states: list | None = None,
+    ) -> mx.array:
+        """``(B, L, hidden_size)`` in and out; ``cache`` holds one `KVCache` per layer.
+        ``all_hidden_states``, when given, receives ``num_layers + 1`` arrays as transformers'
+        ``output_hidden_states``: the input of each layer, then the output (after the final norm)."""
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
         for index, layer in enumerate(self.layers):
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
-        return hidden_states if self.norm is None else self.norm(hidden_states)
+        hidden_states = hidden_states if self.norm is None else self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return hidden_states
 
     def make_cache(self) -> list[KVCache]:
         """One empty `KVCache` per layer."""
@@ -247,11 +283,15 @@ class TransformerDecoder(nn.Module):
         mask: Mask = None,
         memory_mask: Mask = None,
         cache: list[tuple[KVCache, KVCache]] | None = None,
+        all_hidden_states: list | None = None,
     ) -> mx.array:
-        """``(B, L, hidden_size)`` target states in and out (see `TransformerDecoderLayer`)."""
+        """``(B, L, hidden_size)`` target states in and out (see `TransformerDecoderLayer`);
+        ``all_hidden_states`` as in `TransformerEncoder`."""
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
         for index, layer in enumerate(self.layers):
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(
                 hidden_states,
                 memory,
@@ -259,7 +299,10 @@ class TransformerDecoder(nn.Module):
                 memory_mask=memory_mask,
                 cache=None if cache is None else cache[index],
             )
-        return hidden_states if self.norm is None else self.norm(hidden_states)
+        hidden_states = hidden_states if self.norm is None else self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return hidden_states
 
     def make_cache(self) -> list[tuple[KVCache, KVCache]]:
         """One ``(self_attention, cross_attention)`` cache pair per layer."""

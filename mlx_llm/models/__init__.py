@@ -76,6 +76,12 @@ FAMILIES: dict[str, str] = {
     "qwen3": "qwen3",
     "smollm3": "smollm3",
     "olmo2": "olmo2",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "granite": "granite",
+    "mixtral": "mixtral",
+    "qwen3_moe": "qwen3_moe",
     "bert": "bert",
     "roberta": "bert",
     "distilbert": "bert",
@@ -96,3 +102,24 @@ def get_family(model_type: str | None) -> ModuleType:
 def model_type_info(model_type: str | None) -> ModelType:
     """The `ModelType` of ``model_type``, from its family module's ``MODEL_TYPES``."""
     return get_family(model_type).MODEL_TYPES[model_type]
+
+
+def check_required_keys(config: dict, keys: tuple[str, ...] | list[str], family: str) -> None:
+    """Raise one ``ValueError`` naming every key of ``keys`` that ``config`` lacks (or holds as ``null``).
+
+    Args:
+        config: A ``config.json`` dict.
+        keys: The keys without a default.
+        family: How the message names the model (``"GPT-2"``, ``"qwen2"``).
+    """
+    missing = [key for key in keys if config.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"{family} config.json lacks {', '.join(missing)} (required, no default); "
+            "add the missing key from the model's original config"
+        )
+
+
+def model_types_of_kind(kind: str) -> tuple[str, ...]:
+    """Every ``model_type`` in `FAMILIES` whose ``Model.kind`` is ``kind`` (imports each family once)."""
+    return tuple(model_type for model_type in FAMILIES if get_family(model_type).Model.kind == kind)

@@ -34,16 +34,19 @@ class BatchKVCache(KVCache):
         # No padded row: plain integer positions, which take the faster rotary path on the CPU.
         self.left_padding = mx.array(padding) if any(padding) else None
 
-    def make_mask(self, query_length: int, attention_mask: mx.array | None = None):
+    def make_mask(self, query_length: int, attention_mask: mx.array | None = None, window_size: int | None = None):
         """``(B, 1, L, offset + L)`` mask hiding each row's padding (and causal
-        within the ``L`` new queries); ``None`` when no row is padded."""
+        within the ``L`` new queries, and within ``window_size`` positions for a
+        sliding-window layer); ``None`` when nothing is hidden."""
         if attention_mask is not None or not any(self.padding):
-            return super().make_mask(query_length, attention_mask)
-        keys = mx.arange(self.offset + query_length)[None, :] >= self.left_padding[:, None]  # (B, S)
-        mask = keys[:, None, None, :]
+            return super().make_mask(query_length, attention_mask, window_size)
+        key_positions = mx.arange(self.offset + query_length)
+        mask = (key_positions[None, :] >= self.left_padding[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        queries = mx.arange(self.offset, self.offset + query_length)[:, None]
         if query_length > 1:
-            queries = mx.arange(self.offset, self.offset + query_length)[:, None]
-            mask = mask & (mx.arange(self.offset + query_length)[None, :] <= queries)[None, None]
+            mask = mask & (key_positions[None, :] <= queries)[None, None]
+        if window_size is not None and self.offset + query_length > window_size:
+            mask = mask & (key_positions[None, :] > queries - window_size)[None, None]
         return mask
 
 
