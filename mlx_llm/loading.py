@@ -80,12 +80,18 @@ def check_weights(model: nn.Module, weights: dict[str, mx.array], source: str) -
 
 
 def quantization_predicate(group_size: int):
-    """Which modules `nn.quantize` converts: linear and embedding layers whose rows
-    split into whole groups, except task heads (small, and trained fresh)."""
-    def predicate(path: str, module: nn.Module) -> bool:
-        if f"{path}.".startswith(HEAD_PREFIXES[:2]):
+    """Which modules `nn.quantize` converts: linear, embedding and stacked-expert
+    layers whose rows split into whole groups, except task heads (small, and
+    trained fresh). A module with ``preferred_bits`` and ``preferred_group_size``
+    (a mixture-of-experts router, `mlx_llm.moe.SparseMoeBlock`) gets those settings."""
+    def predicate(path: str, module: nn.Module) -> bool | dict:
+        if f"{path}.".startswith(HEAD_PREFIXES[:2]) or not hasattr(module, "to_quantized"):
             return False
-        return hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size == 0
+        preferred = getattr(module, "preferred_bits", None)
+        if preferred is not None:
+            size = module.preferred_group_size
+            return module.weight.shape[-1] % size == 0 and {"group_size": size, "bits": preferred}
+        return module.weight.shape[-1] % group_size == 0
 
     return predicate
 

@@ -30,6 +30,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .moe import QuantizedSwitchLinear
+
 # Modes other than affine store uint8 scales, and each allows one (bits, group size).
 FLOAT_MODES = {(4, 32): "mxfp4", (8, 32): "mxfp8", (4, 16): "nvfp4"}
 RECORD_KEYS = ("group_size", "bits", "mode")
@@ -163,7 +165,7 @@ def _quantization_of(model: nn.Module, hf_name) -> dict | None:
     settings = {
         path: {"group_size": module.group_size, "bits": module.bits, "mode": getattr(module, "mode", "affine")}
         for path, module in model.named_modules()
-        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear))
     }
     if not settings:
         return None
@@ -221,5 +223,7 @@ def mlx_lm_folder(model: nn.Module, config: dict, family: ModuleType, provenance
         config.setdefault("rope_theta", rope.pop("rope_theta"))
     if rope.get("rope_type", "default") != "default":
         config.setdefault("rope_scaling", rope)
+    if hasattr(family, "mlx_lm_config"):
+        config = family.mlx_lm_config(config)  # keys mlx-lm reads in another spelling (Qwen3-MoE's num_experts)
     config["mlx_llm"] = {**provenance, "format_version": version}
     return weights, config
