@@ -37,15 +37,12 @@ from . import finetune as finetuning
 from .data import steps_for
 from .distill_objective import (
     DIVERGENCES,  # noqa: F401  (re-exported, as the names below)
-    ENCODERS,
     DistillationObjective,
     Distiller,
     LossWeights,
     encoder_inputs,
 )
 from .distill_students import (
-    LAYER_KEYS,  # noqa: F401  (re-exported: `from mlx_llm.distill import LAYER_KEYS` keeps working)
-    WIDTH_KEYS,  # noqa: F401
     check_layer_map,  # noqa: F401
     default_layer_map,
     layer_count,
@@ -59,6 +56,7 @@ from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
 from .loading import DTYPES, load_model
 from .lora import fuse_lora
+from .model_output import ENCODER
 from .objectives import CausalLMObjective, MaskedLMObjective
 from .pretrain import save_model
 from .run_folders import RunFolder
@@ -246,11 +244,11 @@ def _text_data(config: DistillConfig, tokenizer: Tokenizer, out: Path, progress:
 
 
 def measure_speed(model: nn.Module, batch: dict, repeats: int = 5, encoder: bool = True) -> float:
-    """Inference examples per second of ``model`` on ``batch`` (median of ``repeats``, after a warm-up)."""
+    """Inference examples per second of ``model`` on ``batch`` (median of ``repeats``, after a warm-up);
+    ``encoder`` passes an encoder's token types too."""
     def forward():
         if encoder:
-            output = model(**encoder_inputs(model, batch))
-            mx.eval(output.logits if output.logits is not None else output.mlm_logits)
+            mx.eval(model(**encoder_inputs(model, batch)))
         else:
             mx.eval(model(batch["input_ids"], batch.get("attention_mask")))
 
@@ -306,7 +304,7 @@ def _student(config: DistillConfig, teacher: nn.Module, teacher_config: dict) ->
 
 def _compare_speeds(teacher: nn.Module, student: nn.Module, batch: dict, repeats: int) -> tuple[float, float]:
     """Examples per second of teacher and student on ``batch``: the median of three alternating runs."""
-    encoder = teacher.args.model_type in ENCODERS
+    encoder = teacher.kind == ENCODER
     # Alternate the two, so that a change in machine load touches both alike.
     teacher_speeds, student_speeds = [], []
     for _ in range(3):
@@ -419,8 +417,10 @@ def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) ->
     rows = []
     longest = max(len(item["input_ids"]) for item in batches.encoded)
     for _, batch in batches.iterate_once():
-        output = teacher(**encoder_inputs(teacher, batch)) if teacher.args.model_type in ENCODERS else None
-        logits = output.logits if output is not None else teacher(batch["input_ids"], batch.get("attention_mask"))
+        if teacher.kind == ENCODER:
+            logits = teacher(**encoder_inputs(teacher, batch))
+        else:
+            logits = teacher(batch["input_ids"], batch.get("attention_mask"))
         logits = np.array(logits.astype(mx.float32))
         if task == "tag":
             padded = np.zeros((logits.shape[0], longest, logits.shape[-1]), dtype=np.float32)
@@ -433,3 +433,15 @@ def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) ->
         np.save(handle, cached)
     temporary.replace(path)
     return mx.array(cached)
+
+
+def __getattr__(name: str):
+    """The former tables ``ENCODERS``, ``LAYER_KEYS`` and ``WIDTH_KEYS``, still importable from
+    here; each is derived on first use from what the families answer."""
+    from . import distill_objective, distill_students
+
+    if name == "ENCODERS":
+        return distill_objective.ENCODERS
+    if name in ("LAYER_KEYS", "WIDTH_KEYS"):
+        return getattr(distill_students, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

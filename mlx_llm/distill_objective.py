@@ -15,6 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .layers import Linear
+from .model_output import ENCODER
+from .models import model_types_of_kind
 from .losses import (
     IGNORE_INDEX,
     attention_score_mse_loss,
@@ -30,7 +32,6 @@ from .losses import (
 )
 from .training import evaluate_objective
 
-ENCODERS = ("bert", "roberta", "distilbert")
 DIVERGENCES = ("forward", "reverse", "jsd")
 
 
@@ -71,6 +72,7 @@ class LossWeights:
 
 
 def encoder_inputs(model: nn.Module, batch: dict) -> dict:
+    """An encoder's keyword inputs from a batch: ids, mask, and token types where it has them."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "token_type_ids" in batch and model.args.type_vocab_size > 0:
         inputs["token_type_ids"] = batch["token_type_ids"]
@@ -114,7 +116,7 @@ class DistillationObjective:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
-        encoder = teacher.args.model_type in ENCODERS
+        encoder = teacher.kind == ENCODER
         for name in ("hidden", "attention", "pkd"):
             if getattr(weights, name) > 0 and not encoder:
                 raise ValueError(f"the {name} term compares encoder layers; {teacher.args.model_type} teachers "
@@ -182,14 +184,13 @@ class DistillationObjective:
         return counts
 
     def _run(self, model: nn.Module, batch: dict, with_states: bool):
-        """``(logits, hidden states or None)`` of a model for this task."""
+        """``(logits, hidden states or None)`` of a model for this task, from one forward pass
+        (a masked-LM encoder's logits are its MLM logits)."""
         if self.encoder:
-            output = model(**encoder_inputs(model, batch), output_hidden_states=with_states)
-            logits = output.mlm_logits if self.task == "mlm" else output.logits
-            return logits, output.hidden_states
-        logits = model(batch["input_ids"], batch.get("attention_mask"))
-        states = [model.model(batch["input_ids"], batch.get("attention_mask"))] if with_states else None
-        return logits, states
+            output = model.forward(**encoder_inputs(model, batch), output_hidden_states=with_states)
+        else:
+            output = model.forward(batch["input_ids"], batch.get("attention_mask"), output_hidden_states=with_states)
+        return output.logits, output.hidden_states
 
     def _teacher(self, batch: dict):
         if self.teacher_logits is not None and "example_index" in batch and not self.needs_states:
@@ -288,3 +289,11 @@ class DistillationObjective:
 
 def _model_width(model: nn.Module) -> int:
     return model.args.hidden_size
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``ENCODERS``, the former table of encoder model_types, derived on first use from each
+    family's ``Model.kind`` (the objective itself asks ``model.kind``)."""
+    if name == "ENCODERS":
+        return model_types_of_kind(ENCODER)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,15 +12,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .models import get_family
+from .models import FAMILIES, get_family, model_type_info
 from .pretrain import build_model
 
-# config.json key holding the number of layers, per model_type.
-LAYER_KEYS = {"bert": "num_hidden_layers", "roberta": "num_hidden_layers", "distilbert": "n_layers",
-              "gpt2": "n_layer", "llama": "num_hidden_layers", "mistral": "num_hidden_layers",
-              "qwen2": "num_hidden_layers", "qwen3": "num_hidden_layers", "smollm3": "num_hidden_layers",
-              "olmo2": "num_hidden_layers"}
-WIDTH_KEYS = {"distilbert": "dim", "gpt2": "n_embd"}
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -50,12 +44,12 @@ def check_layer_map(layer_map: list[int], teacher_layers: int) -> list[int]:
 
 def layer_count(config: dict) -> int:
     """The number of layers a ``config.json`` names."""
-    return config[LAYER_KEYS[config["model_type"]]]
+    return config[model_type_info(config["model_type"]).layers_key]
 
 
 def width(config: dict) -> int:
     """The hidden width a ``config.json`` names."""
-    return config[WIDTH_KEYS.get(config["model_type"], "hidden_size")]
+    return config[model_type_info(config["model_type"]).width_key]
 
 
 def student_from_teacher(teacher: nn.Module, teacher_config: dict, layer_map: list[int]) -> tuple[nn.Module, dict]:
@@ -67,7 +61,7 @@ def student_from_teacher(teacher: nn.Module, teacher_config: dict, layer_map: li
         ``(student, config)``.
     """
     layer_map = check_layer_map(layer_map, layer_count(teacher_config))
-    config = {**teacher_config, LAYER_KEYS[teacher_config["model_type"]]: len(layer_map)}
+    config = {**teacher_config, model_type_info(teacher_config["model_type"]).layers_key: len(layer_map)}
     # Per-layer settings follow the copied layers (SmolLM3's rotary flags, per-layer attention kinds).
     rope_layers = getattr(getattr(teacher, "args", None), "rope_layers", None)
     if rope_layers:
@@ -115,13 +109,18 @@ def masked_lm_student(student: nn.Module, config: dict) -> tuple[nn.Module, dict
     Returns:
         ``(student, config)``; ``config`` is updated in place to the MLM architecture.
     """
-    config["architectures"] = [f"{_hf_prefix(config['model_type'])}ForMaskedLM"]
     family = get_family(config["model_type"])
+    config["architectures"] = [family.hf_architecture(config["model_type"], "masked_lm")]
     masked = family.Model(family.ModelArgs.from_config(config))
     masked.load_weights([(n, w) for n, w in tree_flatten(student.parameters())
                          if n in dict(tree_flatten(masked.parameters()))])
     return masked, config
 
 
-def _hf_prefix(model_type: str) -> str:
-    return {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}[model_type]
+def __getattr__(name: str) -> dict[str, str]:
+    """The former tables ``LAYER_KEYS`` and ``WIDTH_KEYS`` (model_type -> config.json key of the
+    layer count / the width), derived on first use from each family's `models.ModelType`."""
+    if name in ("LAYER_KEYS", "WIDTH_KEYS"):
+        field = "layers_key" if name == "LAYER_KEYS" else "width_key"
+        return {model_type: getattr(model_type_info(model_type), field) for model_type in FAMILIES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

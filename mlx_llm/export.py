@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .heads import task_of
 from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, write_json
 from .weight_files import save_safetensors
 from .layers import Embedding, Linear
@@ -17,26 +18,9 @@ from .loading import DTYPES, FORMAT_KEY, load_model
 from .lora import fuse_lora
 from .models import get_family
 
-# Llama-family model_type -> transformers class prefix.
-LLAMA_CLASS_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
-                        "smollm3": "SmolLM3", "olmo2": "Olmo2"}
-DECODER_SUFFIXES = {"causal_lm": "ForCausalLM", "sequence_classification": "ForSequenceClassification",
-                    "token_classification": "ForTokenClassification"}
-
-
 def hf_architecture(model_type: str, task: str) -> str:
-    """The transformers class name of ``model_type`` built for ``task``."""
-    if model_type in ("bert", "roberta", "distilbert"):
-        from .models.bert import ARCHITECTURES
-
-        for architecture, (kind, architecture_task) in ARCHITECTURES.items():
-            if kind == model_type and architecture_task == task:
-                return architecture
-    elif model_type == "gpt2":
-        return "GPT2LMHeadModel" if task == "causal_lm" else f"GPT2{DECODER_SUFFIXES[task]}"
-    elif model_type in LLAMA_CLASS_PREFIXES:
-        return LLAMA_CLASS_PREFIXES[model_type] + DECODER_SUFFIXES[task]
-    raise ValueError(f"exporting {model_type} models ({task}) to transformers is not supported")
+    """The transformers class name of ``model_type`` built for ``task`` (the family module's answer)."""
+    return get_family(model_type).hf_architecture(model_type, task)
 
 
 def dequantize_model(model: nn.Module) -> int:
@@ -86,7 +70,7 @@ def export_to_hf(model_dir: str | Path, out: str | Path, dtype: str | None = Non
             raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         model.set_dtype(DTYPES[dtype])
     args = model.args
-    task = getattr(args, "task", "causal_lm")
+    task = task_of(model)
     family = get_family(config["model_type"])
     if not hasattr(family, "export_hf_weights"):
         raise ValueError(f"exporting {config['model_type']} models to transformers is not supported")

@@ -43,6 +43,36 @@ def _gated(name: str) -> Callable[[mx.array, mx.array], mx.array]:
 GATED_ACTIVATIONS: dict[str, Callable[[mx.array, mx.array], mx.array]] = {name: _gated(name) for name in ACTIVATIONS}
 
 
+# The one Hugging Face activation map: transformers' ACT2FN names (``hidden_act``,
+# ``activation_function``, ``activation``, T5's ``feed_forward_proj`` after ``gated-``)
+# -> `ACTIVATIONS` names. gelu_new, gelu_pytorch_tanh and gelu_fast are all
+# 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))); swish is silu.
+HF_ACTIVATIONS: dict[str, str] = {
+    "relu": "relu",
+    "gelu": "gelu",  # exact, x * Phi(x)
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+def hf_activation(name: str, key: str) -> str:
+    """The `ACTIVATIONS` name of the Hugging Face activation ``name``.
+
+    Args:
+        name: The value in ``config.json``, e.g. ``"gelu_new"``.
+        key: The ``config.json`` key it was read from, for the message.
+
+    Raises:
+        ValueError: naming the key, the value and the supported values.
+    """
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"unsupported {key}={name!r} in config.json; supported: {sorted(HF_ACTIVATIONS)}")
+    return HF_ACTIVATIONS[name]
+
+
 def get_activation(name: str) -> Callable[[mx.array], mx.array]:
     """Look up an activation by name (one of `ACTIVATIONS`)."""
     if name not in ACTIVATIONS:
@@ -75,19 +105,29 @@ class GatedFeedForward(nn.Module):
     """Gated linear unit FFN: ``down(act(gate(x)) * up(x))``.
 
     With ``activation="silu"`` this is SwiGLU (Llama, Mistral, Qwen2); with
-    ``"gelu_tanh"`` it is the gated-GELU of T5 v1.1 and FLAN-T5.
+    ``"gelu_tanh"`` it is the gated-GELU of T5 v1.1 and FLAN-T5. With
+    ``fused``, one ``gate_up_proj`` of ``2 * intermediate_size`` outputs (rows:
+    gate, then up) computes both in one product, as Phi-3 stores them.
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False):
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False, fused: bool = False
+    ):
         super().__init__()
         self.activation_name = activation
         get_activation(activation)  # validates the name
         self.gate_and_up = GATED_ACTIVATIONS[activation]
-        self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
+        if fused:
+            self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        else:
+            self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
+            self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
+        if "gate_up_proj" in self:
+            gate, up = mx.split(self.gate_up_proj(hidden_states), 2, axis=-1)  # (B, L, d_ff) each
+            return self.down_proj(self.gate_and_up(gate, up))
         return self.down_proj(self.gate_and_up(self.gate_proj(hidden_states), self.up_proj(hidden_states)))
 
 

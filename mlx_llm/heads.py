@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .layers import Linear
+from .model_output import ENCODER, ENCODER_DECODER
 
 # The tasks a decoder family builds, and the Hugging Face architecture suffix of each.
 DECODER_TASKS = {
@@ -87,19 +88,27 @@ class DecoderTaskHead(nn.Module):
 
 def task_of(model: nn.Module) -> str:
     """``"causal_lm"``, ``"sequence_classification"``, ``"token_classification"``,
-    ``"masked_lm"``, ... for any model of the library."""
-    return getattr(model.args, "task", "causal_lm")
+    ``"masked_lm"``, ... for any model of the library; ``"seq2seq_lm"`` for an encoder-decoder (T5)."""
+    if model.kind == ENCODER_DECODER:
+        return "seq2seq_lm"
+    return model.args.task
+
+
+CLASSIFIER_TASKS = ("sequence_classification", "token_classification")
 
 
 def task_logits(model: nn.Module, batch: dict) -> mx.array:
-    """Run ``model`` on a batch (``input_ids``, ``attention_mask``, optional
-    ``token_type_ids``) and return its classification logits, whatever the family."""
+    """Run ``model`` on a batch (``input_ids``, ``attention_mask``, ``token_type_ids``
+    for an encoder that has token types) and return its classification logits, whatever the family.
+
+    Raises:
+        ValueError: for a model without a classification head.
+    """
+    task = task_of(model)
+    if task not in CLASSIFIER_TASKS:
+        raise ValueError(f"this model has no classification head (its task is {task!r}); "
+                         "fine-tune it with --task classify or --task tag first")
     attention_mask = batch.get("attention_mask")
-    if "token_type_ids" in batch:
-        output = model(batch["input_ids"], attention_mask, batch["token_type_ids"])
-    else:
-        output = model(batch["input_ids"], attention_mask)
-    logits = getattr(output, "logits", output)
-    if logits is None:
-        raise ValueError(f"this {model.args.model_type} model has no classification head (task {task_of(model)!r})")
-    return logits
+    if model.kind == ENCODER and "token_type_ids" in batch:
+        return model(batch["input_ids"], attention_mask, batch["token_type_ids"])
+    return model(batch["input_ids"], attention_mask)

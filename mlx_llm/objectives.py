@@ -42,7 +42,7 @@ class MaskedLMObjective:
 
     def _logits(self, model: nn.Module, batch: dict) -> mx.array:
         segments = batch.get("token_type_ids") if model.args.type_vocab_size > 0 else None  # DistilBERT has none
-        return model(batch["input_ids"], batch.get("attention_mask"), segments).mlm_logits
+        return model(batch["input_ids"], batch.get("attention_mask"), segments)  # a masked-LM model's logits
 
     def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
         return {"loss": cross_entropy(self._logits(model, batch), batch["mlm_labels"], reduction="sum")}
@@ -64,7 +64,7 @@ class BertPretrainingObjective:
         return {"mlm": (batch["mlm_labels"] != IGNORE_INDEX).sum(), "nsp": mx.array(batch["next_sentence_label"].shape[0])}
 
     def _outputs(self, model: nn.Module, batch: dict):
-        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return model.forward(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
     def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
         output = self._outputs(model, batch)
@@ -207,3 +207,51 @@ class TokenClassificationObjective:
             scores = entity_scores(predicted_tags, true_tags, scheme=self.scheme)
             metrics.update({name: scores[name] for name in ("precision", "recall", "f1")})
         return metrics
+
+
+def shift_right(labels: mx.array, start_token_id: int, pad_token_id: int) -> mx.array:
+    """Decoder inputs for teacher forcing, as transformers' ``_shift_right``:
+    ``[start, labels[:, :-1]]`` with ``-100`` replaced by ``pad_token_id``.
+
+    Args:
+        labels: ``(B, T)`` target ids, ``-100`` on padding.
+
+    Returns:
+        ``(B, T)`` int ids.
+    """
+    start = mx.full((labels.shape[0], 1), start_token_id, dtype=labels.dtype)
+    shifted = mx.concatenate([start, labels[:, :-1]], axis=1)
+    return mx.where(shifted == IGNORE_INDEX, pad_token_id, shifted)
+
+
+class Seq2SeqObjective:
+    """An encoder-decoder's teacher-forced loss on ``{"input_ids", "attention_mask",
+    "labels"}`` batches (`mlx_llm.data.Seq2SeqBatches`): cross-entropy over the
+    target tokens (``labels != -100``), as ``T5ForConditionalGeneration(labels=...)``.
+
+    Validation adds ``exact_match``: the share of examples whose greedy decoding
+    reproduces the target token for token, end of sequence included. It needs no
+    decoding: greedy decoding emits the target exactly when, fed the target's own
+    prefix, the model's argmax is the next target token at every position, which
+    is what the teacher-forced pass computes.
+    """
+
+    def counts(self, batch: dict) -> dict[str, mx.array]:
+        return {"loss": (batch["labels"] != IGNORE_INDEX).sum()}
+
+    def logits(self, model: nn.Module, batch: dict) -> mx.array:
+        """``(B, T, vocab_size)`` logits of the targets, their decoder inputs shifted right."""
+        decoder_input_ids = shift_right(batch["labels"], model.args.decoder_start_token_id, model.args.pad_token_id)
+        output = model(batch["input_ids"], decoder_input_ids, attention_mask=batch.get("attention_mask"))
+        return getattr(output, "logits", output)
+
+    def sums(self, model: nn.Module, batch: dict) -> dict[str, mx.array]:
+        return {"loss": cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")}
+
+    def evaluate(self, model: nn.Module, batch: dict) -> dict[str, tuple[mx.array, mx.array]]:
+        logits, labels = self.logits(model, batch), batch["labels"]
+        targets = labels != IGNORE_INDEX  # (B, T)
+        correct = (logits.argmax(-1) == labels) | ~targets
+        rows = mx.array(labels.shape[0])
+        return {"loss": (cross_entropy(logits, labels, reduction="sum"), targets.sum()),
+                "exact_match": (correct.all(axis=-1).sum(), rows)}

@@ -34,6 +34,7 @@ TINY_DISTILBERT = dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=
 CASES = {
     "bert-pretraining": ("BertForPreTraining", "BertConfig", dict(TINY)),
     "bert-sequence": ("BertForSequenceClassification", "BertConfig", dict(TINY, num_labels=3)),
+    "bert-next-sentence": ("BertForNextSentencePrediction", "BertConfig", dict(TINY)),
     "bert-token-gelu-new": (
         "BertForTokenClassification",
         "BertConfig",
@@ -106,7 +107,8 @@ def padded_batch(config) -> dict[str, np.ndarray]:
 
 
 def reference_outputs(hf_model, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The transformers outputs named as `BertOutput` fields."""
+    """The transformers outputs named as `ModelOutput` keys; ``logits`` is the head's
+    output (masked-LM logits for pretraining), or a bare encoder's last hidden states."""
     inputs = {name: torch.from_numpy(array) for name, array in batch.items()}
     with torch.no_grad():
         output = hf_model(**inputs, output_hidden_states=True)
@@ -116,17 +118,23 @@ def reference_outputs(hf_model, batch: dict[str, np.ndarray]) -> dict[str, np.nd
     if getattr(base, "pooler", None) is not None:
         expected["pooler_output"] = base_output.pooler_output
     if hasattr(output, "prediction_logits"):
-        expected["mlm_logits"] = output.prediction_logits
+        expected["mlm_logits"] = expected["logits"] = output.prediction_logits
         expected["nsp_logits"] = output.seq_relationship_logits
     elif type(hf_model).__name__.endswith("ForMaskedLM"):
-        expected["mlm_logits"] = output.logits
+        expected["mlm_logits"] = expected["logits"] = output.logits
+    elif type(hf_model).__name__.endswith("ForNextSentencePrediction"):
+        expected["nsp_logits"] = expected["logits"] = output.logits
     elif hasattr(output, "logits"):
         expected["logits"] = output.logits
+    else:
+        expected["logits"] = output.hidden_states[-1]
     return {name: value.numpy() for name, value in expected.items()}
 
 
 def run_mlx(model: bert.Model, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-    output = model(**{name: mx.array(array) for name, array in batch.items()})
+    inputs = {name: mx.array(array) for name, array in batch.items()}
+    output = model.forward(**inputs)
+    np.testing.assert_array_equal(np.array(model(**inputs)), np.array(output.logits))  # __call__: the logits
     return {
         name: None if getattr(output, name) is None else np.array(getattr(output, name))
         for name in ("last_hidden_state", "pooler_output", "mlm_logits", "nsp_logits", "logits")
@@ -333,8 +341,8 @@ def test_all_hidden_states_match_transformers(case, tmp_path):
     batch = padded_batch(hf_model.config)
     with torch.no_grad():
         expected = hf_model(**{name: torch.from_numpy(a) for name, a in batch.items()}, output_hidden_states=True)
-    output = model(**{name: mx.array(a) for name, a in batch.items()}, output_hidden_states=True)
+    output = model.forward(**{name: mx.array(a) for name, a in batch.items()}, output_hidden_states=True)
     assert len(output.hidden_states) == len(expected.hidden_states) == hf_model.config.num_hidden_layers + 1
     for index, (ours, theirs) in enumerate(zip(output.hidden_states, expected.hidden_states)):
         assert_close_on_tokens(np.array(ours), theirs.numpy(), batch["attention_mask"], f"layer {index}", ATOL)
-    assert model(mx.array(batch["input_ids"])).hidden_states is None
+    assert model.forward(mx.array(batch["input_ids"])).hidden_states is None

@@ -21,24 +21,20 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..feed_forward import ACTIVATIONS, get_activation
+from ..feed_forward import ACTIVATIONS, get_activation, hf_activation
 from ..layers import Embedding, Linear
 from ..masks import create_attention_mask
+from ..model_output import ENCODER, BertOutput, ModelOutput  # noqa: F401  (BertOutput: the former name)
 from ..positions import LearnedPositionalEmbedding, sinusoidal_table
 from ..transformer import TransformerEncoderLayer
+from . import ModelType
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
 from .bert_weights import convert_hf_weights, export_hf_weights  # noqa: F401
 
-MODEL_TYPES = ("bert", "roberta", "distilbert")
-
-# Hugging Face activation name (``hidden_act`` / ``activation``) -> mlx_llm activation.
-HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
+MODEL_TYPES = {
+    "bert": ModelType("BERT", "Bert"),
+    "roberta": ModelType("RoBERTa", "Roberta"),
+    "distilbert": ModelType("DistilBERT", "DistilBert", layers_key="n_layers", width_key="dim"),
 }
 
 # ModelArgs field -> (config.json key, default of the transformers config class).
@@ -101,6 +97,15 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "DistilBertForTokenClassification": ("distilbert", "token_classification"),
 }
 
+
+def hf_architecture(model_type: str, task: str) -> str:
+    """The transformers class of a ``model_type`` model for ``task`` (`ARCHITECTURES` read backwards)."""
+    for architecture, (architecture_type, architecture_task) in ARCHITECTURES.items():
+        if (architecture_type, architecture_task) == (model_type, task):
+            return architecture
+    raise ValueError(f"transformers has no {model_type} class for the task {task!r}")
+
+
 # Tasks whose transformers model builds the pooler (``add_pooling_layer=True``).
 POOLER_TASKS: dict[str, frozenset[str]] = {
     "bert": frozenset({"base", "pretraining", "next_sentence", "sequence_classification"}),
@@ -148,7 +153,7 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"unknown model_type {self.model_type!r}; this family implements {MODEL_TYPES}")
+            raise ValueError(f"unknown model_type {self.model_type!r}; this family implements {tuple(MODEL_TYPES)}")
         sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
         for name in (*sizes, "num_labels"):
             if getattr(self, name) < 1:
@@ -214,19 +219,15 @@ class ModelArgs:
         """
         model_type = config.get("model_type")
         if model_type not in KEY_MAPS:
-            raise ValueError(f"model_type {model_type!r} is not a BERT-family model; expected one of {MODEL_TYPES}")
+            raise ValueError(
+                f"model_type {model_type!r} is not a BERT-family model; expected one of {tuple(MODEL_TYPES)}"
+            )
         values: dict[str, object] = {}
         for field, (key, default) in KEY_MAPS[model_type].items():
             value = config.get(key)
             values[field] = default if value is None else value
 
-        activation_key = KEY_MAPS[model_type]["activation"][0]
-        if values["activation"] not in HF_ACTIVATIONS:
-            raise ValueError(
-                f"unsupported {activation_key}={values['activation']!r} in {model_type} config.json; "
-                f"supported: {sorted(HF_ACTIVATIONS)}"
-            )
-        values["activation"] = HF_ACTIVATIONS[values["activation"]]
+        values["activation"] = hf_activation(values["activation"], KEY_MAPS[model_type]["activation"][0])
         # RobertaLMHead hard-codes exact GELU; BERT and DistilBERT reuse the encoder's activation.
         values["head_activation"] = "gelu" if model_type == "roberta" else values["activation"]
 
@@ -277,30 +278,6 @@ class ModelArgs:
             raise ValueError(f"unsupported dtype {dtype!r} in config.json; supported: {DTYPES}")
         values["dtype"] = dtype
         return cls(model_type=model_type, **values)
-
-
-@dataclass
-class BertOutput:
-    """What `Model` returns; heads the model does not have give ``None``.
-
-    Attributes:
-        last_hidden_state: ``(B, L, hidden_size)``.
-        pooler_output: ``(B, hidden_size)``, tanh(dense(first token)).
-        mlm_logits: ``(B, L, vocab_size)`` masked-LM logits.
-        nsp_logits: ``(B, 2)`` next-sentence logits.
-        logits: classification logits, ``(B, num_labels)`` for sequences or
-            ``(B, L, num_labels)`` for tokens.
-        hidden_states: with ``output_hidden_states``, the embeddings' output
-            and every layer's, ``num_layers + 1`` arrays ``(B, L, hidden_size)``
-            (entry ``i`` is the input of layer ``i``), as transformers returns them.
-    """
-
-    last_hidden_state: mx.array
-    pooler_output: mx.array | None = None
-    mlm_logits: mx.array | None = None
-    nsp_logits: mx.array | None = None
-    logits: mx.array | None = None
-    hidden_states: list[mx.array] | None = None
 
 
 class Embeddings(nn.Module):
@@ -463,7 +440,15 @@ class Model(nn.Module):
     Padding is ignored: a padded row gives the same outputs on its real tokens
     as the row alone. Like every MLX module it starts in training mode, where
     dropout is active; call ``model.eval()`` for inference.
+
+    ``model(...)`` returns the head's logits, an ``mx.array``: the classifier's,
+    the masked-LM head's (masked-LM and pretraining models), the next-sentence
+    head's (next-sentence models), or, for a bare encoder without a head (feature
+    extraction, e.g. all-MiniLM), the last hidden states ``(B, L, hidden_size)``.
+    ``model.forward(...)`` returns all of them in a `ModelOutput`.
     """
+
+    kind = ENCODER
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -491,13 +476,19 @@ class Model(nn.Module):
     def layers(self) -> list[nn.Module]:
         return self.model.layers
 
-    def __call__(
+    def make_cache(self, *args, **kwargs):
+        """Encoders attend to the whole input at once and keep no cache: always a ``ValueError``."""
+        raise ValueError(f"a {MODEL_TYPES[self.args.model_type].display_name} encoder keeps no KV cache; "
+                         "check model.kind before asking for one")
+
+    def forward(
         self,
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         token_type_ids: mx.array | None = None,
+        *,
         output_hidden_states: bool = False,
-    ) -> BertOutput:
+    ) -> ModelOutput:
         """Run the backbone and every head.
 
         Args:
@@ -507,7 +498,11 @@ class Model(nn.Module):
             output_hidden_states: Also return every layer's hidden states.
 
         Returns:
-            `BertOutput`.
+            `ModelOutput` with ``logits`` (see the class docstring),
+            ``last_hidden_state`` ``(B, L, hidden_size)``, and what the model has of
+            ``pooler_output`` ``(B, hidden_size)``, ``mlm_logits`` ``(B, L, vocab_size)``,
+            ``nsp_logits`` ``(B, 2)``, ``hidden_states`` (``num_layers + 1`` arrays ``(B, L,
+            hidden_size)``, entry ``i`` the input of layer ``i``, as transformers).
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
@@ -521,12 +516,15 @@ class Model(nn.Module):
 
         all_hidden_states = [] if output_hidden_states else None
         hidden_states, pooler_output = self.model(input_ids, attention_mask, token_type_ids, all_hidden_states)
-        output = BertOutput(last_hidden_state=hidden_states, pooler_output=pooler_output,
-                            hidden_states=all_hidden_states)
-        if self.args.has_mlm_head:
-            output.mlm_logits = self.mlm_head(hidden_states, self.model.embeddings.word_embeddings)
+        output = ModelOutput(logits=hidden_states, last_hidden_state=hidden_states)
+        if pooler_output is not None:
+            output.pooler_output = pooler_output
+        if all_hidden_states is not None:
+            output.hidden_states = all_hidden_states
         if self.args.has_nsp_head:
-            output.nsp_logits = self.nsp_head(pooler_output)
+            output.logits = output.nsp_logits = self.nsp_head(pooler_output)
+        if self.args.has_mlm_head:  # pretraining: the MLM logits are the logits, NSP's stay in nsp_logits
+            output.logits = output.mlm_logits = self.mlm_head(hidden_states, self.model.embeddings.word_embeddings)
         if self.args.task == "sequence_classification":
             if isinstance(self.classifier, ClassificationHead):
                 output.logits = self.classifier(hidden_states)
@@ -535,3 +533,12 @@ class Model(nn.Module):
         elif self.args.task == "token_classification":
             output.logits = self.classifier(self.classifier_dropout(hidden_states))
         return output
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        token_type_ids: mx.array | None = None,
+    ) -> mx.array:
+        """``forward(...).logits``: the head's logits, or a bare encoder's last hidden states."""
+        return self.forward(input_ids, attention_mask, token_type_ids).logits

@@ -13,14 +13,25 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache, make_decoder_cache
+from ..feed_forward import hf_activation
 from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
 from ..layers import Embedding, Linear
 from ..masks import decoder_mask
+from ..model_output import DECODER, ModelOutput
 from ..positions import LearnedPositionalEmbedding
 from ..transformer import TransformerEncoderLayer
+from . import ModelType, check_required_keys
 
-# Hugging Face activation_function -> mlx_llm activation.
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+MODEL_TYPES = {"gpt2": ModelType("GPT-2", "GPT2", layers_key="n_layer", width_key="n_embd")}
+# config.json keys without a default.
+REQUIRED_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+
+def hf_architecture(model_type: str, task: str) -> str:
+    """The transformers class of a GPT-2 model for ``task`` (``GPT2LMHeadModel`` for ``causal_lm``)."""
+    if task not in DECODER_TASKS:
+        raise ValueError(f"GPT-2 models have no {task!r} task; choose one of {tuple(DECODER_TASKS)}")
+    return "GPT2LMHeadModel" if task == "causal_lm" else f"GPT2{DECODER_TASKS[task]}"
 
 
 @dataclass
@@ -50,11 +61,8 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
-        activation = config.get("activation_function", "gelu_new")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"GPT-2 config has activation_function={activation!r}; supported: {sorted(ACTIVATIONS)}"
-            )
+        check_required_keys(config, REQUIRED_KEYS, "GPT-2")
+        activation = hf_activation(config.get("activation_function", "gelu_new"), "activation_function")
         hidden_size = config["n_embd"]
         if config.get("scale_attn_by_inverse_layer_idx") or config.get("reorder_and_upcast_attn"):
             raise ValueError(
@@ -67,7 +75,7 @@ class ModelArgs:
             num_layers=config["n_layer"],
             num_heads=config["n_head"],
             intermediate_size=config.get("n_inner") or 4 * hidden_size,
-            activation=ACTIVATIONS[activation],
+            activation=activation,
             layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
             scale_attention=config.get("scale_attn_weights", True),
             tie_word_embeddings=config.get("tie_word_embeddings", True),
@@ -117,8 +125,10 @@ class GPT2Model(nn.Module):
         attention_mask: mx.array | None = None,
         cache: list[KVCache] | None = None,
         position_ids: mx.array | None = None,
+        all_hidden_states: list | None = None,
     ) -> mx.array:
-        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
+        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids; ``all_hidden_states``,
+        when given, receives every layer's input and the final output (``num_layers + 1`` arrays)."""
         length = input_ids.shape[1]
         offset = 0 if cache is None else cache[0].offset
         if position_ids is None and cache is not None and cache[0].left_padding is not None:
@@ -130,13 +140,20 @@ class GPT2Model(nn.Module):
             hidden_states = self.dropout(hidden_states)
         mask = decoder_mask(length, attention_mask, None if cache is None else cache[0])
         for index, layer in enumerate(self.layers):
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
-        return self.ln_f(hidden_states)
+        hidden_states = self.ln_f(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return hidden_states
 
 
 class Model(nn.Module):
     """GPT-2 language model, ``logits = LMHead(GPT2Model(input_ids))``, or a
     classifier over the same backbone when ``args.task`` asks for one."""
+
+    kind = DECODER
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -147,6 +164,32 @@ class Model(nn.Module):
         elif not args.tie_word_embeddings:
             self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
+    def forward(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+        position_ids: mx.array | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``logits``: next-token logits ``(B, L, vocab_size)``, or for a classifier
+        ``(B, num_labels)`` (sequence) or ``(B, L, num_labels)`` (token) logits;
+        ``last_hidden_state`` ``(B, L, hidden_size)``; with ``output_hidden_states``,
+        ``hidden_states`` (``num_layers + 1`` arrays, as transformers)."""
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states = self.model(input_ids, attention_mask, cache, position_ids, all_hidden_states)
+        if "head" in self:
+            logits = self.head(hidden_states, attention_mask)
+        elif self.args.tie_word_embeddings:
+            logits = self.model.wte.as_linear(hidden_states)
+        else:
+            logits = self.lm_head(hidden_states)
+        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
+        if all_hidden_states is not None:
+            output.hidden_states = all_hidden_states
+        return output
+
     def __call__(
         self,
         input_ids: mx.array,
@@ -154,14 +197,8 @@ class Model(nn.Module):
         cache: list[KVCache] | None = None,
         position_ids: mx.array | None = None,
     ) -> mx.array:
-        """Next-token logits ``(B, L, vocab_size)``; for a classifier, ``(B, num_labels)``
-        (sequence) or ``(B, L, num_labels)`` (token) logits."""
-        hidden_states = self.model(input_ids, attention_mask, cache, position_ids)
-        if "head" in self:
-            return self.head(hidden_states, attention_mask)
-        if self.args.tie_word_embeddings:
-            return self.model.wte.as_linear(hidden_states)
-        return self.lm_head(hidden_states)
+        """``forward(...).logits``."""
+        return self.forward(input_ids, attention_mask, cache, position_ids).logits
 
     @property
     def layers(self) -> list[nn.Module]:

@@ -20,8 +20,13 @@ from ..cache import KVCache, make_decoder_cache
 from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
 from ..layers import Embedding, Linear
 from ..masks import decoder_mask
+from ..model_output import DECODER, ModelOutput
 from ..positions import RotaryEmbedding
 from ..transformer import TransformerEncoderLayer
+from . import ModelType, check_required_keys, model_type_info
+
+MODEL_TYPES = {"llama": ModelType("Llama", "Llama"), "mistral": ModelType("Mistral", "Mistral"),
+               "qwen2": ModelType("Qwen2", "Qwen2")}
 
 ROPE_TYPES = ("default", "linear", "llama3")
 # config.json keys without a default.
@@ -59,9 +64,7 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         model_type = config.get("model_type", "llama")
-        missing = [key for key in REQUIRED_KEYS if key not in config]
-        if missing:
-            raise ValueError(f"{model_type} config.json lacks {', '.join(missing)}")
+        check_required_keys(config, REQUIRED_KEYS, model_type)
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{model_type} config has hidden_act={config['hidden_act']!r}; only 'silu' is supported")
         num_heads = config["num_attention_heads"]
@@ -107,6 +110,15 @@ class ModelArgs:
         )
 
 
+def hf_architecture(model_type: str, task: str) -> str:
+    """The transformers class of a ``model_type`` model of this backbone for ``task``
+    (``LlamaForCausalLM``, ``Qwen3ForSequenceClassification``, ...); the families built
+    on `llama` share it."""
+    if task not in DECODER_TASKS:
+        raise ValueError(f"{model_type} models have no {task!r} task; choose one of {tuple(DECODER_TASKS)}")
+    return model_type_info(model_type).hf_prefix + DECODER_TASKS[task]
+
+
 def features(args: ModelArgs) -> list[str]:
     """What sets this Llama-family variant apart, for ``mlx-llm info``."""
     found = [f"rotary positions (theta {args.rope_theta:g}"
@@ -150,20 +162,32 @@ class LlamaModel(nn.Module):
 
     Families built on this backbone (Qwen3, SmolLM3, OLMo 2) override
     `layer_options`, the `TransformerEncoderLayer` arguments of one layer.
+    ``sliding_window`` (``None`` here; Phi-3 sets it) limits every layer's
+    queries to the keys ``p - W < k <= p`` (`masks.decoder_mask`).
     """
+
+    sliding_window: int | None = None
 
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = Embedding(
             args.vocab_size, args.hidden_size, output_layer=args.task == "causal_lm" and args.tie_word_embeddings
         )
-        rope = make_rope(args)  # shared by every layer; it has no parameters
+        rope = self.make_rope(args)  # shared by every layer; it has no parameters
         self.layers = [
             TransformerEncoderLayer(args.hidden_size, args.num_heads, args.intermediate_size,
                                     **self.layer_options(args, index, rope))
             for index in range(args.num_layers)
         ]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def make_rope(self, args: ModelArgs) -> nn.Module:
+        """The rotary embedding every layer shares (`make_rope`; Phi-3 builds LongRoPE)."""
+        return make_rope(args)
+
+    def embed(self, input_ids: mx.array) -> mx.array:
+        """Token embeddings ``(B, L, hidden_size)``; families that scale them (Granite) override this."""
+        return self.embed_tokens(input_ids)
 
     def layer_options(self, args: ModelArgs, index: int, rope: nn.Module) -> dict:
         """Keyword arguments of `TransformerEncoderLayer` for layer ``index``."""
@@ -186,13 +210,21 @@ class LlamaModel(nn.Module):
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         cache: list[KVCache] | None = None,
+        all_hidden_states: list | None = None,
     ) -> mx.array:
-        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids."""
-        hidden_states = self.embed_tokens(input_ids)
-        mask = decoder_mask(input_ids.shape[1], attention_mask, None if cache is None else cache[0])
+        """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids; ``all_hidden_states``,
+        when given, receives every layer's input and the final output (``num_layers + 1`` arrays)."""
+        hidden_states = self.embed(input_ids)
+        mask = decoder_mask(input_ids.shape[1], attention_mask, None if cache is None else cache[0],
+                            window_size=self.sliding_window)
         for index, layer in enumerate(self.layers):
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
-        return self.norm(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return hidden_states
 
 
 class Model(nn.Module):
@@ -200,6 +232,7 @@ class Model(nn.Module):
     backbone when ``args.task`` asks for one."""
 
     backbone = LlamaModel  # families on this file's pieces swap in their own
+    kind = DECODER
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -210,20 +243,39 @@ class Model(nn.Module):
         elif not args.tie_word_embeddings:
             self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
+    def forward(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list[KVCache] | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``logits``: next-token logits ``(B, L, vocab_size)``, or for a classifier
+        ``(B, num_labels)`` (sequence) or ``(B, L, num_labels)`` (token) logits;
+        ``last_hidden_state`` ``(B, L, hidden_size)``; with ``output_hidden_states``,
+        ``hidden_states`` (``num_layers + 1`` arrays, as transformers)."""
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states = self.model(input_ids, attention_mask, cache, all_hidden_states)
+        if "head" in self:
+            logits = self.head(hidden_states, attention_mask)
+        elif self.args.tie_word_embeddings:
+            logits = self.model.embed_tokens.as_linear(hidden_states)
+        else:
+            logits = self.lm_head(hidden_states)
+        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
+        if all_hidden_states is not None:
+            output.hidden_states = all_hidden_states
+        return output
+
     def __call__(
         self,
         input_ids: mx.array,
         attention_mask: mx.array | None = None,
         cache: list[KVCache] | None = None,
     ) -> mx.array:
-        """Next-token logits ``(B, L, vocab_size)``; for a classifier, ``(B, num_labels)``
-        (sequence) or ``(B, L, num_labels)`` (token) logits."""
-        hidden_states = self.model(input_ids, attention_mask, cache)
-        if "head" in self:
-            return self.head(hidden_states, attention_mask)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(hidden_states)
-        return self.lm_head(hidden_states)
+        """``forward(...).logits``."""
+        return self.forward(input_ids, attention_mask, cache).logits
 
     @property
     def layers(self) -> list[nn.Module]:

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import llama
+from . import ModelType, llama
+
+MODEL_TYPES = {"olmo2": ModelType("OLMo 2", "Olmo2")}
+hf_architecture = llama.hf_architecture  # Olmo2ForCausalLM, Olmo2ForSequenceClassification, ...
 
 _RENAMES = {
     "mlp.": "feed_forward.",

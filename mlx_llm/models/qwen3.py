@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import llama
+from . import ModelType, llama
+
+MODEL_TYPES = {"qwen3": ModelType("Qwen3", "Qwen3")}
+hf_architecture = llama.hf_architecture  # Qwen3ForCausalLM, Qwen3ForSequenceClassification, ...
 
 _KNOWN = llama._KNOWN + ("self_attn.q_norm.", "self_attn.k_norm.")
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import llama
+from . import ModelType, llama
+
+MODEL_TYPES = {"smollm3": ModelType("SmolLM3", "SmolLM3")}
+hf_architecture = llama.hf_architecture  # SmolLM3ForCausalLM, SmolLM3ForSequenceClassification, ...
 
 
 @dataclass

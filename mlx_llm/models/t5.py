@@ -22,7 +22,6 @@ separate ``lm_head`` and no scaling.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,21 +29,24 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cache import KVCache
+from ..feed_forward import ACTIVATIONS, HF_ACTIVATIONS
 from ..layers import Embedding, Linear
 from ..masks import causal_mask, combine_masks, padding_mask
+from ..model_output import ENCODER_DECODER, ModelOutput
 from ..transformer import TransformerDecoder, TransformerEncoder
+from . import ModelType, check_required_keys
+# The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
+from .t5_weights import convert_hf_weights, export_hf_weights  # noqa: F401
 
-# Hugging Face activation names (the part of ``feed_forward_proj`` after
-# ``"gated-"``) -> `feed_forward.ACTIVATIONS` names.
-_ACTIVATIONS: dict[str, str] = {
-    "relu": "relu",
-    "gelu": "gelu",  # exact GELU in transformers' ACT2FN
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "silu": "silu",
-    "swish": "silu",
-}
+MODEL_TYPES = {"t5": ModelType("T5", "T5", layers_key="num_layers", width_key="d_model")}
+
+
+def hf_architecture(model_type: str, task: str) -> str:
+    """``T5ForConditionalGeneration``, the transformers class of T5's one task, ``"seq2seq_lm"``."""
+    if task != "seq2seq_lm":
+        raise ValueError(f"T5 models have the task 'seq2seq_lm' only, not {task!r}")
+    return "T5ForConditionalGeneration"
+
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -67,6 +69,7 @@ _OPTIONAL_KEYS: dict[str, tuple[str, Any]] = {
     "decoder_start_token_id": ("decoder_start_token_id", 0),
     "pad_token_id": ("pad_token_id", 0),
     "eos_token_id": ("eos_token_id", 1),
+    "dropout_rate": ("dropout", 0.1),
 }
 _CONFIG_KEY_OF: dict[str, str] = {
     **{name: key for key, name in _REQUIRED_KEYS.items()},
@@ -105,12 +108,12 @@ def parse_feed_forward_proj(feed_forward_proj: str) -> tuple[str, bool]:
         )
     if feed_forward_proj == "gated-gelu":
         return "gelu_tanh", True  # transformers maps this one to gelu_new for backward compatibility
-    if parts[-1] not in _ACTIVATIONS:
+    if parts[-1] not in HF_ACTIVATIONS:
         raise ValueError(
             f"unsupported activation {parts[-1]!r} in feed_forward_proj {feed_forward_proj!r}; "
-            f"supported activations: {', '.join(sorted(_ACTIVATIONS))}"
+            f"supported activations: {', '.join(sorted(HF_ACTIVATIONS))}"
         )
-    return _ACTIVATIONS[parts[-1]], gated
+    return HF_ACTIVATIONS[parts[-1]], gated
 
 
 @dataclass
@@ -140,6 +143,8 @@ class ModelArgs:
         pad_token_id: Padding token.
         eos_token_id: End-of-sequence token(s).
         dtype: Parameter dtype of the checkpoint [``dtype`` or ``torch_dtype``].
+        dropout: Training-mode dropout on the embeddings, attention probabilities,
+            each sublayer's output and each stack's output [``dropout_rate``].
     """
 
     vocab_size: int
@@ -160,6 +165,7 @@ class ModelArgs:
     pad_token_id: int = 0
     eos_token_id: int | list[int] | None = 1
     dtype: str = "float32"
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -188,10 +194,10 @@ class ModelArgs:
             )
         if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or self.norm_eps <= 0:
             raise ValueError(f"T5 {_label('norm_eps')} must be a positive number, got {self.norm_eps!r}")
-        if self.activation not in set(_ACTIVATIONS.values()):
-            raise ValueError(
-                f"T5 activation must be one of {sorted(set(_ACTIVATIONS.values()))}, got {self.activation!r}"
-            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"T5 activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"T5 {_label('dropout')} must be a number in [0, 1), got {self.dropout!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(
                 f"T5 dtype (config.json dtype or torch_dtype) must be one of {_DTYPES}, got {self.dtype!r}"
@@ -208,9 +214,7 @@ class ModelArgs:
         model_type = config.get("model_type", "t5")
         if model_type != "t5":
             raise ValueError(f"the T5 family reads model_type 't5', got {model_type!r}")
-        missing = [key for key in _REQUIRED_KEYS if config.get(key) is None]
-        if missing:
-            raise ValueError(f"T5 config.json lacks required keys: {', '.join(missing)}")
+        check_required_keys(config, tuple(_REQUIRED_KEYS), "T5")
         values: dict[str, Any] = {field_name: config[key] for key, field_name in _REQUIRED_KEYS.items()}
         for key, (field_name, default) in _OPTIONAL_KEYS.items():
             value = config.get(key)
@@ -321,6 +325,8 @@ class Model(nn.Module):
     when the head is not tied.
     """
 
+    kind = ENCODER_DECODER
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -333,7 +339,10 @@ class Model(nn.Module):
             norm_eps=args.norm_eps,
             norm_first=True,
             attention_scale=1.0,  # T5 folds 1/sqrt(d_kv) into its weight initialization
+            dropout=args.dropout,
+            attention_dropout=args.dropout,
         )
+        self.dropout = nn.Dropout(args.dropout)  # embeddings and stack outputs, in training mode
         self.shared = Embedding(args.vocab_size, args.hidden_size, output_layer=args.tie_word_embeddings)
         self.encoder = TransformerEncoder(
             args.num_encoder_layers, args.hidden_size, args.num_heads, args.intermediate_size, **layer_options
@@ -353,14 +362,18 @@ class Model(nn.Module):
     def _embed(self, token_ids: mx.array, what: str) -> mx.array:
         if token_ids.ndim != 2:
             raise ValueError(f"{what} must have shape (batch, length), got {tuple(token_ids.shape)}")
-        return self.shared(token_ids)  # T5 neither scales embeddings nor adds positions
+        return self.dropout(self.shared(token_ids))  # T5 neither scales embeddings nor adds positions
 
-    def encode(self, input_ids: mx.array, attention_mask: mx.array | None = None) -> mx.array:
+    def encode(
+        self, input_ids: mx.array, attention_mask: mx.array | None = None, all_hidden_states: list | None = None
+    ) -> mx.array:
         """Encoder output.
 
         Args:
             input_ids: ``(B, S)`` source token ids.
             attention_mask: ``(B, S)``, 1 for tokens and 0 for padding.
+            all_hidden_states: When given, receives ``num_encoder_layers + 1``
+                arrays ``(B, S, hidden_size)`` as transformers' ``encoder_hidden_states``.
 
         Returns:
             ``(B, S, hidden_size)``, after the encoder's final norm.
@@ -374,7 +387,15 @@ class Model(nn.Module):
             )
         allowed = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, S)
         mask = _apply_mask(self.encoder_position_bias(length, length), allowed, hidden_states.dtype)
-        return self.encoder(hidden_states, mask=mask)
+        return self._stack_output(self.encoder(hidden_states, mask=mask, all_hidden_states=all_hidden_states),
+                                  all_hidden_states)
+
+    def _stack_output(self, hidden_states: mx.array, all_hidden_states: list | None) -> mx.array:
+        """A stack's output after dropout, which is also the last of its ``all_hidden_states`` (as transformers)."""
+        hidden_states = self.dropout(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states[-1] = hidden_states
+        return hidden_states
 
     def decode_hidden_states(
         self,
@@ -383,10 +404,12 @@ class Model(nn.Module):
         attention_mask: mx.array | None = None,
         decoder_attention_mask: mx.array | None = None,
         cache: list[tuple[KVCache, KVCache]] | None = None,
+        all_hidden_states: list | None = None,
     ) -> mx.array:
         """Decoder output before the head (what transformers calls the decoder's last hidden state).
 
-        Args: as for `decode`.
+        Args: as for `decode`; ``all_hidden_states``, when given, receives
+        ``num_decoder_layers + 1`` arrays as transformers' ``decoder_hidden_states``.
 
         Returns:
             ``(B, L, hidden_size)``, after the decoder's final norm and before
@@ -407,9 +430,9 @@ class Model(nn.Module):
         bias = self.decoder_position_bias(length, offset + length, offset)  # (1, H, L, offset + L)
         mask = _apply_mask(bias, allowed, hidden_states.dtype)
         memory_mask = None if attention_mask is None else padding_mask(attention_mask)
-        return self.decoder(
-            hidden_states, encoder_hidden_states, mask=mask, memory_mask=memory_mask, cache=cache
-        )
+        hidden_states = self.decoder(hidden_states, encoder_hidden_states, mask=mask, memory_mask=memory_mask,
+                                     cache=cache, all_hidden_states=all_hidden_states)
+        return self._stack_output(hidden_states, all_hidden_states)
 
     def lm_logits(self, decoder_hidden_states: mx.array) -> mx.array:
         """Vocabulary logits ``(B, L, vocab_size)`` from `decode_hidden_states` output."""
@@ -446,154 +469,61 @@ class Model(nn.Module):
         )
         return self.lm_logits(hidden_states)
 
+    def forward(
+        self,
+        input_ids: mx.array,
+        decoder_input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        decoder_attention_mask: mx.array | None = None,
+        cache: list[tuple[KVCache, KVCache]] | None = None,
+        *,
+        encoder_outputs: mx.array | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Encode the source and decode the target (teacher-forced, or the new tokens with a ``cache``).
+
+        The decoder inputs follow ``input_ids`` (positionally too, as before the
+        model contract): ``model(input_ids, decoder_input_ids, attention_mask)``.
+
+        Args:
+            input_ids, attention_mask: ``(B, S)`` source ids and padding mask.
+            decoder_input_ids, decoder_attention_mask, cache: as for `decode`.
+            encoder_outputs: An `encode` output ``(B, S, hidden_size)`` to reuse;
+                the encoder then does not run (and ``input_ids`` is not read).
+            output_hidden_states: Also return every layer's hidden states.
+
+        Returns:
+            `ModelOutput` with ``logits`` ``(B, L, vocab_size)``, ``last_hidden_state``
+            (the decoder's, ``(B, L, hidden_size)``), ``encoder_last_hidden_state``
+            ``(B, S, hidden_size)``, and with ``output_hidden_states`` the decoder's
+            ``hidden_states`` and (when the encoder ran) its ``encoder_hidden_states``,
+            ``num_layers + 1`` arrays each, as transformers' decoder/encoder hidden states.
+        """
+        encoder_states = [] if output_hidden_states and encoder_outputs is None else None
+        if encoder_outputs is None:
+            encoder_outputs = self.encode(input_ids, attention_mask, encoder_states)
+        decoder_states = [] if output_hidden_states else None
+        hidden_states = self.decode_hidden_states(decoder_input_ids, encoder_outputs, attention_mask,
+                                                  decoder_attention_mask, cache, decoder_states)
+        output = ModelOutput(logits=self.lm_logits(hidden_states), last_hidden_state=hidden_states,
+                             encoder_last_hidden_state=encoder_outputs)
+        if decoder_states is not None:
+            output.hidden_states = decoder_states
+        if encoder_states is not None:
+            output.encoder_hidden_states = encoder_states
+        return output
+
     def __call__(
         self,
         input_ids: mx.array,
         decoder_input_ids: mx.array,
         attention_mask: mx.array | None = None,
         decoder_attention_mask: mx.array | None = None,
+        cache: list[tuple[KVCache, KVCache]] | None = None,
     ) -> mx.array:
-        """Teacher-forced logits ``(B, L, vocab_size)`` (see `encode` and `decode`)."""
-        encoder_hidden_states = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask)
+        """``forward(...).logits``: logits ``(B, L, vocab_size)`` (see `encode` and `decode`)."""
+        return self.forward(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, cache).logits
 
     def make_cache(self) -> list[tuple[KVCache, KVCache]]:
         """One empty ``(self_attention, cross_attention)`` cache pair per decoder layer."""
         return self.decoder.make_cache()
-
-
-# Hugging Face name patterns -> Model names. ``{i}`` is the block index.
-_ATTENTION_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
-_FEED_FORWARD_NAMES = {"wi": "up_proj", "wi_0": "gate_proj", "wi_1": "up_proj", "wo": "down_proj"}
-# (stack, sublayer index) -> the shared layer's module for that sublayer.
-_SUBLAYERS = {
-    ("encoder", "0"): ("self_attn", "SelfAttention"),
-    ("encoder", "1"): ("feed_forward", "DenseReluDense"),
-    ("decoder", "0"): ("self_attn", "SelfAttention"),
-    ("decoder", "1"): ("cross_attn", "EncDecAttention"),
-    ("decoder", "2"): ("feed_forward", "DenseReluDense"),
-}
-_LAYER_PATTERN = re.compile(
-    r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\."
-    r"(?:(layer_norm)|(SelfAttention|EncDecAttention|DenseReluDense)\.(\w+))\.weight"
-)
-# Copies of ``shared.weight`` kept by some writers; dropped (lm_head only when tied).
-_TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-# transformers ignores this one too: cross-attention never had a position bias.
-_UNUSED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
-
-
-def _convert_name(name: str, args: ModelArgs) -> str:
-    if name == "shared.weight":
-        return "shared.weight"
-    if name == "lm_head.weight" and not args.tie_word_embeddings:
-        return "lm_head.weight"
-    if name in ("encoder.final_layer_norm.weight", "decoder.final_layer_norm.weight"):
-        return f"{name.split('.')[0]}.norm.weight"
-    match = _LAYER_PATTERN.fullmatch(name)
-    if match is None:
-        raise ValueError(f"unknown T5 weight {name!r}: no Model parameter corresponds to it")
-    stack, block, sublayer, is_norm, module, leaf = match.groups()
-    num_layers = args.num_encoder_layers if stack == "encoder" else args.num_decoder_layers
-    if int(block) >= num_layers or (stack, sublayer) not in _SUBLAYERS:
-        raise ValueError(
-            f"unknown T5 weight {name!r}: the config has {num_layers} {stack} layers of "
-            f"{2 if stack == 'encoder' else 3} sublayers"
-        )
-    target, hf_module = _SUBLAYERS[(stack, sublayer)]
-    prefix = f"{stack}.layers.{block}"
-    if is_norm:
-        return f"{prefix}.{target}_norm.weight"
-    if module != hf_module:
-        raise ValueError(f"unknown T5 weight {name!r}: {stack} sublayer {sublayer} is {hf_module}, not {module}")
-    if leaf == "relative_attention_bias" and module == "SelfAttention" and block == "0":
-        return f"{stack}_position_bias.embedding.weight"
-    if module == "DenseReluDense":
-        known = ("wi_0", "wi_1", "wo") if args.gated else ("wi", "wo")
-        if leaf not in known:
-            kind = "gated" if args.gated else "non-gated"
-            raise ValueError(
-                f"unknown T5 weight {name!r}: a {kind} feed-forward (feed_forward_proj) has "
-                f"{', '.join(known)}"
-            )
-        return f"{prefix}.{target}.{_FEED_FORWARD_NAMES[leaf]}.weight"
-    if leaf not in _ATTENTION_NAMES:
-        raise ValueError(f"unknown T5 weight {name!r}: {module} has q, k, v and o (and a position bias in block 0)")
-    return f"{prefix}.{target}.{_ATTENTION_NAMES[leaf]}.weight"
-
-
-def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-    """Rename Hugging Face T5 tensors to `Model` parameter names.
-
-    Copies of the token embeddings (``encoder.embed_tokens``,
-    ``decoder.embed_tokens``, and ``lm_head`` when the head is tied) are
-    dropped, as is the cross-attention position bias some old checkpoints
-    carry and transformers ignores. Layouts need no change: Hugging Face
-    ``nn.Linear`` and MLX ``nn.Linear`` both store ``(out, in)``.
-
-    Args:
-        weights: Tensors by Hugging Face name (``T5ForConditionalGeneration``).
-        args: The model's `ModelArgs`.
-
-    Returns:
-        Tensors by `Model` parameter name.
-
-    Raises:
-        ValueError: For a tensor name the map does not know, a missing
-            embedding or ``lm_head``, or an ``lm_head`` that a tied config
-            would silently ignore although it differs from the embeddings.
-    """
-    converted: dict[str, mx.array] = {}
-    for name, tensor in weights.items():
-        module, _, kind = name.rpartition(".")  # a quantized layer's .scales and .biases sit beside its weight
-        weight_name = f"{module}.weight" if kind in ("scales", "biases") else name
-        if weight_name in _TIED_COPIES or weight_name in _UNUSED:
-            continue
-        if weight_name == "lm_head.weight" and args.tie_word_embeddings:
-            continue  # checked against the embeddings below
-        converted[_convert_name(weight_name, args).removesuffix("weight") + kind] = tensor
-    if "shared.weight" not in converted:
-        copies = [name for name in _TIED_COPIES if name in weights]
-        if not copies:
-            raise ValueError("the T5 checkpoint has no token embeddings (shared.weight or encoder.embed_tokens.weight)")
-        converted["shared.weight"] = weights[copies[0]]
-    if args.tie_word_embeddings and "lm_head.weight" in weights:
-        if not mx.array_equal(weights["lm_head.weight"], converted["shared.weight"]).item():
-            raise ValueError(
-                "config.json ties the output head to the embeddings (tie_word_embeddings: true), but the "
-                "checkpoint's lm_head.weight differs from shared.weight; set \"tie_word_embeddings\": "
-                "false in config.json to use the separate head"
-            )
-    if not args.tie_word_embeddings and "lm_head.weight" not in converted:
-        raise ValueError(
-            "config.json has tie_word_embeddings: false, but the checkpoint has no lm_head.weight; "
-            "set \"tie_word_embeddings\": true if the head shares the embeddings"
-        )
-    return converted
-
-
-def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-    """The inverse of `convert_hf_weights` (the embeddings once, as ``shared``; quantized
-    layers keep their ``.scales`` and ``.biases``); ``ValueError`` for an unknown tensor."""
-    leaves = {"up_proj": "wi_1" if args.gated else "wi", "gate_proj": "wi_0", "down_proj": "wo",
-              **{ours: theirs for theirs, ours in _ATTENTION_NAMES.items()}}
-    sublayers = {(stack, target): (index, hf_module) for (stack, index), (target, hf_module) in _SUBLAYERS.items()}
-    exported: dict[str, mx.array] = {}
-    for name, tensor in weights.items():
-        module, _, kind = name.rpartition(".")
-        stack, _, rest = module.partition(".")
-        if module in ("shared", "lm_head"):
-            exported[name] = tensor
-        elif rest == "norm":
-            exported[f"{stack}.final_layer_norm.{kind}"] = tensor
-        elif module.endswith("_position_bias.embedding"):
-            exported[f"{stack.split('_')[0]}.block.0.layer.0.SelfAttention.relative_attention_bias.{kind}"] = tensor
-        elif rest.startswith("layers."):
-            _, block, part = rest.split(".", 2)
-            target, _, leaf = part.partition(".")
-            index, hf_module = sublayers[(stack, target.removesuffix("_norm"))]
-            hf_module = "layer_norm" if target.endswith("_norm") else f"{hf_module}.{leaves[leaf]}"
-            exported[f"{stack}.block.{block}.layer.{index}.{hf_module}.{kind}"] = tensor
-        else:
-            raise ValueError(f"no transformers name for T5 tensor {name!r}")
-    return exported
