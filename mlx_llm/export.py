@@ -16,6 +16,7 @@ from .weight_files import save_safetensors
 from .layers import Embedding, Linear
 from .loading import DTYPES, FORMAT_KEY, load_model
 from .lora import fuse_lora
+from .moe import QuantizedSwitchLinear
 from .models import get_family
 
 def hf_architecture(model_type: str, task: str) -> str:
@@ -27,6 +28,9 @@ def dequantize_model(model: nn.Module) -> int:
     """Replace quantized linear and embedding layers by float ones; returns how many."""
     replacements = []
     for path, module in model.named_modules():
+        if isinstance(module, QuantizedSwitchLinear):  # a mixture of experts' stacked experts
+            replacements.append((path, module.dequantized()))
+            continue
         if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             weight = mx.dequantize(module.weight, module.scales, module.biases, module.group_size, module.bits)
             if isinstance(module, nn.QuantizedLinear):

@@ -117,6 +117,15 @@ class QuantizedSwitchLinear(nn.Module):
         """The float ``(E, out, in)`` weight the packed one stands for."""
         return mx.dequantize(self.weight, self.scales, self.get("biases"), self.group_size, self.bits, mode=self.mode)
 
+    def dequantized(self) -> SwitchLinear:
+        """The float `SwitchLinear` of `dequantized_weight` (and the same biases)."""
+        num_experts, output_dims, _ = self.weight.shape
+        layer = SwitchLinear(self.scales.shape[-1] * self.group_size, output_dims, num_experts, bias="bias" in self)
+        layer.weight = self.dequantized_weight()
+        if "bias" in self:
+            layer.bias = self.bias
+        return layer
+
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
         output = mx.gather_qmm(x, self["weight"], self["scales"], self.get("biases"), rhs_indices=indices,
                                transpose=True, group_size=self.group_size, bits=self.bits, mode=self.mode,

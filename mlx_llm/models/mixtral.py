@@ -26,7 +26,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..moe import SparseMoeBlock, stack_experts, unstack_experts
-from . import llama
+from . import ModelType, llama
+
+MODEL_TYPES = {"mixtral": ModelType("Mixtral", "Mixtral")}
+hf_architecture = llama.hf_architecture  # MixtralForCausalLM, MixtralForSequenceClassification, ...
 
 # transformers' per-expert names -> the stacked projections.
 EXPERT_PROJECTIONS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}

@@ -28,7 +28,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..moe import SparseMoeBlock, stack_experts, unstack_experts
-from . import llama, qwen3
+from . import ModelType, llama, qwen3
+
+MODEL_TYPES = {"qwen3_moe": ModelType("Qwen3-MoE", "Qwen3Moe")}
+hf_architecture = llama.hf_architecture  # Qwen3MoeForCausalLM, Qwen3MoeForSequenceClassification, ...
 
 EXPERT_PROJECTIONS = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 _KNOWN = qwen3._KNOWN + ("mlp.gate.", "mlp.switch_mlp.")
