@@ -93,7 +93,8 @@ def read_rope(parameters: dict, model_type: str) -> tuple[float, dict | None]:
     ``rope_type`` or ``type``, and the scaling's own keys)."""
     parameters = dict(parameters)
     theta = float(parameters.pop("rope_theta", 10000.0))
-    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+    legacy = parameters.pop("type", "default")  # transformers 4.x's older spelling
+    rope_type = parameters.pop("rope_type", legacy)
     if rope_type not in llama.ROPE_TYPES:
         raise ValueError(f"{model_type} config has rope type {rope_type!r}; supported rope types: {llama.ROPE_TYPES}")
     return theta, None if rope_type == "default" else {**parameters, "rope_type": rope_type}
@@ -303,3 +304,15 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
 def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
     """The inverse of `convert_hf_weights`."""
     return llama.export_hf_weights(weights, args, renames=RENAMES)
+
+
+def mlx_lm_config(config: dict) -> dict:
+    """``config`` with the keys mlx-lm's ``gemma2`` reads spelled its way (transformers 5
+    writes ``rope_parameters``; mlx-lm's own default ``query_pre_attn_scalar`` is 144, not 256).
+
+    mlx-lm's Gemma 2 attends to every position in every layer: its logits equal these
+    while the sequence fits in the sliding window.
+    """
+    args = ModelArgs.from_config(config)
+    return {**config, "rope_theta": args.rope_theta, "query_pre_attn_scalar": config.get("query_pre_attn_scalar", 256),
+            "attn_logit_softcapping": args.attn_logit_softcap, "final_logit_softcapping": args.final_logit_softcap}

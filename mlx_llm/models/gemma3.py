@@ -115,3 +115,25 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
 def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
     """The inverse of `convert_hf_weights`."""
     return llama.export_hf_weights(weights, args, renames=gemma2.RENAMES)
+
+
+def sliding_window_pattern(sliding_layers: tuple[bool, ...]) -> int | None:
+    """The period ``p`` with layer ``i`` global exactly when ``(i + 1) % p == 0`` (mlx-lm's
+    and transformers 4.x's ``sliding_window_pattern``), or ``None`` when the layers follow none."""
+    for period in range(1, len(sliding_layers) + 2):
+        if all(sliding == ((index + 1) % period != 0) for index, sliding in enumerate(sliding_layers)):
+            return period
+    return None
+
+
+def mlx_lm_config(config: dict) -> dict:
+    """``config`` with the keys mlx-lm's ``gemma3_text`` reads: ``rope_theta``,
+    ``rope_local_base_freq``, ``rope_scaling`` and ``sliding_window_pattern`` (transformers 5
+    writes ``rope_parameters`` by layer type, and ``layer_types``)."""
+    args = ModelArgs.from_config(config)
+    written = {**config, "rope_theta": args.rope_theta, "rope_local_base_freq": args.local_rope_theta,
+               "rope_scaling": args.rope_scaling, "query_pre_attn_scalar": config.get("query_pre_attn_scalar", 256)}
+    pattern = sliding_window_pattern(args.sliding_layers)
+    if pattern is not None:
+        written["sliding_window_pattern"] = pattern
+    return written
