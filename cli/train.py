@@ -184,11 +184,12 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
     from mlx_llm.loading import load
+    from mlx_llm.model_output import DECODER
     from mlx_llm.pretrain import evaluate_text
 
     files = _corpus_files("--data", data, data_glob, report=False)
     loaded, tokenizer = load(model, dtype=dtype)
-    if hasattr(loaded, "encode") or not hasattr(loaded, "make_cache"):
+    if loaded.kind != DECODER:
         raise click.UsageError("mlx-llm eval measures causal language models (GPT-2, Llama family)")
     if not quiet:  # once the inputs are good: a refused run prints only its error
         from mlx_llm.corpus_files import describe_files

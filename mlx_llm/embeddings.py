@@ -7,16 +7,17 @@ from typing import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from .model_output import ENCODER_DECODER
+
 POOLINGS = ("mean", "cls", "last")
 
 
 def _hidden_states(model: nn.Module, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
-    """Last hidden states ``(B, L, H)`` of any supported model."""
-    if hasattr(model, "encode"):  # encoder-decoder (T5): the encoder output
+    """Last hidden states ``(B, L, H)`` of any supported model (T5: its encoder's)."""
+    if model.kind == ENCODER_DECODER:
         return model.encode(input_ids, attention_mask)
-    # The backbone alone, so no task head (e.g. a vocabulary projection) runs for nothing.
-    output = model.model(input_ids, attention_mask)
-    return output[0] if isinstance(output, tuple) else output  # BERT's backbone adds the pooler output
+    # MLX is lazy: the caller evaluates only what it pools, so the head's logits are never computed.
+    return model.forward(input_ids, attention_mask).last_hidden_state
 
 
 def pool(hidden_states: mx.array, attention_mask: mx.array, pooling: str = "mean") -> mx.array:

@@ -17,9 +17,11 @@ from typing import Callable, Iterator, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from .sampling import SamplingConfig, process_logits, sample
-
-FINISH_REASONS = ("eos", "stop", "length")
+from .heads import task_of
+from .model_output import DECODER, ENCODER, ENCODER_DECODER
+from .models import model_type_info
+from .sampling import SamplingConfig, TokenPicker, sampling_config
+from .stopping import FINISH_REASONS, SequenceText, StopStrings  # noqa: F401 (FINISH_REASONS, StopStrings: also importable from here)
 
 # Generation runs on its own stream, so building the next step's graph in Python
 # overlaps with the evaluation of the current one.
@@ -58,7 +60,8 @@ class GenerationResponse:
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:
-    return hasattr(model, "encode") and hasattr(model, "decode")
+    """Whether ``model`` encodes a source and decodes a target (T5): it says so in ``kind``."""
+    return model.kind == ENCODER_DECODER
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -66,9 +69,6 @@ def context_length(model: nn.Module) -> int | None:
     return getattr(getattr(model, "args", None), "max_positions", None)
 
 
-_FAMILY_NAMES = {"bert": "BERT", "roberta": "RoBERTa", "distilbert": "DistilBERT", "gpt2": "GPT-2",
-                 "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
-                 "smollm3": "SmolLM3", "olmo2": "OLMo 2", "t5": "T5"}
 # An encoder's task -> (what its heads are, the commands that fit it).
 _ENCODER_TASKS = {
     "base": ("with no task head", "mlx-llm embed"),
@@ -95,12 +95,11 @@ def check_can_generate(model: nn.Module, name: str = "the model") -> None:
     Raises:
         ValueError: saying what the model is and which commands fit it.
     """
-    args = getattr(model, "args", None)
-    task = getattr(args, "task", "causal_lm")
-    family = _FAMILY_NAMES.get(getattr(args, "model_type", None), getattr(args, "model_type", "this"))
-    if is_encoder_decoder(model) or (hasattr(model, "make_cache") and task == "causal_lm"):
+    task = task_of(model)
+    if model.kind == ENCODER_DECODER or (model.kind == DECODER and task == "causal_lm"):
         return
-    if task in _ENCODER_TASKS and not hasattr(model, "make_cache"):
+    family = model_type_info(model.args.model_type).display_name
+    if model.kind == ENCODER:
         heads, commands = _ENCODER_TASKS[task]
         what = f"a {family} encoder {heads}"
     elif task in ("sequence_classification", "token_classification"):
@@ -220,15 +219,7 @@ def generate_step(
         max_kv_size: Bound a new cache to this many positions (rotating).
     """
     cache = model.make_cache(max_kv_size=max_kv_size) if cache is None else cache
-    history = prompt[None, -sampling.repetition_context_size :]
-
-    def choose(logits: mx.array) -> tuple[mx.array, mx.array]:
-        nonlocal history
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        token = sample(process_logits(logits, sampling, history), sampling)
-        if sampling.repetition_penalty != 1.0:
-            history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
-        return token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+    choose = TokenPicker(sampling, prompt[None])
 
     def step(token: mx.array) -> tuple[mx.array, mx.array]:
         with mx.stream(generation_stream):
@@ -258,47 +249,10 @@ def _encoder_decoder_step(
     memory = model.encode(prompt[None])
     cache = model.make_cache()
     token = mx.array([model.args.decoder_start_token_id])
-    history = token[None]
+    choose = TokenPicker(sampling, token[None])
     for _ in range(max_tokens):
-        logits = model.decode(token[:, None], memory, cache=cache)[:, -1, :]
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        token = sample(process_logits(logits, sampling, history), sampling)
-        if sampling.repetition_penalty != 1.0:  # the history only feeds the penalty
-            history = mx.concatenate([history, token[:, None]], axis=1)[:, -sampling.repetition_context_size :]
-        yield token, mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-
-
-class StopStrings:
-    """Holds back text that could be the start of a stop string (shared by `generate`,
-    `batch_generate` and the server)."""
-
-    def __init__(self, stop: Sequence[str]):
-        if any(not text for text in stop):
-            raise ValueError("stop strings must not be empty")
-        self.stop = list(stop)
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return ``(text safe to emit, whether a stop string appeared)``."""
-        self.pending += text
-        found = [self.pending.find(stop) for stop in self.stop if stop in self.pending]
-        if found:
-            emitted = self.pending[: min(found)]
-            self.pending = ""
-            return emitted, True
-        held = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(self.pending)), held, -1):
-                if self.pending.endswith(stop[:size]):
-                    held = size
-                    break
-        emitted = self.pending[: len(self.pending) - held]
-        self.pending = self.pending[len(emitted):]
-        return emitted, False
-
-    def flush(self) -> str:
-        emitted, self.pending = self.pending, ""
-        return emitted
+        token, logprob = choose(model.decode(token[:, None], memory, cache=cache)[:, -1, :])
+        yield token, logprob
 
 
 def stream_generate(
@@ -306,12 +260,8 @@ def stream_generate(
     tokenizer,
     prompt: str | Sequence[int] | mx.array,
     max_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    repetition_context_size: int = 20,
+    *,
+    sampling: SamplingConfig | None = None,
     seed: int | None = None,
     stop: Sequence[str] = (),
     prefill_step_size: int = 512,
@@ -321,6 +271,7 @@ def stream_generate(
     eos_token_ids: Sequence[int] | None = None,
     max_kv_size: int | None = None,
     on_warning: Callable[[str], None] | None = None,
+    **sampling_options,
 ) -> Iterator[GenerationResponse]:
     """Generate from ``prompt``, yielding each token with its final text.
 
@@ -329,8 +280,9 @@ def stream_generate(
         tokenizer: Its `Tokenizer`.
         prompt: Text, or token ids.
         max_tokens: Most tokens to generate.
-        temperature, top_k, top_p, min_p, repetition_penalty,
-            repetition_context_size: See `SamplingConfig`.
+        sampling: How to choose tokens (default: greedy); instead, its fields
+            may be given as keywords (``temperature=0.8, top_p=0.95``), as
+            before `SamplingConfig` travelled whole (`sampling_config`).
         seed: Seed for sampling; the same seed gives the same text.
         stop: Strings that end generation; they are not emitted.
         prefill_step_size: Prompt tokens per forward pass.
@@ -354,61 +306,62 @@ def stream_generate(
         ValueError: bad options, a prompt too long for the context, or a
             model that cannot generate text (see `check_can_generate`).
     """
+    sampling = sampling_config(sampling, **sampling_options)
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if prefill_step_size < 1:
         raise ValueError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
     check_can_generate(model)
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
     ids = _prompt_ids(tokenizer, prompt, add_special_tokens)
-    limit = context_length(model)
     warn = _default_warning if on_warning is None else on_warning
+    ids, max_tokens, steps = _token_steps(model, ids, sampling, max_tokens, truncate_prompt, warn, cache,
+                                          max_kv_size, prefill_step_size)
+    if seed is not None:
+        mx.random.seed(seed)
+    text = SequenceText(tokenizer, max_tokens, stop, tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    yield from _responses(steps, text, len(ids))
+
+
+def _token_steps(model: nn.Module, ids: list[int], sampling: SamplingConfig, max_tokens: int, truncate: bool,
+                 warn: Callable[[str], None], cache: list | None, max_kv_size: int | None,
+                 prefill_step_size: int) -> tuple[list[int], int, Iterator[tuple[mx.array, mx.array]]]:
+    """Fit the prompt into the model's context (`_fit_prompt`) and start decoding it.
+
+    Returns:
+        The prompt ids kept, the tokens to generate, and the ``(token,
+        logprob)`` steps (`generate_step`, or `_encoder_decoder_step`).
+    """
+    limit = context_length(model)
     if is_encoder_decoder(model):
         if max_kv_size is not None or cache is not None:
             raise ValueError("max_kv_size and cache apply to decoder-only models, not encoder-decoders")
-        ids, _ = _fit_prompt(ids, limit, truncate_prompt, 1, warn)  # the decoder's length is not bounded here
-        steps = _encoder_decoder_step(model, mx.array(ids), sampling, max_tokens)
-    else:
-        if limit is not None:
-            held = 0 if cache is None else cache[0].offset
-            ids, max_tokens = _fit_prompt(ids, limit - held, truncate_prompt, max_tokens, warn)
-        steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache, max_kv_size)
-    if seed is not None:
-        mx.random.seed(seed)
+        ids, _ = _fit_prompt(ids, limit, truncate, 1, warn)  # the decoder's length is not bounded here
+        return ids, max_tokens, _encoder_decoder_step(model, mx.array(ids), sampling, max_tokens)
+    if limit is not None:
+        held = 0 if cache is None else cache[0].offset
+        ids, max_tokens = _fit_prompt(ids, limit - held, truncate, max_tokens, warn)
+    steps = generate_step(model, mx.array(ids), sampling, max_tokens, prefill_step_size, cache, max_kv_size)
+    return ids, max_tokens, steps
 
-    detokenizer = tokenizer.detokenizer()
-    stops = StopStrings(stop)
-    eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+
+def _responses(steps: Iterator[tuple[mx.array, mx.array]], text: SequenceText,
+               prompt_tokens: int) -> Iterator[GenerationResponse]:
+    """A `GenerationResponse` per step, with its text (`SequenceText`) and timings, until the sequence ends."""
     start = time.perf_counter()
     first_token_time = prompt_tps = 0.0
-    count = 0
-    for token_array, logprob_array in steps:
+    for count, (token_array, logprob_array) in enumerate(steps, start=1):
         token, logprob = int(token_array.item()), float(logprob_array.item())
-        count += 1
         now = time.perf_counter()
         if count == 1:
             first_token_time = now - start
-            prompt_tps = len(ids) / first_token_time
-        finish = None
-        text = ""
-        if token in eos_ids:
-            finish = "eos"
-        else:
-            detokenizer.add_token(token)
-            text, stopped = stops.feed(detokenizer.last_segment)
-            if stopped:
-                finish = "stop"
-        if finish is None and count == max_tokens:
-            finish = "length"
-        if finish in ("eos", "length"):
-            detokenizer.finalize()
-            text += stops.feed(detokenizer.last_segment)[0] + stops.flush()
+            prompt_tps = prompt_tokens / first_token_time
+        piece, finish = text.add(token)
         elapsed = now - start - first_token_time
         yield GenerationResponse(
-            text=text,
+            text=piece,
             token=token,
             logprob=logprob,
-            prompt_tokens=len(ids),
+            prompt_tokens=prompt_tokens,
             prompt_tps=prompt_tps,
             generation_tokens=count,
             generation_tps=(count - 1) / elapsed if count > 1 and elapsed > 0 else 0.0,
@@ -430,17 +383,14 @@ def batch_generate(
     tokenizer,
     prompts: Sequence[str | Sequence[int]],
     max_tokens: int = 256,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    repetition_context_size: int = 20,
+    *,
+    sampling: SamplingConfig | None = None,
     seed: int | None = None,
     stop: Sequence[str] = (),
     prefill_step_size: int = 512,
     add_special_tokens: bool = True,
     eos_token_ids: Sequence[int] | None = None,
+    **sampling_options,
 ) -> list[str]:
     """Complete several prompts in one batch.
 
@@ -448,17 +398,18 @@ def batch_generate(
     positions, so each completion is the one the prompt gives alone (greedy
     decoding gives the same tokens). Each row stops on its own.
 
-    Args: as for `stream_generate`, with a list of prompts.
+    Args: as for `stream_generate` (``sampling`` or its fields as keywords),
+        with a list of prompts.
 
     Returns:
         The completions, in prompt order.
     """
+    sampling = sampling_config(sampling, **sampling_options)
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not prompts:
         raise ValueError("no prompts given")
     check_can_generate(model)
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty, repetition_context_size)
     rows = [_prompt_ids(tokenizer, prompt, add_special_tokens) for prompt in prompts]
     limit = context_length(model)
     longest = max(len(ids) for ids in rows)
@@ -470,61 +421,71 @@ def batch_generate(
     if seed is not None:
         mx.random.seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Repetition history per row, left-filled with the row's first token (a repeat changes nothing).
-    context = repetition_context_size
+    start = _start_encoder_decoder_batch if is_encoder_decoder(model) else _start_decoder_batch
+    logits, next_logits, history = start(model, rows, pad, sampling.repetition_context_size, prefill_step_size)
+    eos_ids = tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids
+    texts = [SequenceText(tokenizer, max_tokens, stop, eos_ids) for _ in rows]
+    return _decode_batch(TokenPicker(sampling, history), logits, next_logits, texts)
 
-    if is_encoder_decoder(model):
-        source = mx.array([ids + [pad] * (longest - len(ids)) for ids in rows])
-        source_mask = mx.array([[1] * len(ids) + [0] * (longest - len(ids)) for ids in rows])
-        memory = model.encode(source, source_mask)
-        cache = model.make_cache()
-        token = mx.full((len(rows),), model.args.decoder_start_token_id)
-        history = token[:, None]
 
-        def next_logits(token: mx.array) -> mx.array:
-            return model.decode(token[:, None], memory, attention_mask=source_mask, cache=cache)[:, -1, :]
+def _start_decoder_batch(model: nn.Module, rows: list[list[int]], pad: int, context: int, prefill_step_size: int):
+    """Prefill left-padded prompts (attention mask, per-row positions in the cache).
 
-        logits = next_logits(token)
-    else:
-        left_padding = [longest - len(ids) for ids in rows]
-        tokens = mx.array([[pad] * gap + ids for gap, ids in zip(left_padding, rows)])
-        mask = mx.array([[0] * gap + [1] * len(ids) for gap, ids in zip(left_padding, rows)])
-        history = mx.array([[ids[0]] * max(0, context - len(ids)) + ids[-context:] for ids in rows])
-        cache = model.make_cache(left_padding=mx.array(left_padding))
-        logits = _prefill(model, tokens, cache, prefill_step_size, attention_mask=mask)
+    Returns:
+        The first logits ``(B, V)``, a function from the fed tokens ``(B,)``
+        to the next logits, and each row's last ``context`` tokens ``(B,
+        context)`` for the repetition penalty, left-filled with the row's
+        first token (a repeat changes nothing).
+    """
+    longest = max(len(ids) for ids in rows)
+    left_padding = [longest - len(ids) for ids in rows]
+    tokens = mx.array([[pad] * gap + ids for gap, ids in zip(left_padding, rows)])
+    mask = mx.array([[0] * gap + [1] * len(ids) for gap, ids in zip(left_padding, rows)])
+    history = mx.array([[ids[0]] * max(0, context - len(ids)) + ids[-context:] for ids in rows])
+    cache = model.make_cache(left_padding=mx.array(left_padding))
+    logits = _prefill(model, tokens, cache, prefill_step_size, attention_mask=mask)
 
-        def next_logits(token: mx.array) -> mx.array:
-            nonlocal mask
-            mask = mx.concatenate([mask, mx.ones((len(rows), 1), mask.dtype)], axis=1)
-            return model(token[:, None], attention_mask=mask, cache=cache)[:, -1, :]
+    def next_logits(token: mx.array) -> mx.array:
+        nonlocal mask
+        mask = mx.concatenate([mask, mx.ones((len(rows), 1), mask.dtype)], axis=1)
+        return model(token[:, None], attention_mask=mask, cache=cache)[:, -1, :]
 
-    detokenizers = [tokenizer.detokenizer() for _ in rows]
-    stops = [StopStrings(stop) for _ in rows]
-    texts = [""] * len(rows)
-    reasons: list[str | None] = [None] * len(rows)
-    eos_ids = set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    return logits, next_logits, history
+
+
+def _start_encoder_decoder_batch(model: nn.Module, rows: list[list[int]], pad: int, context: int,
+                                 prefill_step_size: int):
+    """Encode right-padded prompts once; the decoder starts from its start token.
+
+    Returns: as `_start_decoder_batch` (the history is the start token).
+    """
+    longest = max(len(ids) for ids in rows)
+    source = mx.array([ids + [pad] * (longest - len(ids)) for ids in rows])
+    source_mask = mx.array([[1] * len(ids) + [0] * (longest - len(ids)) for ids in rows])
+    memory = model.encode(source, source_mask)
+    cache = model.make_cache()
+    token = mx.full((len(rows),), model.args.decoder_start_token_id)
+
+    def next_logits(token: mx.array) -> mx.array:
+        return model.decode(token[:, None], memory, attention_mask=source_mask, cache=cache)[:, -1, :]
+
+    return next_logits(token), next_logits, token[:, None]
+
+
+def _decode_batch(choose: TokenPicker, logits: mx.array, next_logits: Callable[[mx.array], mx.array],
+                  texts: list[SequenceText]) -> list[str]:
+    """Decode every row until each has ended (`SequenceText`); the next step is queued before
+    the current tokens are read. Returns each row's text."""
+    pieces: list[list[str]] = [[] for _ in texts]
+    max_tokens = texts[0].max_tokens
     for count in range(max_tokens):
-        token = sample(process_logits(logits, sampling, history), sampling)
-        if repetition_penalty != 1.0:  # the history only feeds the penalty
-            history = mx.concatenate([history, token[:, None]], axis=1)[:, -context:]
+        tokens, _ = choose(logits)
         if count + 1 < max_tokens:
-            logits = next_logits(token)
-            mx.async_eval(logits, history)
-        for row, token_id in enumerate(token.tolist()):
-            if reasons[row] is not None:
-                continue
-            if token_id in eos_ids:
-                reasons[row] = "eos"
-                continue
-            detokenizers[row].add_token(token_id)
-            text, stopped = stops[row].feed(detokenizers[row].last_segment)
-            texts[row] += text
-            if stopped:
-                reasons[row] = "stop"
-        if all(reason is not None for reason in reasons):
+            logits = next_logits(tokens)
+            mx.async_eval(logits, choose.history)
+        for row, token in enumerate(tokens.tolist()):
+            if texts[row].finish_reason is None:
+                pieces[row].append(texts[row].add(token)[0])
+        if all(text.finish_reason is not None for text in texts):
             break
-    for row, reason in enumerate(reasons):
-        if reason != "stop":  # text held back for a stop string or an unfinished character
-            detokenizers[row].finalize()
-            texts[row] += stops[row].feed(detokenizers[row].last_segment)[0] + stops[row].flush()
-    return texts
+    return ["".join(row) for row in pieces]

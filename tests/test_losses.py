@@ -77,7 +77,8 @@ def test_bert_pretraining_loss_equals_transformers(tmp_path):
     # The same weights in MLX, the same batch: our model's heads and our losses.
     reference.save_pretrained(tmp_path, safe_serialization=True)
     model, _ = load_model(tmp_path)
-    output = model(mx.array(input_ids.numpy()), mx.array(attention_mask.numpy()), mx.array(token_type_ids.numpy()))
+    output = model.forward(mx.array(input_ids.numpy()), mx.array(attention_mask.numpy()),
+                           mx.array(token_type_ids.numpy()))
     ours = bert_pretraining_loss(output.mlm_logits, mx.array(mlm_labels.numpy()), output.nsp_logits,
                                  mx.array(nsp_labels.numpy()))
     assert float(ours) == pytest.approx(float(out.loss), abs=1e-5)

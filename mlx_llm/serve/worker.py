@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..model_output import ENCODER, ENCODER_DECODER
 from .engine import ErrorEvent, Scheduler, Sequence
 from .prefix_cache import PrefixCache
 from .weights import place_for_batches
@@ -143,11 +144,11 @@ class ModelWorker:
         try:
             check_can_generate(model, name=self.name)
         except ValueError:
-            if hasattr(model, "make_cache") or hasattr(model, "decode"):
+            if model.kind != ENCODER:
                 raise  # a decoder classifier or the like: neither generation nor embeddings
             self.kind = EMBED
             return
-        if not hasattr(model, "make_cache"):
+        if model.kind == ENCODER_DECODER:
             raise ValueError(f"{self.name} is an encoder-decoder; this server serves decoder-only models")
         self.kind = GENERATE
         try:
