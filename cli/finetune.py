@@ -10,21 +10,24 @@ from pathlib import Path
 
 import click
 
+from mlx_llm.tasks import TASKS
+
 from .errors import InputError, library_errors
 
 
 @click.command()
-@click.option("--task", required=True, type=click.Choice(["classify", "tag", "lm"]),
-              help="Text classification, sequence labelling (CoNLL) or instruction tuning.")
+@click.option("--task", required=True, type=click.Choice(list(TASKS)),
+              help=" ".join(f"{name}: {task.help}" for name, task in TASKS.items()))
 @click.option("--model", required=True, help="Pretrained model folder or Hub id.")
 @click.option("--train", "train_file", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="CSV/TSV/JSONL (classify), CoNLL or JSONL (tag), JSONL text / prompt+completion / messages (lm).")
+              help="CSV/TSV/JSONL (classify), CoNLL or JSONL (tag), JSONL text / prompt+completion / messages (lm), "
+                   "JSONL/CSV/TSV input and target (seq2seq).")
 @click.option("--valid", "valid_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Validation data in the same format: metrics, best checkpoint, early stopping.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--text-column", help="Text column (default: text, sentence, sentence1 or question).")
+@click.option("--text-column", help="Text column (default: text, sentence, sentence1 or question; seq2seq: input).")
 @click.option("--text-pair-column", help="Second text column, for sentence-pair tasks.")
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--label-column", help="Label column (default: label; seq2seq: the target, default target).")
 @click.option("--problem", default="single_label", show_default=True,
               type=click.Choice(["single_label", "multi_label", "regression"]), help="Classification kind.")
 @click.option("--scheme", type=click.Choice(["IOB2", "IOBES"]), help="Tag scheme (default: from the tags).")
@@ -62,7 +65,7 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
              lora, rank, alpha, lora_dropout, lora_layers, target_modules, quantize, epochs, steps, lr, warmup_ratio,
              weight_decay, batch_size, grad_accum, max_length, mask_prompt, eval_every, best_metric, patience,
              save_every, dtype, seed, resume, overwrite, quiet) -> None:
-    """Fine-tune MODEL for classification, tagging or instruction following.
+    """Fine-tune MODEL for classification, tagging, instruction following or sequence to sequence.
 
     Prints the run folder on stdout and a JSON summary (validation metrics,
     examples/s, parameters) on stderr. The folder loads with mlx-llm predict,
@@ -99,14 +102,14 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="JSONL file (default: stdout).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Instruction models: longest completion.")
+              help="Instruction and seq2seq models: longest completion / target.")
 @click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature.")
-@click.option("--text-column", help="Classification: the text column (default: the one the run was trained on).")
+@click.option("--text-column", help="Classification and seq2seq: the text (input) column (default: the run's).")
 @click.option("--text-pair-column", help="... and the second text column (default: the run's).")
 @library_errors
 def predict(model_dir, input_file, output, batch_size, max_tokens, temp, text_column, text_pair_column) -> None:
     """Predict with a fine-tuned model: one JSON object per input record
-    (label and probabilities, tags per word, or a completion)."""
+    (label and probabilities, tags per word, a completion, or a generated target)."""
     from mlx_llm.finetune import predict as run, write_predictions
 
     if output is not None and not output.parent.is_dir():
@@ -128,13 +131,13 @@ def predict(model_dir, input_file, output, batch_size, max_tokens, temp, text_co
 @click.option("--data", "data_file", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Labelled data in the training format.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--text-column", help="Classification: the text column (default: the one the run was trained on).")
+@click.option("--text-column", help="Classification and seq2seq: the text (input) column (default: the run's).")
 @click.option("--text-pair-column", help="... the second text column (default: the run's).")
-@click.option("--label-column", help="... the label column (default: the run's).")
+@click.option("--label-column", help="... the label (target) column (default: the run's).")
 @library_errors
 def evaluate(model_dir, data_file, batch_size, text_column, text_pair_column, label_column) -> None:
     """The task's metrics of a fine-tuned model on labelled data (one JSON object):
-    accuracy and macro-F1, entity precision/recall/F1, or loss and perplexity."""
+    accuracy and macro-F1, entity precision/recall/F1, loss and perplexity, or seq2seq loss and exact match."""
     from mlx_llm.finetune import evaluate as run
 
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}

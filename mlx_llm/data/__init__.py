@@ -12,14 +12,14 @@ Pretraining (GPT and BERT):
    apart, and `BertPretrainingBatches` builds next-sentence pairs with
    dynamic masked-language-model masking (`bert_pairs`).
 
-Fine-tuning (classification, tagging, instructions):
+Fine-tuning (classification, tagging, instructions, input/target pairs):
 
-1. `read_classification`, `read_conll` and `read_instructions` read
-   examples that remember their file and line (`examples`).
+1. `read_classification`, `read_conll`, `read_instructions` and
+   `read_seq2seq` read examples that remember their file and line (`examples`).
 2. `LabelSet` numbers the labels; the ``encode_*`` functions tokenize
    (`example_encoding`).
-3. `ClassificationBatches`, `TaggingBatches` and `InstructionBatches` pad
-   them into batches (`example_batches`).
+3. `ClassificationBatches`, `TaggingBatches`, `InstructionBatches` and
+   `Seq2SeqBatches` pad them into batches (`example_batches`).
 
 Every training iterator is a `ResumableEpochs` (`epochs`): endless, seeded
 per epoch, and resumable: ``state()`` after ``k`` batches, then
@@ -33,12 +33,13 @@ from .bert_pairs import BertPretrainingBatches, split_documents, tokenize_docume
 from .causal_lm import CausalLMBatches
 from .documents import PathLike, jsonl_records, not_utf8, read_documents, split_sentences
 from .epochs import ResumableEpochs, steps_for
-from .example_batches import ClassificationBatches, InstructionBatches, TaggingBatches
+from .example_batches import ClassificationBatches, InstructionBatches, Seq2SeqBatches, TaggingBatches
 from .example_encoding import (
     PROBLEM_TYPES,
     LabelSet,
     encode_classification,
     encode_instructions,
+    encode_seq2seq,
     encode_tagging,
 )
 from .examples import (
@@ -46,10 +47,12 @@ from .examples import (
     TEXT_COLUMNS,
     ClassificationExample,
     InstructionExample,
+    Seq2SeqExample,
     TaggingExample,
     read_classification,
     read_conll,
     read_instructions,
+    read_seq2seq,
 )
 from .token_cache import TokenFile, split_tokens, tokenize_corpus
 
@@ -68,12 +71,15 @@ __all__ = [
     "LabelSet",
     "PathLike",
     "ResumableEpochs",
+    "Seq2SeqBatches",
+    "Seq2SeqExample",
     "TaggingBatches",
     "TaggingExample",
     "TokenFile",
     "describe_files",
     "encode_classification",
     "encode_instructions",
+    "encode_seq2seq",
     "encode_tagging",
     "jsonl_records",
     "list_corpus_files",
@@ -82,6 +88,7 @@ __all__ = [
     "read_conll",
     "read_documents",
     "read_instructions",
+    "read_seq2seq",
     "split_documents",
     "split_sentences",
     "split_tokens",

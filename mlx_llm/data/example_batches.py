@@ -255,3 +255,24 @@ class InstructionBatches(_ExampleBatches):
             targets[row, : len(ids) - 1] = np.where(mask[1:] == 1, ids[1:], IGNORE_INDEX)
         batch["targets"] = targets
         return batch
+
+
+class Seq2SeqBatches(_ExampleBatches):
+    """Batches of `encode_seq2seq` output, for `mlx_llm.objectives.Seq2SeqObjective`.
+
+    Keys, int32: ``input_ids`` and ``attention_mask`` ``(B, S)``, and (with
+    targets) ``labels`` ``(B, T)``, padded with ``-100``; ``T`` is the longest
+    target of the batch rounded up to a multiple of ``pad_to_multiple_of``.
+    The decoder's inputs are ``labels`` shifted right (the objective builds
+    them with the model's start token).
+
+    Args: as for `TaggingBatches`.
+    """
+
+    def _collate(self, rows: list[dict], length: int) -> dict[str, np.ndarray]:
+        batch = self._inputs(rows, length)
+        if "labels" in rows[0]:
+            longest = max(len(item["labels"]) for item in rows)
+            target_length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            batch["labels"] = self._pad(rows, "labels", IGNORE_INDEX, target_length)
+        return batch

@@ -1,7 +1,7 @@
 """Fine-tuning examples as model inputs: `LabelSet` numbers label names, and the ``encode_*`` functions tokenize.
 
-`encode_classification`, `encode_tagging` and `encode_instructions` turn
-examples into dicts of NumPy arrays, truncated to ``max_length``; `LabelSet`
+`encode_classification`, `encode_tagging`, `encode_instructions` and
+`encode_seq2seq` turn examples into dicts of NumPy arrays, truncated to ``max_length``; `LabelSet`
 writes the label names as transformers' ``id2label`` / ``label2id``.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from ..losses import IGNORE_INDEX
 from ..tokenization import Tokenizer
 from .epochs import check_positive
-from .examples import ClassificationExample, InstructionExample, TaggingExample
+from .examples import ClassificationExample, InstructionExample, Seq2SeqExample, TaggingExample
 
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 _INT_LIKE = re.compile(r"[+-]?\d+")
@@ -387,4 +387,42 @@ def encode_instructions(
             f"(e.g. {', '.join(nothing_to_learn[:3])}); raise max_length or shorten their prompts",
             stacklevel=2,
         )
+    return encoded
+
+
+def encode_seq2seq(
+    examples: Sequence[Seq2SeqExample], tokenizer: Tokenizer, max_length: int
+) -> list[dict[str, np.ndarray]]:
+    """Tokenize input/target pairs for an encoder-decoder, as transformers'
+    ``tokenizer(inputs, text_target=targets, truncation=True)`` does.
+
+    Inputs and targets are each encoded with the tokenizer's special tokens (T5
+    appends ``</s>``, which stays when a text is cut) and cut to ``max_length``.
+
+    Args:
+        examples: From `read_seq2seq`.
+        tokenizer: The model's tokenizer.
+        max_length: Longest input and longest target, special tokens included.
+
+    Returns:
+        Per pair ``{"input_ids", "labels"}`` int32 arrays (no ``labels`` when the
+        pairs have no targets): the decoder learns to predict ``labels``.
+    """
+    check_positive(max_length=max_length)
+    if not examples:
+        raise ValueError("there are no examples to encode")
+    targets = [example.target for example in examples]
+    if None in targets and any(target is not None for target in targets):
+        missing = next(example for example in examples if example.target is None)
+        raise ValueError(f"{missing.where}: no target, but other examples have targets; give every example "
+                         "a target, or none (for prediction)")
+    options = dict(truncation=True, max_length=max_length)
+    inputs = tokenizer([example.input for example in examples], **options)["input_ids"]
+    labels = tokenizer(targets, **options)["input_ids"] if targets[0] is not None else None
+    encoded = []
+    for row, input_ids in enumerate(inputs):
+        item = {"input_ids": np.asarray(input_ids, dtype=np.int32)}
+        if labels is not None:
+            item["labels"] = np.asarray(labels[row], dtype=np.int32)
+        encoded.append(item)
     return encoded

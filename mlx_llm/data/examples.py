@@ -1,9 +1,11 @@
-"""Fine-tuning examples and the files they come from: text classification, token classification (NER), instructions.
+"""Fine-tuning examples and the files they come from: text classification, token classification (NER),
+instructions, input/target pairs.
 
 Readers turn a file into examples that remember where they came from
 (``path`` and 1-based ``line``): `read_classification` (.csv, .tsv, .jsonl),
-`read_conll` (CoNLL columns or .jsonl) and `read_instructions` (.jsonl records
-of plain text, prompt/completion, or chat messages). Every error about user
+`read_conll` (CoNLL columns or .jsonl), `read_instructions` (.jsonl records
+of plain text, prompt/completion, or chat messages) and `read_seq2seq`
+(.jsonl, .csv, .tsv input/target pairs). Every error about user
 data names the file and the line, and says what to do.
 """
 
@@ -64,6 +66,16 @@ class InstructionExample(_FromFile):
     completion: str | None = None
     messages: list[dict] | None = None
     line: int = 0
+    path: str = ""
+
+
+@dataclass
+class Seq2SeqExample(_FromFile):
+    """An input text and its target text (``None`` when the data has no targets)."""
+
+    input: str
+    target: str | None
+    line: int
     path: str = ""
 
 
@@ -353,3 +365,50 @@ def _instruction_example(where: str, record: dict) -> InstructionExample:
         f"{where}: unknown record format (keys {sorted(record)}); each line must have the keys "
         f"{' or '.join(INSTRUCTION_FORMATS)}"
     )
+
+
+def read_seq2seq(
+    path: PathLike, input_column: str = "input", target_column: str = "target", require_targets: bool = True
+) -> list[Seq2SeqExample]:
+    """Input/target text pairs for sequence-to-sequence fine-tuning (T5).
+
+    Args:
+        path: A ``.jsonl`` file (``{"input": ..., "target": ...}`` per line) or a
+            ``.csv`` / ``.tsv`` file with a header row (as `read_classification` reads them).
+        input_column: Key or column of the input text.
+        target_column: Key or column of the target text.
+        require_targets: If ``False`` (prediction input), a missing target gives ``target=None``.
+
+    Returns:
+        The pairs in file order.
+    """
+    path = _existing_file(path, "sequence-to-sequence data")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = list(jsonl_records(path))
+    elif suffix in (".csv", ".tsv"):
+        records = _read_table(path)[1]
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; input/target pairs must be .jsonl, .csv or .tsv")
+    if not records:
+        raise ValueError(f"{path} holds no examples; write one input/target pair per line")
+    examples = []
+    for line, record in records:
+        where = f"{path}:{line}"
+        texts = []
+        for option, name, required in (("input_column", input_column, True),
+                                       ("target_column", target_column, require_targets)):
+            value = record.get(name)
+            if value is None and not required:
+                texts.append(None)
+                continue
+            if not isinstance(value, str) or not value.strip():
+                flag = "--text-column" if option == "input_column" else "--label-column"
+                raise ValueError(
+                    f"{where}: no text in {name!r} (got {value!r}; the record has {sorted(record)}); every "
+                    f"example needs a non-empty {option.split('_')[0]} text: fix the line, or name the "
+                    f"field with {flag}"
+                )
+            texts.append(value)
+        examples.append(Seq2SeqExample(texts[0], texts[1], line, str(path)))
+    return examples
