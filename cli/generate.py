@@ -20,22 +20,11 @@ def resolve_model(model: str | None) -> str:
     return str(demo_model_path())
 
 
-def _checked(name: str):
-    """A Click callback refusing a value of the sampling option ``name`` that the library
-    would refuse (nan and inf included), so that the message names the option."""
-    from mlx_llm.sampling import sampling_value_problem
-
-    def callback(context, parameter, value):
-        problem = None if value is None else sampling_value_problem(name, value)
-        if problem is not None:
-            raise click.BadParameter(problem)
-        return value
-
-    return callback
-
-
-# Unset sampling options come from the checkpoint (mlx_llm.generation_config.resolve_sampling).
+# Unset sampling options come from the checkpoint (mlx_llm.generation_config.resolve_sampling_config).
 _FROM_CHECKPOINT = "default: the checkpoint's generation_config.json, else"
+# SamplingConfig field -> the option that sets it, to name the option in SamplingConfig's messages.
+SAMPLING_OPTIONS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                    "repetition_penalty": "--repetition-penalty"}
 
 
 def sampling_options(command):
@@ -44,15 +33,11 @@ def sampling_options(command):
         click.option("--model", "-m", help="Local folder or Hub repo id (default: the built-in demo model)."),
         click.option("--max-tokens", type=click.IntRange(min=1),
                      help=f"Most tokens to generate ({_FROM_CHECKPOINT} 256; the context may cut it)."),
-        click.option("--temp", type=float, callback=_checked("temperature"),
-                     help=f"Sampling temperature; 0 is greedy ({_FROM_CHECKPOINT} 0)."),
-        click.option("--top-k", type=click.IntRange(min=0), help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
-        click.option("--top-p", type=float, callback=_checked("top_p"),
-                     help=f"Nucleus probability; 1 = off ({_FROM_CHECKPOINT} 1)."),
-        click.option("--min-p", type=float, callback=_checked("min_p"),
-                     help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
-        click.option("--repetition-penalty", type=float, callback=_checked("repetition_penalty"),
-                     help=f"1 = off ({_FROM_CHECKPOINT} 1)."),
+        click.option("--temp", type=float, help=f"Sampling temperature; 0 is greedy ({_FROM_CHECKPOINT} 0)."),
+        click.option("--top-k", type=int, help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
+        click.option("--top-p", type=float, help=f"Nucleus probability; 1 = off ({_FROM_CHECKPOINT} 1)."),
+        click.option("--min-p", type=float, help=f"0 = off ({_FROM_CHECKPOINT} 0)."),
+        click.option("--repetition-penalty", type=float, help=f"1 = off ({_FROM_CHECKPOINT} 1)."),
         click.option("--seed", type=int, help="Seed for sampling."),
         click.option("--stop", multiple=True,
                      help="Stop at this text (not printed); repeatable. \\n, \\t and \\\\ mean newline, tab "
@@ -67,13 +52,32 @@ def sampling_options(command):
     return command
 
 
-def sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty) -> dict:
-    """The options given, over the checkpoint's generation_config.json, over the built-in defaults."""
-    from mlx_llm.generation_config import GenerationDefaults, resolve_sampling
+def given_sampling(temp, top_k, top_p, min_p, repetition_penalty) -> dict:
+    """The sampling options given on the command line, checked by `SamplingConfig` before the
+    model loads; its message for a refused value names the option (exit code 2).
+
+    Returns:
+        ``{SamplingConfig field: value}`` of the options given.
+    """
+    from mlx_llm.sampling import SamplingConfig, SamplingError
+
+    values = {"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+              "repetition_penalty": repetition_penalty}
+    given = {name: value for name, value in values.items() if value is not None}
+    try:
+        SamplingConfig(**given)
+    except SamplingError as error:
+        raise click.BadParameter(error.problem, param_hint=f"'{SAMPLING_OPTIONS[error.name]}'") from None
+    return given
+
+
+def sampling_settings(loaded, max_tokens, given: dict):
+    """``(max_tokens, SamplingConfig)``: the options given, over the checkpoint's
+    generation_config.json, over the built-in defaults."""
+    from mlx_llm.generation_config import GenerationDefaults, resolve_sampling_config
 
     defaults = getattr(loaded, "generation_defaults", GenerationDefaults())
-    return resolve_sampling(defaults, max_tokens=max_tokens, temperature=temp, top_k=top_k, top_p=top_p,
-                            min_p=min_p, repetition_penalty=repetition_penalty)
+    return resolve_sampling_config(defaults, max_tokens=max_tokens, **given)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -156,23 +160,23 @@ def generate(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, s
     """
     from mlx_llm.generate import stream_generate
 
+    given = given_sampling(temp, top_k, top_p, min_p, repetition_penalty)
     prompt = read_stdin("the prompt") if prompt == "-" else valid_text(prompt, "the prompt")
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty", param_hint="--prompt")
     loaded, tokenizer, system, stop = load_for_generation(model, dtype, revision, system, stop)
-    settings = sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
+    max_tokens, sampling = sampling_settings(loaded, max_tokens, given)
     use_template = tokenizer.chat_template is not None if chat_template is None else chat_template
     if use_template and tokenizer.chat_template is None:
         raise InputError("--chat-template was given but this model's tokenizer has no chat template")
     if system is not None and not use_template:
         raise InputError("--system needs a chat template (the model has none, or --no-chat-template was given)")
     if use_template:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = tokenizer.chat_prompt([{"role": "user", "content": prompt}], system=system)
     last = None
     for response in stream_generate(
-        loaded, tokenizer, prompt, **settings, seed=seed, stop=stop, truncate_prompt=truncate_prompt,
-        max_kv_size=max_kv_size, on_warning=warn,
+        loaded, tokenizer, prompt, max_tokens, sampling=sampling, seed=seed, stop=stop,
+        truncate_prompt=truncate_prompt, max_kv_size=max_kv_size, on_warning=warn,
     ):
         click.echo(response.text, nl=False)
         sys.stdout.flush()
@@ -195,14 +199,15 @@ def chat(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed,
     """
     from mlx_llm.chat import ChatSession
 
+    given = given_sampling(temp, top_k, top_p, min_p, repetition_penalty)
     loaded, tokenizer, system, stop = load_for_generation(model, dtype, revision, system, stop)
     if seed is not None:
         import mlx.core as mx
 
         mx.random.seed(seed)
-    settings = sampling_settings(loaded, max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
-    session = ChatSession(loaded, tokenizer, system=system, max_kv_size=max_kv_size, stop=stop, on_warning=warn,
-                          **settings)
+    max_tokens, sampling = sampling_settings(loaded, max_tokens, given)
+    session = ChatSession(loaded, tokenizer, system=system, max_kv_size=max_kv_size, sampling=sampling,
+                          max_tokens=max_tokens, stop=stop, on_warning=warn)
     if isinstance(sys.stdin, io.TextIOWrapper):
         # Undecodable bytes then reach valid_text as surrogates, instead of a strict
         # decoder's UnicodeDecodeError losing the whole buffered input.

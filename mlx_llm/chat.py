@@ -7,6 +7,7 @@ from typing import Iterator
 import mlx.nn as nn
 
 from .generate import GenerationResponse, check_text, check_can_generate, is_encoder_decoder, stream_generate
+from .sampling import SAMPLING_FIELDS, SamplingConfig, sampling_config
 
 
 class ChatSession:
@@ -23,8 +24,10 @@ class ChatSession:
         system: Optional system message.
         max_kv_size: Bound the KV cache (rotating); older turns are then
             re-processed when the cache cannot be reused.
-        **sampling: Options for `stream_generate` (``max_tokens``,
-            ``temperature``, ``top_p``, ...).
+        sampling: How to choose tokens (`SamplingConfig`); or its fields as
+            keywords among ``options``.
+        **options: Other options for `stream_generate` (``max_tokens``,
+            ``stop``, ``on_warning``, ...).
 
     Raises:
         ValueError: the model cannot generate text, is an encoder-decoder,
@@ -32,7 +35,7 @@ class ChatSession:
     """
 
     def __init__(self, model: nn.Module, tokenizer, system: str | None = None, max_kv_size: int | None = None,
-                 **sampling):
+                 sampling: SamplingConfig | None = None, **options):
         check_can_generate(model)
         if system is not None:
             check_text(system, "the system message")
@@ -44,7 +47,9 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.system = system
         self.max_kv_size = max_kv_size
-        self.sampling = sampling
+        self.sampling = sampling_config(sampling, **{name: options.pop(name) for name in SAMPLING_FIELDS
+                                                     if name in options})
+        self.options = options
         self.reset()
 
     def reset(self) -> None:
@@ -85,14 +90,15 @@ class ChatSession:
         # Rendered before the message joins the conversation: a template that refuses it
         # must not leave it behind for the next turn.
         conversation = [*self.messages, {"role": "user", "content": message}]
-        prompt_ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        prompt_ids = self.tokenizer.chat_prompt(conversation)
         self.messages = conversation
         new_ids = self._reuse_cache(prompt_ids)
         answer: list[str] = []
         generated: list[int] = []
         refused = False
         try:
-            for response in stream_generate(self.model, self.tokenizer, new_ids, cache=self.cache, **self.sampling):
+            for response in stream_generate(self.model, self.tokenizer, new_ids, cache=self.cache,
+                                            sampling=self.sampling, **self.options):
                 answer.append(response.text)
                 generated.append(response.token)
                 yield response

@@ -1,9 +1,10 @@
 """A checkpoint's own generation settings (``generation_config.json``) and how
 explicit options combine with them.
 
-`generate` / `stream_generate` take explicit keywords only; the command line
-(and any script that wants the checkpoint's settings) fills the options a
-user left unset from `GenerationDefaults` with `resolve_sampling`.
+`generate` / `stream_generate` take explicit settings only; the command line,
+the server (and any script that wants the checkpoint's settings) fill the
+options a user left unset from `GenerationDefaults` with
+`resolve_sampling_config`, which gives one `SamplingConfig`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hub import read_json
-from .sampling import SAMPLING_BOUNDS
+from .sampling import SAMPLING_BOUNDS, SamplingConfig
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -111,7 +112,7 @@ def read_generation_defaults(folder: str | Path) -> GenerationDefaults:
     )
 
 
-def resolve_sampling(
+def resolve_sampling_config(
     defaults: GenerationDefaults,
     max_tokens: int | None = None,
     temperature: float | None = None,
@@ -119,9 +120,9 @@ def resolve_sampling(
     top_p: float | None = None,
     min_p: float | None = None,
     repetition_penalty: float | None = None,
-) -> dict:
-    """The sampling options of one run: each option given wins; the others come
-    from the checkpoint, else from the built-in defaults.
+) -> tuple[int, SamplingConfig]:
+    """The settings of one run: each option given wins; the others come from
+    the checkpoint, else from the built-in defaults.
 
     A checkpoint with a ``generation_config.json`` is read as transformers
     reads it: unless ``do_sample`` is true it decodes greedily (whatever its
@@ -135,8 +136,10 @@ def resolve_sampling(
             The options given explicitly; ``None`` for "not given".
 
     Returns:
-        Keyword arguments for `stream_generate`: ``max_tokens``,
-        ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``.
+        ``(max_tokens, sampling)`` for `stream_generate` (``max_tokens=``, ``sampling=``).
+
+    Raises:
+        SamplingError: a given option out of its range (`SamplingConfig`).
     """
     if defaults.source is None:
         base = dict(BUILT_IN_DEFAULTS)
@@ -147,7 +150,24 @@ def resolve_sampling(
             base["temperature"] = 0.0
     given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
              "repetition_penalty": repetition_penalty}
-    options = {key: base[key] if value is None else value for key, value in given.items()}
+    sampling = SamplingConfig(**{key: base[key] if value is None else value for key, value in given.items()})
     if max_tokens is None:
         max_tokens = defaults.max_new_tokens if defaults.max_new_tokens is not None else DEFAULT_MAX_TOKENS
-    return {"max_tokens": max_tokens, **options}
+    return max_tokens, sampling
+
+
+def resolve_sampling(
+    defaults: GenerationDefaults,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+) -> dict:
+    """`resolve_sampling_config` as keywords for `stream_generate`: ``max_tokens``,
+    ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``
+    (the form from before `SamplingConfig` travelled whole; kept for scripts)."""
+    max_tokens, sampling = resolve_sampling_config(defaults, max_tokens, temperature, top_k, top_p, min_p,
+                                                   repetition_penalty)
+    return {"max_tokens": max_tokens, **{key: getattr(sampling, key) for key in BUILT_IN_DEFAULTS}}

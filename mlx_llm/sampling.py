@@ -1,14 +1,19 @@
-"""Choosing the next token: logits processors and samplers.
+"""Choosing the next token: `SamplingConfig`, logits processors and samplers.
 
 Every function takes logits of shape ``(B, V)`` and returns arrays of the
 same shape (processors) or token ids ``(B,)`` (samplers). Filters set
 removed tokens to ``-inf``, so they get exactly zero probability.
+
+The settings are checked once, when a `SamplingConfig` is made (against
+`SAMPLING_BOUNDS`); the processors take the values it holds as they are.
+`pick_tokens` is the one way a token is chosen (generation, chat, the
+server); `TokenPicker` adds the running history the repetition penalty reads.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
@@ -28,10 +33,9 @@ def apply_repetition_penalty(logits: mx.array, previous_tokens: mx.array, penalt
     Args:
         logits: ``(B, V)``.
         previous_tokens: ``(B, T)`` ids generated (or in the prompt) so far.
-        penalty: ``> 0``; ``1`` changes nothing, ``> 1`` discourages repeats.
+        penalty: ``> 0`` (`SamplingConfig` checks it); ``1`` changes nothing,
+            ``> 1`` discourages repeats.
     """
-    if penalty <= 0:
-        raise ValueError(f"repetition penalty must be > 0, got {penalty}")
     _check_logits(logits)
     if previous_tokens.size == 0 or penalty == 1.0:
         return logits
@@ -51,9 +55,7 @@ def apply_top_k(logits: mx.array, k: int) -> mx.array:
 
 def apply_top_p(logits: mx.array, p: float) -> mx.array:
     """Nucleus filtering: keep the smallest set of most likely tokens whose
-    probability reaches ``p`` (the token that crosses ``p`` is kept)."""
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    probability reaches ``p`` in ``(0, 1]`` (the token that crosses ``p`` is kept)."""
     _check_logits(logits)
     if p == 1.0:
         return logits
@@ -68,9 +70,7 @@ def apply_top_p(logits: mx.array, p: float) -> mx.array:
 
 
 def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
-    """Keep tokens whose probability is at least ``min_p`` times the top token's."""
-    if not 0.0 <= min_p < 1.0:
-        raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+    """Keep tokens whose probability is at least ``min_p`` (in ``[0, 1)``) times the top token's."""
     _check_logits(logits)
     if min_p == 0.0:
         return logits
@@ -105,9 +105,23 @@ def sampling_value_problem(name: str, value: float) -> str | None:
     return None
 
 
+class SamplingError(ValueError):
+    """A sampling setting out of its range (raised by `SamplingConfig`).
+
+    Attributes:
+        name: The `SamplingConfig` field, e.g. ``"temperature"``.
+        problem: What is wrong, e.g. ``"must be a finite number >= 0, got nan"``.
+    """
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick the next token.
+    """How to pick the next token; its settings are checked here, once.
 
     Attributes:
         temperature: 0 for greedy (argmax); otherwise logits are divided by it.
@@ -117,6 +131,10 @@ class SamplingConfig:
         repetition_penalty: CTRL penalty on tokens seen in the last
             ``repetition_context_size`` tokens (1 = off).
         repetition_context_size: How many recent tokens the penalty looks at.
+
+    Raises:
+        SamplingError: (a ``ValueError``) naming the first setting out of its
+            range (`SAMPLING_BOUNDS`).
     """
 
     temperature: float = 0.0
@@ -130,13 +148,36 @@ class SamplingConfig:
         for name in SAMPLING_BOUNDS:
             problem = sampling_value_problem(name, getattr(self, name))
             if problem is not None:
-                raise ValueError(f"{name} {problem}")
+                raise SamplingError(name, problem)
         if self.repetition_context_size < 1:
-            raise ValueError(f"repetition_context_size must be >= 1, got {self.repetition_context_size}")
+            raise SamplingError("repetition_context_size", f"must be >= 1, got {self.repetition_context_size}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+SAMPLING_FIELDS = tuple(field.name for field in fields(SamplingConfig))
+
+
+def sampling_config(sampling: SamplingConfig | None = None, **options) -> SamplingConfig:
+    """The one `SamplingConfig` of a call: ``sampling``, or one made from its fields given as keywords.
+
+    `stream_generate`, `batch_generate` and `ChatSession` take both forms:
+    ``sampling=SamplingConfig(temperature=0.8)`` or ``temperature=0.8``.
+
+    Raises:
+        TypeError: a keyword that is not a `SamplingConfig` field.
+        ValueError: both forms given, or a setting `SamplingConfig` refuses.
+    """
+    unknown = sorted(set(options) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r} (sampling settings: {', '.join(SAMPLING_FIELDS)})")
+    if sampling is None:
+        return SamplingConfig(**options)
+    if options:
+        raise ValueError(f"give sampling=SamplingConfig(...) or the keywords {', '.join(options)}, not both")
+    return sampling
 
 
 def process_logits(logits: mx.array, config: SamplingConfig, previous_tokens: mx.array | None = None) -> mx.array:
@@ -164,3 +205,49 @@ def sample(logits: mx.array, config: SamplingConfig, key: mx.array | None = None
     if config.greedy:
         return mx.argmax(logits, axis=-1)
     return mx.random.categorical(logits, axis=-1, key=key)
+
+
+def pick_tokens(logits: mx.array, config: SamplingConfig, history: mx.array | None = None,
+                key: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    """Choose each row's next token: ``sample(process_logits(logits, config, history), config, key)``.
+
+    Args:
+        logits: ``(B, V)`` the model's logits at the last position.
+        config: How to choose.
+        history: ``(B, T)`` recent tokens, for the repetition penalty (its
+            last ``repetition_context_size`` are read); ``None``: no penalty.
+        key: Random key for the draw; ``None`` uses MLX's global generator.
+
+    Returns:
+        ``(tokens, logprobs)``, both ``(B,)``: the chosen ids and their
+        log-probabilities under the model, ``log_softmax(logits)[token]``
+        (before penalty, temperature and filters), in float32. Lazy: an
+        unused ``logprobs`` is never computed.
+    """
+    tokens = sample(process_logits(logits, config, history), config, key=key)
+    logits = logits.astype(mx.float32)
+    logprobs = mx.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+    return tokens, logprobs
+
+
+class TokenPicker:
+    """`pick_tokens` for ``B`` sequences decoded together, with the history the penalty reads.
+
+    Args:
+        config: How to choose.
+        history: ``(B, T)`` the tokens so far (the prompt, or a start token);
+            the picker keeps the last ``repetition_context_size`` and, when
+            the penalty is on, appends each chosen token.
+    """
+
+    def __init__(self, config: SamplingConfig, history: mx.array):
+        self.config = config
+        self.history = history[:, -config.repetition_context_size :]
+
+    def __call__(self, logits: mx.array, key: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """``(tokens, logprobs)``, both ``(B,)``, for ``(B, V)`` logits (see `pick_tokens`)."""
+        tokens, logprobs = pick_tokens(logits, self.config, self.history, key)
+        if self.config.repetition_penalty != 1.0:  # the history only feeds the penalty
+            self.history = mx.concatenate([self.history, tokens[:, None]], axis=1)
+            self.history = self.history[:, -self.config.repetition_context_size :]
+        return tokens, logprobs

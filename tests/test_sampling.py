@@ -8,12 +8,16 @@ import pytest
 
 from mlx_llm.sampling import (
     SamplingConfig,
+    SamplingError,
+    TokenPicker,
     apply_min_p,
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
+    pick_tokens,
     process_logits,
     sample,
+    sampling_config,
 )
 
 
@@ -28,8 +32,6 @@ def test_repetition_penalty_matches_ctrl_definition():
     penalized = np.array(apply_repetition_penalty(logits, mx.array([[0, 1, 1]]), 2.0))
     np.testing.assert_allclose(penalized, [[1.0, -2.0, 0.5, 3.0]])  # 2/2 and -1*2; repeats count once
     assert np.array_equal(np.array(apply_repetition_penalty(logits, mx.array([[3]]), 1.0)), np.array(logits))
-    with pytest.raises(ValueError, match="repetition penalty must be > 0, got 0"):
-        apply_repetition_penalty(logits, mx.array([[0]]), 0.0)
 
 
 def test_top_k_keeps_exactly_the_k_most_likely():
@@ -55,9 +57,6 @@ def test_top_p_keeps_smallest_set_reaching_p():
     # Order in the vocabulary does not matter.
     shuffled = mx.array([[values[2], values[0], values[3], values[1]]])
     assert np.isfinite(np.array(apply_top_p(shuffled, 0.8)))[0].tolist() == [False, True, False, True]
-    for bad in (0.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
-            apply_top_p(logits, bad)
 
 
 def test_min_p_relative_threshold():
@@ -104,5 +103,40 @@ def test_infinite_logits_are_handled():
     ],
 )
 def test_bad_sampling_settings(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SamplingError, match=message) as raised:
         SamplingConfig(**options)
+    name = next(iter(options))
+    assert raised.value.name == name and str(raised.value) == f"{name} {raised.value.problem}"
+
+
+def test_sampling_config_from_either_form():
+    config = SamplingConfig(temperature=0.7, top_k=3)
+    assert sampling_config(config) is config
+    assert sampling_config(temperature=0.7, top_k=3) == config
+    assert sampling_config() == SamplingConfig()
+    with pytest.raises(ValueError, match=r"give sampling=SamplingConfig\(...\) or the keywords top_k, not both"):
+        sampling_config(config, top_k=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        sampling_config(temprature=0.7)
+    with pytest.raises(SamplingError, match="min_p must be a finite number in"):
+        sampling_config(min_p=2.0)
+
+
+def test_pick_tokens_and_the_penalty_history():
+    logits = mx.array([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 4.0]])
+    tokens, logprobs = pick_tokens(logits, SamplingConfig())
+    log_softmax = np.log(np.stack([probabilities(row) for row in np.array(logits)]))
+    assert tokens.tolist() == [1, 3]
+    np.testing.assert_allclose(np.array(logprobs), log_softmax[[0, 1], [1, 3]], rtol=1e-6)
+    # Penalty 100 with a 2-token history: a token leaves the history after two more picks.
+    config = SamplingConfig(repetition_penalty=100.0, repetition_context_size=2)
+    picker = TokenPicker(config, mx.array([[0, 0, 0]]))
+    row = mx.array([[3.0, 2.9, 2.8, -5.0]])
+    assert [int(picker(row)[0][0]) for _ in range(4)] == [1, 2, 0, 1]
+    assert picker.history.tolist() == [[0, 1]]
+    # Seeded draws: the same key gives the same tokens, and the logprob is the model's, not the filtered one.
+    hot = SamplingConfig(temperature=1.0, top_k=2)
+    first, first_logprobs = pick_tokens(mx.repeat(logits[:1], 64, axis=0), hot, key=mx.random.key(4))
+    second, _ = pick_tokens(mx.repeat(logits[:1], 64, axis=0), hot, key=mx.random.key(4))
+    assert first.tolist() == second.tolist() and set(first.tolist()) == {1, 2}
+    np.testing.assert_allclose(np.array(first_logprobs), log_softmax[0][np.array(first)], rtol=1e-6)

@@ -247,6 +247,7 @@ def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
     """Prompts of different lengths prefilled together (left-padded), one joining a running
     batch, one with a repetition penalty and one stopping at max_tokens=1: each gives its solo text."""
     from mlx_llm.serve.engine import DoneEvent, Scheduler, Sequence, SequenceSettings, TokenEvent
+    from mlx_llm.sampling import SamplingConfig
     from mlx_llm.serve.prefix_cache import PrefixCache
 
     model, tokenizer = library
@@ -254,7 +255,7 @@ def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
              ("x y z", 1, 1.0), ("once upon a time", 7, 1.0)]
     scheduler = Scheduler(model, tokenizer, tokenizer.eos_token_ids, PrefixCache(8), max_batch=8)
     outputs = [[] for _ in cases]
-    sequences = [Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, repetition_penalty=penalty),
+    sequences = [Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, sampling=SamplingConfig(repetition_penalty=penalty)),
                           outputs[index].append) for index, (prompt, count, penalty) in enumerate(cases)]
     scheduler.add(sequences[0])
     scheduler.step()
@@ -275,7 +276,7 @@ def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
     # The same prompts again: their stored states are joined and their last tokens run together.
     again = [[] for _ in cases]
     for index, (prompt, count, penalty) in enumerate(cases):
-        scheduler.add(Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, repetition_penalty=penalty),
+        scheduler.add(Sequence(tokenizer.encode(prompt), SequenceSettings(max_tokens=count, sampling=SamplingConfig(repetition_penalty=penalty)),
                                again[index].append))
     for _ in range(50):
         if not scheduler.busy:

@@ -18,8 +18,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..generate import StopStrings
 from ..sampling import SamplingConfig
+from ..stopping import SequenceText
 from .batch_cache import BatchKVCache, join, keep_rows, row_state, start_rows
 from .picks import Picks, choose, concatenate
 from .prefix_cache import PrefixCache
@@ -71,11 +71,7 @@ class SequenceSettings:
     """The resolved settings of one sequence (every default already filled in)."""
 
     max_tokens: int
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    sampling: SamplingConfig = SamplingConfig()
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_logprobs: int = 0
@@ -103,13 +99,12 @@ class Sequence:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def start(self, tokenizer) -> None:
+    def start(self, tokenizer, eos_token_ids) -> None:
         """Set up the per-sequence state; MLX arrays are made here, in the scheduler's thread."""
-        s = self.settings
-        self.sampling = SamplingConfig(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
-        self.key = None if s.seed is None else mx.random.key(s.seed)
-        self.detokenizer = tokenizer.detokenizer()
-        self.stops = StopStrings(s.stop)
+        settings = self.settings
+        self.sampling = settings.sampling
+        self.key = None if settings.seed is None else mx.random.key(settings.seed)
+        self.text = SequenceText(tokenizer, settings.max_tokens, settings.stop, eos_token_ids)
         self.finished = False
 
     @property
@@ -254,7 +249,7 @@ class Scheduler:
             if sequence.cancelled:
                 continue
             try:
-                sequence.start(self.tokenizer)
+                sequence.start(self.tokenizer, self.eos_ids)
                 cache, held = (None, 0) if self.prefix_cache is None else self.prefix_cache.lookup(sequence.prompt_ids)
             except Exception as error:  # this request fails alone
                 log.exception("prefill failed")
@@ -302,18 +297,7 @@ class Scheduler:
         """Record one token of ``sequence`` and emit its text; return whether it finished."""
         try:
             sequence.generated.append(token)
-            finish = None
-            if token in self.eos_ids:
-                finish, text = "eos", ""
-            else:
-                sequence.detokenizer.add_token(token)
-                text, stopped = sequence.stops.feed(sequence.detokenizer.last_segment)
-                finish = "stop" if stopped else None
-            if finish is None and len(sequence.generated) >= sequence.settings.max_tokens:
-                finish = "length"
-            if finish in ("eos", "length"):  # text held back for a stop string or an unfinished character
-                sequence.detokenizer.finalize()
-                text += sequence.stops.feed(sequence.detokenizer.last_segment)[0] + sequence.stops.flush()
+            text, finish = sequence.text.add(token)
             if finish != "eos":
                 sequence.emit(TokenEvent(text, token, logprob, top))
             elif text:

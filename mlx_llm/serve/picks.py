@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..sampling import process_logits, sample
+from ..sampling import SamplingConfig, pick_tokens
+
+_GREEDY = SamplingConfig()
 
 
 @dataclass
@@ -81,12 +83,12 @@ def choose(rows: list, logits: mx.array, fed: mx.array | None = None) -> Picks:
     logits = logits.astype(mx.float32)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     if all(sequence.batchable_greedy for sequence in rows):
-        tokens = mx.argmax(logits, axis=-1)
+        tokens = pick_tokens(logits, _GREEDY)[0]
     else:
         greedy, picks = None, []
         for row, sequence in enumerate(rows):
             if sequence.batchable_greedy:
-                greedy = mx.argmax(logits, axis=-1) if greedy is None else greedy
+                greedy = pick_tokens(logits, _GREEDY)[0] if greedy is None else greedy
                 picks.append(greedy[row : row + 1])
                 continue
             config = sequence.sampling
@@ -96,7 +98,7 @@ def choose(rows: list, logits: mx.array, fed: mx.array | None = None) -> Picks:
             key = None
             if sequence.key is not None:
                 sequence.key, key = mx.random.split(sequence.key)
-            picks.append(sample(process_logits(logits[row : row + 1], config, history), config, key=key))
+            picks.append(pick_tokens(logits[row : row + 1], config, history, key)[0])
         tokens = mx.concatenate(picks)
     chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
     tops = []

@@ -7,7 +7,7 @@ response starts.
 
 from __future__ import annotations
 
-from ..generation_config import GenerationDefaults, resolve_sampling
+from ..generation_config import GenerationDefaults, resolve_sampling_config
 from .engine import SequenceSettings
 from .protocol import GenerationRequest, RequestError
 from .worker import GENERATE, ModelWorker
@@ -26,7 +26,7 @@ def prompt_ids(worker: ModelWorker, request: GenerationRequest) -> list[int]:
             raise RequestError(f"the model '{request.model}' has no chat template; use /v1/completions",
                                param="messages", code="no_chat_template")
         try:
-            ids = tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.chat_prompt(request.messages)
         except ValueError as error:  # the template's own raise_exception(...), e.g. roles out of order
             raise RequestError(f"the chat template refused the messages: {error}", param="messages") from None
         return list(ids)
@@ -46,7 +46,7 @@ def prepare(worker: ModelWorker, request: GenerationRequest) -> tuple[list[int],
     """Prompt ids and settings for one generation request.
 
     Fields the request leaves out come from the checkpoint's
-    ``generation_config.json`` (`mlx_llm.generation_config.resolve_sampling`);
+    ``generation_config.json`` (`mlx_llm.generation_config.resolve_sampling_config`);
     ``max_tokens`` is cut to what the context leaves after the prompt.
 
     Raises:
@@ -58,11 +58,10 @@ def prepare(worker: ModelWorker, request: GenerationRequest) -> tuple[list[int],
                            param="model", code="model_not_generative")
     ids = prompt_ids(worker, request)
     defaults = worker.generation_defaults or GenerationDefaults()
-    options = resolve_sampling(defaults, max_tokens=request.max_tokens, temperature=request.temperature,
-                               top_k=request.top_k, top_p=request.top_p, min_p=request.min_p,
-                               repetition_penalty=request.repetition_penalty)
+    max_tokens, sampling = resolve_sampling_config(
+        defaults, max_tokens=request.max_tokens, temperature=request.temperature, top_k=request.top_k,
+        top_p=request.top_p, min_p=request.min_p, repetition_penalty=request.repetition_penalty)
     limit = worker.context_limit
-    max_tokens = options.pop("max_tokens")
     if limit is not None:
         if len(ids) >= limit:
             raise RequestError(
@@ -70,6 +69,6 @@ def prepare(worker: ModelWorker, request: GenerationRequest) -> tuple[list[int],
                 f"(prompt and completion together); shorten the prompt",
                 param="messages" if request.is_chat else "prompt", code="context_length_exceeded")
         max_tokens = min(max_tokens, limit - len(ids))
-    settings = SequenceSettings(max_tokens=max_tokens, stop=request.stop, seed=request.seed,
-                                top_logprobs=request.top_logprobs, **options)
+    settings = SequenceSettings(max_tokens=max_tokens, sampling=sampling, stop=request.stop, seed=request.seed,
+                                top_logprobs=request.top_logprobs)
     return ids, settings

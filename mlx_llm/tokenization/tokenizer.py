@@ -434,6 +434,27 @@ class Tokenizer:
         rendered = render_chat_template(template, messages, add_generation_prompt, tools, documents, variables)
         return self.encode(rendered, add_special_tokens=False) if tokenize else rendered
 
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], system: str | None = None) -> list[int]:
+        """The token ids that ask the model for the next assistant turn of a conversation.
+
+        The one chat-prompt builder (`ChatSession`, ``mlx-llm generate`` and
+        the server use it): ``apply_chat_template([system] + messages,
+        add_generation_prompt=True, tokenize=True)``.
+
+        Args:
+            messages: ``[{"role": "user", "content": "..."}, ...]``.
+            system: A system message to put first (``None`` or empty: none).
+
+        Raises:
+            ValueError: the tokenizer has no chat template, or the template
+                refuses the conversation or fails (`ChatTemplateError`).
+        """
+        if self._chat_template is None:
+            raise ValueError("this model's tokenizer has no chat template; give a plain prompt instead")
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        return self.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+
     def __repr__(self) -> str:
         kind = "sentencepiece" if isinstance(self._backend, SentencePieceBackend) else "tokenizers"
         return f"Tokenizer({kind}, vocab_size={self.vocab_size}, folder={str(self.folder)!r})"
