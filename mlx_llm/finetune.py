@@ -32,7 +32,8 @@ from .loading import (ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, OWN_NAMES_VERS
                       quantization_predicate, read_config)
 from .lora import LoRAConfig, apply_lora, save_adapters
 from .mlx_lm_layout import mlx_lm_folder
-from .models import get_family
+from .model_output import DECODER, ENCODER
+from .models import get_family, model_types_of_kind
 from .pretrain import save_model
 from .run_folders import RunFolder
 from .tasks import RUN_FILE, TASKS as TASK_REGISTRY, RunSettings, Task, get_task, pad_token_id

@@ -167,12 +167,10 @@ class LoRAConfig:
 
 
 def _layers_with_paths(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(path, layer)`` for ``model.layers``, or encoder then decoder layers (T5)."""
+    """``(path, layer)`` for ``model.layers`` (every family has it; T5's: encoder then decoder layers)."""
     layers = getattr(model, "layers", None)
-    if layers is None and "encoder" in model and "decoder" in model:
-        layers = list(model.encoder.layers) + list(model.decoder.layers)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no `layers` list (nor encoder and decoder stacks) to adapt")
+    if layers is None:  # not a model of the library (a bare layer, say)
+        raise ValueError(f"{type(model).__name__} has no `layers` list to adapt")
     path_of = {id(module): path for path, module in model.named_modules()}
     return [(path_of[id(layer)], layer) for layer in layers]
 

@@ -524,6 +524,11 @@ class Model(nn.Module):
         """``forward(...).logits``: logits ``(B, L, vocab_size)`` (see `encode` and `decode`)."""
         return self.forward(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, cache).logits
 
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The encoder's layers, then the decoder's (LoRA's ``num_layers`` counts from the last)."""
+        return [*self.encoder.layers, *self.decoder.layers]
+
     def make_cache(self) -> list[tuple[KVCache, KVCache]]:
         """One empty ``(self_attention, cross_attention)`` cache pair per decoder layer."""
         return self.decoder.make_cache()
