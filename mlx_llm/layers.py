@@ -153,10 +153,12 @@ def product_groups(model: nn.Module) -> dict[tuple[int, int], list[nn.Module]]:
 
 
 def place_weight(module: nn.Module, in_out: bool) -> None:
-    """Store ``module.weight`` ``(in, out)`` (``in_out``) or ``(out, in)`` in memory, values unchanged."""
+    """Store ``module.weight`` ``(in, out)`` (``in_out``) or ``(out, in)`` in memory, values unchanged
+    (for stacked ``(E, out, in)`` expert weights, each expert's matrix)."""
     # A copy only where the stored order is the other one; one matrix at a time, so the old memory
     # is freed before the next copy.
-    module.weight = mx.contiguous(module.weight.T).T if in_out else mx.contiguous(module.weight)
+    weight = module.weight
+    module.weight = mx.contiguous(weight.swapaxes(-1, -2)).swapaxes(-1, -2) if in_out else mx.contiguous(weight)
     mx.eval(module.weight)
 
 
@@ -166,7 +168,8 @@ def relayout(model: nn.Module) -> int:
     how many weights it placed.
 
     - In input-major mode (the reference BLAS), weights that multiply are
-      stored ``(in, out)``.
+      stored ``(in, out)``, stacked experts' ``(E, out, in)`` weights (the
+      float `mlx_llm.moe.SwitchLinear`) as ``(E, in, out)``.
     - With an optimized BLAS, each weight shape gets the order measured faster
       on this machine for one-row products, the products of decoding
       (`in_out_is_faster`, once per machine and BLAS, kept in
@@ -191,9 +194,14 @@ def relayout(model: nn.Module) -> int:
     for module in lookups:
         place_weight(module, False)
     if input_major():
-        for module in products:
+        # Stacked experts (`mlx_llm.moe.SwitchLinear`) too: their gather_mm is also 2-4x slower
+        # with (out, in) matrices on the reference BLAS.
+        experts = [module for _, module in model.named_modules()
+                   if hasattr(module, "to_quantized") and "weight" in module and module.weight.ndim == 3
+                   and module.weight.dtype == mx.float32]
+        for module in products + experts:
             place_weight(module, True)
-        return len(products) + len(lookups)
+        return len(products) + len(experts) + len(lookups)
     groups = product_groups(model)
     orders = cpu_tuning.weight_orders(groups)
     for shape, modules in groups.items():
