@@ -171,3 +171,77 @@ class RotaryEmbedding(nn.Module):
             offset=offset,
             freqs=self._periods,
         )
+
+
+def longrope_attention_factor(factor: float, original_max_positions: int) -> float:
+    """LongRoPE's default magnitude of ``cos`` and ``sin``: ``sqrt(1 + ln(s) / ln(n))`` for the
+    context extension ``s = factor`` (``max_position_embeddings / n`` unless the config
+    gives one) over the pretraining length ``n``; 1 when ``s <= 1``."""
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original_max_positions))
+
+
+class LongRoPE(nn.Module):
+    """LongRoPE (Phi-3's ``"longrope"``, formerly ``"su"``): rotary positions whose
+    frequencies are divided per pair by rescale factors, one list for inputs within
+    the pretraining length and one for longer inputs.
+
+    For feature pair ``i`` of the first ``dims`` features of a head, the inverse
+    frequency is ``1 / (f_i * base^(2i / dims))`` with ``f`` the ``short_factor`` or
+    ``long_factor`` list, and the rotated features are multiplied by
+    ``attention_factor`` (transformers multiplies ``cos`` and ``sin`` by it; see
+    `longrope_attention_factor`). As in transformers, the choice is made per call:
+    the long factors when the positions reach past ``original_max_positions``
+    (``offset + L > original_max_positions``), the short ones otherwise; with an
+    array ``offset`` (a left-padded batch), per row. Keys cached with one set do
+    not suit a call that picks the other: the model recomputes its cache then
+    (`mlx_llm.models.phi3.LongRoPECache`).
+
+    Args:
+        dims: Leading features per head to rotate (``head_dim * partial_rotary_factor``).
+        base: Frequency base (``rope_theta``).
+        short_factor: ``dims / 2`` rescale factors for short inputs.
+        long_factor: ``dims / 2`` rescale factors for long inputs.
+        original_max_positions: The pretraining context length ``n``.
+        attention_factor: Magnitude of the rotated features.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        base: float,
+        short_factor: list[float],
+        long_factor: list[float],
+        original_max_positions: int,
+        attention_factor: float = 1.0,
+    ):
+        super().__init__()
+        for name, factors in (("short_factor", short_factor), ("long_factor", long_factor)):
+            if len(factors) != dims // 2:
+                raise ValueError(f"longrope {name} has {len(factors)} entries; {dims // 2} (rotary dims / 2) are needed")
+        if original_max_positions < 1:
+            raise ValueError(f"longrope needs original_max_position_embeddings >= 1, got {original_max_positions}")
+        self.dims = dims
+        self.original_max_positions = original_max_positions
+        self.attention_factor = attention_factor
+        exponents = base ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+        short_inverse = 1.0 / (np.array(short_factor, dtype=np.float64) * exponents)  # (dims / 2,)
+        long_inverse = 1.0 / (np.array(long_factor, dtype=np.float64) * exponents)
+        self.short = RotaryEmbedding(dims, freqs=mx.array(short_inverse, mx.float32))
+        self.long = RotaryEmbedding(dims, freqs=mx.array(long_inverse, mx.float32))
+
+    def _scaled(self, hidden_states: mx.array) -> mx.array:
+        if self.attention_factor == 1.0:
+            return hidden_states
+        if self.dims == hidden_states.shape[-1]:
+            return hidden_states * self.attention_factor
+        return hidden_states.at[..., : self.dims].multiply(self.attention_factor)
+
+    def __call__(self, hidden_states: mx.array, offset: int | mx.array = 0) -> mx.array:
+        """Rotate ``(B, H, L, D)`` queries or keys at positions ``offset + 0 .. L - 1``."""
+        hidden_states = self._scaled(hidden_states)
+        length = hidden_states.shape[-2]
+        if isinstance(offset, int):
+            rope = self.long if offset + length > self.original_max_positions else self.short
+            return rope(hidden_states, offset)
+        long_rows = (offset + length > self.original_max_positions)[:, None, None, None]  # (B, 1, 1, 1)
+        return mx.where(long_rows, self.long(hidden_states, offset), self.short(hidden_states, offset))
