@@ -54,12 +54,6 @@ class Seq2SeqTask(Task):
     def default_metric(self, settings: RunSettings) -> str:
         return "loss"
 
-    def architecture(self, config: dict) -> str:
-        """The checkpoint's own class (``T5ForConditionalGeneration``): the task adds no head."""
-        architectures = config.get("architectures") or []
-        if architectures:
-            return architectures[0]
-        return super().architecture(config)
 
     def predict(self, model: nn.Module, tokenizer: Tokenizer, examples: list, settings: RunSettings,
                 batch_size: int, max_tokens: int, temperature: float) -> Iterator[dict[str, Any]]:
