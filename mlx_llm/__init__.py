@@ -17,6 +17,7 @@ from .positions import (
 from .chat import ChatSession
 from .embeddings import embed
 from .generate import GenerationResponse, batch_generate, generate, stream_generate
+from .sampling import SamplingConfig
 from .loading import convert, describe, load, load_model
 from .tokenization import Tokenizer
 from .transformer import (
@@ -37,6 +38,7 @@ __all__ = [
     "ACTIVATIONS",
     "ChatSession",
     "GenerationResponse",
+    "SamplingConfig",
     "Tokenizer",
     "batch_generate",
     "convert",
