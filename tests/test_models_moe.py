@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from mlx.utils import tree_flatten
 
 from mlx_llm.generate import generate_step
 from mlx_llm.loading import convert, describe, load_model, quantization_predicate
@@ -154,6 +155,33 @@ def test_relayout_places_experts_input_major():
     down = block.switch_mlp.down_proj.weight  # (E, out, in) as an array, (E, in, out) in memory
     assert down.shape == (4, 64, 32) and memoryview(down).strides == (4 * 64 * 32, 4, 4 * 64)  # float32 strides
     np.testing.assert_allclose(np.array(block(x)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [3, 40])
+def test_expert_gradients_equal_a_loop_over_experts(length):
+    """Gradients through gather_mm (unsorted and sorted) equal those of a plain loop over tokens and experts."""
+    mx.random.seed(4)
+    block = SparseMoeBlock(32, 16, 4, 2, normalize_top_k=False)
+    x = mx.random.normal((1, length, 32))
+    indices, weights = top_k_routing(block.gate(x), 2, False)
+
+    def gathered(parameters):
+        block.switch_mlp.update(parameters)
+        return (block.switch_mlp(x, indices) * weights[..., None]).sum()
+
+    def looped(parameters):
+        total = mx.array(0.0)
+        for t in range(length):
+            for j in range(2):
+                expert, row = int(indices[0, t, j]), x[0, t]
+                gate, up = (parameters[name]["weight"][expert] @ row for name in ("gate_proj", "up_proj"))
+                total = total + weights[0, t, j] * (parameters["down_proj"]["weight"][expert] @ (nn.silu(gate) * up)).sum()
+        return total
+
+    parameters = block.switch_mlp.parameters()
+    expected = dict(tree_flatten(mx.grad(looped)(parameters)))
+    for name, grad in tree_flatten(mx.grad(gathered)(parameters)):
+        np.testing.assert_allclose(np.array(grad), np.array(expected[name]), atol=1e-5)
 
 
 def test_top_k_routing_equals_numpy():
@@ -390,6 +418,9 @@ def test_mlx_lm_layout_both_ways(tmp_path, tokenizer, name, bits):
     quantize = {} if bits is None else dict(quantize=True, q_bits=bits, q_group_size=64)
     mlx_lm.convert(str(hf), str(tmp_path / "theirs"), **quantize)
     mine = assert_same_as_mlx_lm(tmp_path / "theirs")
+    # `describe` counts packed experts (and 8-bit routers) as the float parameters they stand for.
+    count = sum(value.size for _, value in tree_flatten(float_model.parameters()))
+    assert describe(tmp_path / "ours").num_parameters == describe(tmp_path / "theirs").num_parameters == count
     block = mine.layers[1].feed_forward
     assert getattr(block.switch_mlp.up_proj, "bits", None) == bits
     if bits is not None:  # mlx-lm quantizes routers too: Qwen3-MoE's at 8 bits, Mixtral's as the rest
