@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -33,8 +33,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import finetune as finetuning
-from .data import steps_for
 from .distill_objective import (
     DIVERGENCES,  # noqa: F401  (re-exported, as the names below)
     DistillationObjective,
@@ -61,10 +59,13 @@ from .objectives import CausalLMObjective, MaskedLMObjective
 from .pretrain import save_model
 from .run_folders import RunFolder
 from .tokenization import Tokenizer
-from .training import Trainer, TrainingConfig, evaluate_objective
+from .tasks import RUN_FILE as FINETUNE_RUN_FILE, RunSettings, get_task, pad_token_id
+from .training import OptimizationConfig, Trainer, evaluate_objective
 from .utils import num_parameters
 
 TASKS = ("mlm", "classify", "tag", "lm")
+# Tasks whose teacher is a fine-tuned model: their data is read by the fine-tuning task (`mlx_llm.tasks`).
+LABELLED_TASKS = ("classify", "tag")
 RUN_FILE = "distill.json"
 
 
@@ -149,6 +150,15 @@ class DistillConfig:
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))
         self.weights()  # validates the alphas
+        self.optimization()  # and the optimizer's settings, where they are defined
+
+    def optimization(self) -> OptimizationConfig:
+        """The run's optimizer settings: AdamW (betas 0.9, 0.999), linear decay after warmup."""
+        return OptimizationConfig(
+            learning_rate=self.learning_rate, schedule="linear", warmup_ratio=self.warmup_ratio,
+            weight_decay=self.weight_decay, betas=(0.9, 0.999), max_grad_norm=self.max_grad_norm,
+            steps=self.steps, epochs=self.epochs,
+        )
 
     def weights(self) -> LossWeights:
         return LossWeights(self.alpha_soft, self.alpha_hard, self.alpha_cos, self.alpha_hidden,
@@ -183,19 +193,34 @@ def load_teacher(teacher: str, dtype: str = "float32") -> tuple[nn.Module, dict,
     return model, config, folder
 
 
-def _task_info(config: DistillConfig, teacher_config: dict, folder: Path) -> dict:
-    """How the classify/tag data is read: the teacher run's settings, or its config's labels."""
-    if (folder / finetuning.RUN_FILE).is_file():
-        return read_json(folder / finetuning.RUN_FILE)
+def _teacher_settings(config: DistillConfig, teacher_config: dict, folder: Path) -> RunSettings:
+    """How the classify/tag data is read: the teacher run's settings, or its config's labels
+    (then with the columns ``config`` names), cut to ``config.max_length``."""
+    if (folder / FINETUNE_RUN_FILE).is_file():
+        return replace(RunSettings.from_json(folder), max_length=config.max_length)
     if "id2label" not in teacher_config:
         raise ValueError(f"--task {config.task} distills a fine-tuned model; {config.teacher} has no labels "
                          "(fine-tune it first with `mlx-llm finetune`)")
     labels = [teacher_config["id2label"][str(i)] for i in range(len(teacher_config["id2label"]))]
     problem = {"multi_label_classification": "multi_label", "regression": "regression"}.get(
         teacher_config.get("problem_type"), "single_label")
-    return {"task": config.task, "problem": problem if config.task == "classify" else None, "scheme": None,
-            "labels": labels, "max_length": config.max_length, "text_column": config.text_column,
-            "text_pair_column": config.text_pair_column, "label_column": config.label_column, "mask_prompt": True}
+    task = get_task(config.task)
+    return RunSettings(task=config.task, problem=problem if "problem" in task.options else None, labels=labels,
+                       max_length=config.max_length, text_column=config.text_column,
+                       text_pair_column=config.text_pair_column, label_column=config.label_column)
+
+
+def _labelled_data(settings: RunSettings, config: DistillConfig, tokenizer: Tokenizer):
+    """Training batches, validation batches (or ``None``) and the task's objective, for classify / tag."""
+    task = get_task(settings.task)
+    pad_id = pad_token_id(tokenizer)
+
+    def batches(path: str, shuffle: bool):
+        encoded = task.encode(task.read(path, settings), tokenizer, settings)
+        return task.batches(encoded, config.batch_size, pad_id, settings, shuffle=shuffle, seed=config.seed)
+
+    evaluation = None if not config.valid else batches(config.valid, shuffle=False).evaluation_batches
+    return batches(config.data[0], shuffle=True), evaluation, task.objective(settings)
 
 
 def _expected_task(task: str, model: nn.Module, source: str) -> None:
@@ -327,28 +352,11 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
                           needs_projection=weights.hidden > 0 or weights.cos > 0 or weights.pkd > 0)
 
     # Data and the task's own validation metrics.
-    info = None
+    settings = None
     teacher_logits = None
-    if config.task in ("classify", "tag"):
-        info = _task_info(config, teacher_config, folder)
-        settings = finetuning.FinetuneConfig(task=config.task, model="", train="", out="",
-                                             text_column=info.get("text_column"),
-                                             text_pair_column=info.get("text_pair_column"),
-                                             label_column=info.get("label_column") or "label")
-        labels = finetuning._label_set(info)
-        info = {**info, "max_length": config.max_length}
-        pad_id = finetuning._pad_id(tokenizer)
-        train_encoded = finetuning._encode(config.task, finetuning._read(config.task, config.data[0], settings),
-                                           tokenizer, labels, info)
-        train = finetuning._batches(config.task, train_encoded, config.batch_size, pad_id, info, shuffle=True,
-                                    seed=config.seed)
-        task_objective = finetuning._objective(info)
-        evaluation = None
-        if config.valid:
-            valid_encoded = finetuning._encode(config.task, finetuning._read(config.task, config.valid, settings),
-                                               tokenizer, labels, info)
-            valid = finetuning._batches(config.task, valid_encoded, config.batch_size, pad_id, info, shuffle=False)
-            evaluation = valid.evaluation_batches
+    if config.task in LABELLED_TASKS:
+        settings = _teacher_settings(config, teacher_config, folder)
+        train, evaluation, task_objective = _labelled_data(settings, config, tokenizer)
         epoch_batches = train.batches_per_epoch
         if config.cache_teacher:
             teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare(), config.task)
@@ -357,16 +365,14 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
         train, evaluation, epoch_batches, task_objective = _text_data(config, tokenizer, run_folder.prepare(), progress)
     objective = DistillationObjective(
         teacher, config.task, weights, config.temperature, layer_map, divergence=config.divergence,
-        beta=config.jsd_beta, problem=(info or {}).get("problem") or "single_label",
+        beta=config.jsd_beta, problem=(settings.problem if settings is not None else None) or "single_label",
         task_objective=task_objective, teacher_logits=teacher_logits,
     )
 
-    steps = config.steps or steps_for(config.epochs, epoch_batches)
-    training = TrainingConfig(
-        steps=steps, learning_rate=config.learning_rate, warmup_steps=int(config.warmup_ratio * steps),
-        schedule="linear", weight_decay=config.weight_decay, betas=(0.9, 0.999), max_grad_norm=config.max_grad_norm,
-        eval_every=config.eval_every or max(1, epoch_batches), eval_batches=config.eval_batches,
-        save_every=config.save_every, log_every=config.log_every, seed=config.seed,
+    optimization = config.optimization()
+    training = optimization.training_config(
+        optimization.total_steps(epoch_batches), eval_every=config.eval_every or max(1, epoch_batches),
+        eval_batches=config.eval_batches, save_every=config.save_every, log_every=config.log_every, seed=config.seed,
     )
     trainer = Trainer(distiller, objective, train, training, run_folder.prepare(), eval_data=evaluation,
                       run_config={"distill": asdict(config)}, progress=progress)
@@ -398,9 +404,9 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     }
     if mx.distributed.init().rank() == 0:
         save_model(student, student_config, out, folder)
-        if info is not None:
-            write_json({**info, "base_model": str(config.teacher), "distilled_from": str(config.teacher),
-                        "metrics": student_metrics, "lora": None}, out / finetuning.RUN_FILE)
+        if settings is not None:  # the student predicts and evaluates like a fine-tuned run
+            replace(settings, base_model=str(config.teacher), distilled_from=str(config.teacher),
+                    metrics=student_metrics, lora=None).to_json(out)
         write_json(report, out / RUN_FILE)
     return DistillResult(
         out=out, teacher_parameters=report["teacher_parameters"], student_parameters=report["student_parameters"],
