@@ -224,8 +224,10 @@ def _labelled_data(settings: RunSettings, config: DistillConfig, tokenizer: Toke
 
 
 def _expected_task(task: str, model: nn.Module, source: str) -> None:
-    wanted = {"classify": ("sequence_classification",), "tag": ("token_classification",),
-              "mlm": ("masked_lm", "pretraining"), "lm": ("causal_lm",)}[task]
+    if task in LABELLED_TASKS:
+        wanted = (get_task(task).model_task,)
+    else:
+        wanted = {"mlm": ("masked_lm", "pretraining"), "lm": ("causal_lm",)}[task]
     if task_of(model) not in wanted:
         raise ValueError(f"--task {task} needs a teacher with a {' or '.join(wanted)} head; {source} is a "
                          f"{model.args.model_type} {task_of(model)} model")
@@ -359,7 +361,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
         train, evaluation, task_objective = _labelled_data(settings, config, tokenizer)
         epoch_batches = train.batches_per_epoch
         if config.cache_teacher:
-            teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare(), config.task)
+            teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare())
             train.include_indices = True
     else:
         train, evaluation, epoch_batches, task_objective = _text_data(config, tokenizer, run_folder.prepare(), progress)
@@ -416,7 +418,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     )
 
 
-def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) -> mx.array:
+def _cached_teacher_logits(teacher: nn.Module, batches, out: Path) -> mx.array:
     """The teacher's logits for every training example, computed once before training
     (``(N, C)``, or ``(N, longest, C)`` for tagging) and kept in ``teacher_logits.npy``."""
     path = out / "teacher_logits.npy"
@@ -428,7 +430,7 @@ def _cached_teacher_logits(teacher: nn.Module, batches, out: Path, task: str) ->
         else:
             logits = teacher(batch["input_ids"], batch.get("attention_mask"))
         logits = np.array(logits.astype(mx.float32))
-        if task == "tag":
+        if logits.ndim == 3:  # per-token logits (tagging), padded to the longest example
             padded = np.zeros((logits.shape[0], longest, logits.shape[-1]), dtype=np.float32)
             padded[:, : logits.shape[1]] = logits
             logits = padded
