@@ -235,9 +235,8 @@ def _expected_task(task: str, model: nn.Module, source: str) -> None:
 
 def _text_data(config: DistillConfig, tokenizer: Tokenizer, out: Path, progress: bool):
     """Training and validation batch sources for mlm / lm, and the student's objective."""
-    from .data import (BertPretrainingBatches, CausalLMBatches, split_documents, split_tokens,
+    from .data import (BertPretrainingBatches, CausalLMBatches, CausalLMDictBatches, split_documents, split_tokens,
                        tokenize_corpus, tokenize_documents_for_bert)
-    from .pretrain import _DictBatches
 
     if config.task == "lm":
         token_file = tokenize_corpus(config.data, tokenizer, out / "data", show_progress=progress)
@@ -247,13 +246,9 @@ def _text_data(config: DistillConfig, tokenizer: Tokenizer, out: Path, progress:
         else:
             train_tokens, valid_tokens = split_tokens(token_file, 0.1)
         train = CausalLMBatches(train_tokens, config.max_length, config.batch_size, seed=config.seed)
-        valid = CausalLMBatches(valid_tokens, config.max_length, config.batch_size, seed=config.seed)
-
-        def evaluation() -> Iterator[dict]:
-            for inputs, targets in valid.evaluation_batches():
-                yield {"input_ids": inputs, "targets": targets}
-
-        return _DictBatches(train), evaluation, train.batches_per_epoch, CausalLMObjective()
+        valid = CausalLMDictBatches(CausalLMBatches(valid_tokens, config.max_length, config.batch_size,
+                                                    seed=config.seed))
+        return CausalLMDictBatches(train), valid.evaluation_batches, train.batches_per_epoch, CausalLMObjective()
     # Documents are separated by blank lines; masked-LM distillation needs no random next
     # sentences, so every pair is a true continuation (next_sentence_probability=1).
     documents = tokenize_documents_for_bert(config.data, tokenizer, split_on_blank_lines=True,

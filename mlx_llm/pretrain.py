@@ -20,6 +20,7 @@ from mlx.utils import tree_map_with_path
 from .data import (
     BertPretrainingBatches,
     CausalLMBatches,
+    CausalLMDictBatches,
     read_documents,
     split_documents,
     split_tokens,
@@ -184,23 +185,6 @@ def _barrier(world) -> None:
     """Wait for every process (no-op in a single process)."""
     if world.size() > 1:
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world))
-
-
-class _DictBatches:
-    """Adapts `CausalLMBatches` (``(inputs, targets)`` pairs) to the trainer's dict batches."""
-
-    def __init__(self, batches: CausalLMBatches):
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[dict]:
-        for inputs, targets in self.batches:
-            yield {"input_ids": inputs, "targets": targets}
-
-    def state(self) -> dict:
-        return self.batches.state()
-
-    def restore(self, state: dict) -> None:
-        self.batches.restore(state)
 
 
 @dataclass
@@ -454,7 +438,7 @@ def _training_data(arch: str, data, valid_data, tokenizer: Tokenizer, out: Path,
         except ValueError as error:  # say which stream is short: the held-out one is the usual culprit
             held_out = "--valid" if valid_data else f"the last {validation_fraction:.0%} of --data, held out"
             raise ValueError(f"validation text ({held_out}): {error}") from None
-        source = _DictBatches(train_batches)
+        source = CausalLMDictBatches(train_batches)
         objective = CausalLMObjective()
 
         def evaluation() -> Iterator[dict]:

@@ -7,7 +7,8 @@ Pretraining (GPT and BERT):
    folder, keyed by the content of the inputs and of the tokenizer;
    `split_tokens` cuts off the last part for validation (`token_cache`).
 3. `CausalLMBatches` packs the token stream into fixed-length blocks for
-   next-token prediction (`causal_lm`).
+   next-token prediction; `CausalLMDictBatches` gives them as the trainer's
+   dict batches (`causal_lm`).
 4. For BERT, `tokenize_documents_for_bert` keeps documents and sentences
    apart, and `BertPretrainingBatches` builds next-sentence pairs with
    dynamic masked-language-model masking (`bert_pairs`).
@@ -30,7 +31,7 @@ onwards.
 from ..corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files
 from ..losses import IGNORE_INDEX
 from .bert_pairs import BertPretrainingBatches, split_documents, tokenize_documents_for_bert
-from .causal_lm import CausalLMBatches
+from .causal_lm import CausalLMBatches, CausalLMDictBatches
 from .documents import PathLike, jsonl_records, not_utf8, read_documents, split_sentences
 from .epochs import ResumableEpochs, steps_for
 from .example_batches import ClassificationBatches, InstructionBatches, Seq2SeqBatches, TaggingBatches
@@ -64,6 +65,7 @@ __all__ = [
     "TEXT_COLUMNS",
     "BertPretrainingBatches",
     "CausalLMBatches",
+    "CausalLMDictBatches",
     "ClassificationBatches",
     "ClassificationExample",
     "InstructionBatches",

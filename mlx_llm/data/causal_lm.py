@@ -88,3 +88,30 @@ class CausalLMBatches(ResumableEpochs):
         """
         for start in range(0, self.num_blocks, self.batch_size):
             yield self._blocks(np.arange(start, min(start + self.batch_size, self.num_blocks)))
+
+
+class CausalLMDictBatches:
+    """`CausalLMBatches` as the trainer's dict batches: ``{"input_ids", "targets"}``, each
+    ``(batch_size, seq_len)`` int32, resumable as the blocks are (``state`` / ``restore``).
+
+    Args:
+        batches: The packed blocks.
+    """
+
+    def __init__(self, batches: CausalLMBatches):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict]:
+        for inputs, targets in self.batches:
+            yield {"input_ids": inputs, "targets": targets}
+
+    def state(self) -> dict:
+        return self.batches.state()
+
+    def restore(self, state: dict) -> None:
+        self.batches.restore(state)
+
+    def evaluation_batches(self) -> Iterator[dict]:
+        """Every block once, in order, as dicts (see `CausalLMBatches.evaluation_batches`)."""
+        for inputs, targets in self.batches.evaluation_batches():
+            yield {"input_ids": inputs, "targets": targets}
