@@ -8,6 +8,7 @@ from .cache import KVCache
 from .feed_forward import ACTIVATIONS, FeedForward, GatedFeedForward, SwiGLU, get_activation
 from .losses import cross_entropy
 from .masks import causal_mask, combine_masks, create_attention_mask, padding_mask
+from .model_output import ModelOutput
 from .positions import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -38,6 +39,7 @@ __all__ = [
     "ACTIVATIONS",
     "ChatSession",
     "GenerationResponse",
+    "ModelOutput",
     "SamplingConfig",
     "Tokenizer",
     "batch_generate",
