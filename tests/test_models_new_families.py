@@ -111,10 +111,11 @@ def test_config_spellings_and_errors(tmp_path):
         family.ModelArgs.from_config({k: v for k, v in config.items() if k not in ("hidden_size", "num_hidden_layers")})
 
 
-def test_qwen3_sliding_window_is_refused(tmp_path):
+def test_qwen3_sliding_window_is_read(tmp_path):
+    # Parity with transformers: tests/test_llama_sliding_window.py.
     build("qwen3", tmp_path, use_sliding_window=True, sliding_window=4, max_window_layers=1)
-    with pytest.raises(ValueError, match=r"sliding-window attention \(window 4\) in layers \[1, 2\]"):
-        load_model(tmp_path)
+    model, _ = load_model(tmp_path)
+    assert model.args.windows == [None, 4, 4]
 
 
 @pytest.fixture(scope="module")

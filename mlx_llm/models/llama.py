@@ -3,7 +3,10 @@
 Pre-RMSNorm decoder blocks with rotary positions, grouped-query attention and
 a SwiGLU feed-forward. The variants differ only in configuration: key/value
 heads, attention biases (Qwen2), tied embeddings, RMSNorm epsilon, rope
-theta and rope scaling. ``task`` builds the classifiers of
+theta and rope scaling, and sliding windows (`SLIDING_LAYER_READERS`: Mistral's
+``sliding_window`` in every layer, Qwen2's with ``use_sliding_window`` in layers
+``i >= max_window_layers``), each windowed layer with its own mask and a
+rotating cache of ``W`` positions. ``task`` builds the classifiers of
 ``LlamaForSequenceClassification`` (last real token) and
 ``LlamaForTokenClassification`` (every token) over the same backbone.
 """
@@ -29,6 +32,9 @@ MODEL_TYPES = {"llama": ModelType("Llama", "Llama"), "mistral": ModelType("Mistr
                "qwen2": ModelType("Qwen2", "Qwen2")}
 
 ROPE_TYPES = ("default", "linear", "llama3")
+LAYER_TYPES = ("sliding_attention", "full_attention")
+# transformers' default max_position_embeddings per model_type (configuration_<type>.py).
+DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}
 # config.json keys without a default.
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -54,12 +60,27 @@ class ModelArgs:
     task: str = "causal_lm"  # or "sequence_classification", "token_classification"
     num_labels: int = 2
     classifier_dropout: float = 0.1  # before the token classifier
+    sliding_window: int | None = None  # W: a windowed layer's query at p sees keys p - W < k <= p
+    sliding_layers: tuple[bool, ...] = ()  # one flag per layer, True = windowed; () = none
 
     def __post_init__(self) -> None:
         if self.task not in DECODER_TASKS:
             raise ValueError(f"unknown {self.model_type} task {self.task!r}; choose one of {tuple(DECODER_TASKS)}")
         if self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+        if self.sliding_layers and len(self.sliding_layers) != self.num_layers:
+            raise ValueError(
+                f"{self.model_type} has {len(self.sliding_layers)} layer types for {self.num_layers} layers"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"{self.model_type} sliding_window must be >= 1, got {self.sliding_window}")
+
+    @property
+    def windows(self) -> list[int | None]:
+        """Per layer, its sliding window ``W``, or ``None`` for a layer that sees every earlier position."""
+        if not self.sliding_layers:
+            return [None] * self.num_layers
+        return [self.sliding_window if sliding else None for sliding in self.sliding_layers]
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
@@ -84,6 +105,8 @@ class ModelArgs:
             if rope_type == "default":
                 scaling = None
         qwen2 = model_type == "qwen2"  # Qwen2 always has q/k/v biases and no flag for them
+        max_positions = config.get("max_position_embeddings", DEFAULT_MAX_POSITIONS.get(model_type, 2048))
+        window, sliding = SLIDING_LAYER_READERS.get(model_type, no_sliding_layers)(config)
         return cls(
             model_type=model_type,
             vocab_size=config["vocab_size"],
@@ -93,7 +116,7 @@ class ModelArgs:
             num_kv_heads=config.get("num_key_value_heads") or num_heads,
             head_dim=config.get("head_dim") or hidden_size // num_heads,
             intermediate_size=config["intermediate_size"],
-            max_positions=config.get("max_position_embeddings", 2048),
+            max_positions=max_positions,
             rms_norm_eps=config.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
             rope_scaling=scaling,
@@ -107,7 +130,63 @@ class ModelArgs:
                 config["classifier_dropout"] if config.get("classifier_dropout") is not None
                 else config.get("hidden_dropout", 0.1)
             ),
+            **window_fields(window, sliding, max_positions),
         )
+
+
+# --- sliding windows, read as transformers reads them -------------------------------------
+
+def no_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
+    """Llama: every layer sees every earlier position (``LlamaConfig`` has no window)."""
+    return None, ()
+
+
+def mistral_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
+    """Mistral: ``sliding_window`` in every layer (``MistralConfig``'s default 4096 when the key
+    is absent; ``null``, as in Mistral 7B v0.2 and later, turns it off)."""
+    window = config.get("sliding_window", 4096)
+    return window, (window is not None,) * config["num_hidden_layers"]
+
+
+def qwen_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
+    """Qwen2 / Qwen3 (``configuration_qwen2.py``, ``configuration_qwen3.py``): ``sliding_window``
+    (default 4096) only when ``use_sliding_window`` is true, in the layers ``layer_types`` names
+    ``"sliding_attention"``, or without ``layer_types`` in layers ``i >= max_window_layers``
+    (default 28).
+
+    Raises:
+        ValueError: for an unknown layer type, a ``layer_types`` of the wrong length, or
+            sliding layers without a window (transformers refuses these at the first forward pass).
+    """
+    window = config.get("sliding_window", 4096) if config.get("use_sliding_window", False) else None
+    num_layers = config["num_hidden_layers"]
+    first_sliding = config.get("max_window_layers", 28)
+    layer_types = config.get("layer_types") or [
+        "sliding_attention" if window is not None and index >= first_sliding else "full_attention"
+        for index in range(num_layers)
+    ]
+    model_type = config.get("model_type", "qwen2")
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown or len(layer_types) != num_layers:
+        raise ValueError(f"{model_type} config.json's layer_types must list {num_layers} entries of {LAYER_TYPES}, "
+                         f"got {layer_types}")
+    sliding = tuple(kind == "sliding_attention" for kind in layer_types)
+    if any(sliding) and window is None:
+        raise ValueError(f"{model_type} config.json's layer_types names sliding_attention layers but sets no window "
+                         "(use_sliding_window false or sliding_window null); set both, or make every layer full_attention")
+    return window, sliding
+
+
+# model_type -> its reader of the windowed layers; the others have none.
+SLIDING_LAYER_READERS = {"mistral": mistral_sliding_layers, "qwen2": qwen_sliding_layers}
+
+
+def window_fields(window: int | None, sliding: tuple[bool, ...], max_positions: int) -> dict:
+    """``sliding_window`` and ``sliding_layers`` of `ModelArgs`; a window at least as long as the
+    context (``max_positions``) hides nothing and is dropped, as is one no layer uses."""
+    if window is None or window >= max_positions or not any(sliding):
+        return {"sliding_window": None, "sliding_layers": ()}
+    return {"sliding_window": window, "sliding_layers": tuple(sliding)}
 
 
 def hf_architecture(model_type: str, task: str) -> str:
@@ -129,6 +208,11 @@ def features(args: ModelArgs) -> list[str]:
         found.append("q/k/v biases")
     if args.tie_word_embeddings:
         found.append("tied embeddings")
+    if args.sliding_layers:
+        sliding = [index for index, flag in enumerate(args.sliding_layers) if flag]
+        full = [index for index, flag in enumerate(args.sliding_layers) if not flag]
+        where = f" in layers {sliding}, full attention in {full}" if full else ""  # none listed: every layer
+        found.append(f"sliding-window attention (window {args.sliding_window}){where}")
     return found
 
 
@@ -162,11 +246,10 @@ class LlamaModel(nn.Module):
 
     Families built on this backbone (Qwen3, SmolLM3, OLMo 2) override
     `layer_options`, the `TransformerEncoderLayer` arguments of one layer.
-    ``sliding_window`` (``None`` here; Phi-3 sets it) limits every layer's
-    queries to the keys ``p - W < k <= p`` (`masks.decoder_mask`).
+    A layer with a sliding window ``W`` (``args.windows``: Mistral, Qwen2/Qwen3
+    with ``use_sliding_window``, Phi-3) limits its queries to the keys
+    ``p - W < k <= p`` (`masks.decoder_mask`); each window gets one mask.
     """
-
-    sliding_window: int | None = None
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -180,6 +263,7 @@ class LlamaModel(nn.Module):
             for index in range(args.num_layers)
         ]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self._windows = tuple(args.windows)  # underscore: not a parameter
 
     def make_rope(self, args: ModelArgs) -> nn.Module:
         """The rotary embedding every layer shares (`make_rope`; Phi-3 builds LongRoPE)."""
@@ -215,12 +299,15 @@ class LlamaModel(nn.Module):
         """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids; ``all_hidden_states``,
         when given, receives every layer's input and the final output (``num_layers + 1`` arrays)."""
         hidden_states = self.embed(input_ids)
-        mask = decoder_mask(input_ids.shape[1], attention_mask, None if cache is None else cache[0],
-                            window_size=self.sliding_window)
+        masks: dict[int | None, object] = {}  # window -> mask, made by the first layer of that window's cache
         for index, layer in enumerate(self.layers):
+            window = self._windows[index]
+            layer_cache = None if cache is None else cache[index]
+            if window not in masks:
+                masks[window] = decoder_mask(input_ids.shape[1], attention_mask, layer_cache, window_size=window)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
+            hidden_states = layer(hidden_states, mask=masks[window], cache=layer_cache)
         hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
@@ -283,8 +370,9 @@ class Model(nn.Module):
 
     def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
         """One cache per layer: a `KVCache` (``left_padding`` ``(B,)`` for a
-        left-padded batch), or a `RotatingKVCache` bounded to ``max_kv_size``."""
-        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size)
+        left-padded batch), or a `RotatingKVCache` bounded to ``max_kv_size``; a
+        sliding-window layer's holds its last ``W`` positions (or ``max_kv_size``, when smaller)."""
+        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size, windows=self.args.windows)
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

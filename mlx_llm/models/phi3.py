@@ -23,10 +23,10 @@ SwiGLU) with three differences:
   they were filled with.
 
 ``sliding_window`` (Phi-3-mini-4k: 2047) limits every layer's queries to the
-keys ``p - W < k <= p`` (`masks.decoder_mask`), and the cache of each layer holds
-the last ``W`` positions (`cache.make_decoder_cache`'s ``windows``). Windows at
-least as long as the context (the 128k models' 262144) change nothing and are
-dropped.
+keys ``p - W < k <= p``, and the cache of each layer holds the last ``W``
+positions (`llama.LlamaModel`'s and `llama.Model.make_cache`'s windows per
+layer). Windows at least as long as the context (the 128k models' 262144)
+change nothing and are dropped (`llama.window_fields`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..cache import make_decoder_cache
 from ..feed_forward import GatedFeedForward
 from ..positions import LongRoPE, RotaryEmbedding, longrope_attention_factor
 from . import ModelType, llama
@@ -74,7 +73,7 @@ def _read_rope(config: dict) -> tuple[float, dict | None, float]:
 
 @dataclass
 class ModelArgs(llama.ModelArgs):
-    """`llama.ModelArgs` plus the rotary width and the sliding window.
+    """`llama.ModelArgs` plus the rotary width (its ``sliding_window``, when set, covers every layer).
 
     ``rope_scaling``, for LongRoPE, holds ``rope_type`` ``"longrope"``,
     ``short_factor``, ``long_factor``, ``original_max_position_embeddings`` and
@@ -82,7 +81,6 @@ class ModelArgs(llama.ModelArgs):
     """
 
     rotary_dim: int = 0  # leading features of each head that are rotated (even, <= head_dim)
-    sliding_window: int | None = None  # None: every query sees every earlier key
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,13 +114,12 @@ class ModelArgs(llama.ModelArgs):
                 if len(scaling[name]) != rotary_dim // 2:
                     raise ValueError(f"phi3 config.json's {name} has {len(scaling[name])} entries; "
                                      f"{rotary_dim // 2} (rotary dims / 2) are needed")
-        window = config.get("sliding_window")
-        window = window if window is not None and window < base.max_positions else None
-        return cls(**{**vars(base), "rope_scaling": scaling}, rotary_dim=rotary_dim, sliding_window=window)
+        windows = llama.window_fields(config.get("sliding_window"), (True,) * base.num_layers, base.max_positions)
+        return cls(**{**vars(base), "rope_scaling": scaling, **windows}, rotary_dim=rotary_dim)
 
 
 def features(args: ModelArgs) -> list[str]:
-    """Llama's features plus the fused projections, LongRoPE, partial rotary and the window."""
+    """Llama's features (the window among them) plus the fused projections, LongRoPE and partial rotary."""
     found = [*llama.features(args), "fused qkv_proj and gate_up_proj"]
     if args.rotary_dim < args.head_dim:
         found.append(f"partial rotary ({args.rotary_dim} of {args.head_dim} head dims)")
@@ -130,8 +127,6 @@ def features(args: ModelArgs) -> list[str]:
         found.append(f"LongRoPE (short/long factors, original context "
                      f"{args.rope_scaling['original_max_position_embeddings']}, "
                      f"attention factor {args.rope_scaling['attention_factor']:.4g})")
-    if args.sliding_window is not None:
-        found.append(f"sliding-window attention (window {args.sliding_window})")
     return found
 
 
@@ -166,10 +161,6 @@ class LongRoPECache(list):
 
 class Phi3Model(llama.LlamaModel):
     """The Llama backbone with fused projections, Phi-3's rotary embedding and LongRoPE's cache switch."""
-
-    def __init__(self, args: ModelArgs):
-        super().__init__(args)
-        self.sliding_window = args.sliding_window  # an int attribute, not a parameter
 
     def make_rope(self, args: ModelArgs) -> nn.Module:
         return make_rope(args)
@@ -215,11 +206,9 @@ class Model(llama.Model):
     backbone = Phi3Model
 
     def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
-        """As `llama.Model.make_cache`; with a sliding window, each layer's cache holds the last
-        ``sliding_window`` positions (or ``max_kv_size``, when smaller); with LongRoPE, a
-        `LongRoPECache`."""
-        windows = [self.args.sliding_window] * self.args.num_layers
-        caches = make_decoder_cache(self.args.num_layers, left_padding, max_kv_size, windows=windows)
+        """As `llama.Model.make_cache` (a sliding window's layers hold their last ``sliding_window``
+        positions); with LongRoPE, a `LongRoPECache`."""
+        caches = super().make_cache(left_padding, max_kv_size)
         return LongRoPECache(caches) if self.args.rope_scaling is not None else caches
 
 

@@ -8,12 +8,13 @@ released models, not ``hidden_size // num_heads``), and q/k/v/o biases follow
 ``attention_bias`` (off in the released models).
 
 Sliding-window attention (``use_sliding_window``, off in every released
-Qwen3) is refused with a clear error rather than run as full attention.
+Qwen3) is read as for Qwen2 (`llama.qwen_sliding_layers`): the window in the
+layers ``layer_types`` names, or in layers ``i >= max_window_layers``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -26,37 +27,22 @@ hf_architecture = llama.hf_architecture  # Qwen3ForCausalLM, Qwen3ForSequenceCla
 _KNOWN = llama._KNOWN + ("self_attn.q_norm.", "self_attn.k_norm.")
 
 
-def sliding_layers(config: dict) -> list[int]:
-    """Indices of the layers a Qwen3-style ``config.json`` gives sliding-window attention."""
-    if not config.get("use_sliding_window") or config.get("sliding_window") is None:
-        return []
-    num_layers = config["num_hidden_layers"]
-    layer_types = config.get("layer_types")
-    if layer_types is not None:
-        return [index for index, kind in enumerate(layer_types) if kind == "sliding_attention"]
-    return list(range(config.get("max_window_layers", num_layers), num_layers))
-
-
 @dataclass
 class ModelArgs(llama.ModelArgs):
     """`llama.ModelArgs`, read from a Qwen3 ``config.json``."""
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
-        """Read a Qwen3 config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``).
+        """Read a Qwen3 config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``;
+        ``max_position_embeddings`` 32768 when absent, as ``Qwen3Config``).
 
         Raises:
-            ValueError: naming missing keys, or when sliding-window attention is on.
+            ValueError: naming missing keys, or an invalid ``layer_types``.
         """
-        args = super().from_config({"model_type": "qwen3", **config})
-        sliding = sliding_layers(config)
-        if sliding:
-            raise ValueError(
-                f"{args.model_type} config.json turns on sliding-window attention (window "
-                f"{config['sliding_window']}) in layers {sliding}; it is not supported: set "
-                "use_sliding_window to false to run every layer with full attention"
-            )
-        return args
+        config = {"model_type": "qwen3", "max_position_embeddings": 32768, **config}
+        args = super().from_config(config)
+        windows = llama.window_fields(*llama.qwen_sliding_layers(config), args.max_positions)
+        return replace(args, **windows)
 
 
 def features(args: ModelArgs) -> list[str]:
