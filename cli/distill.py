@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mlx_llm.distill_tasks import DISTILL_TASKS
+
 from .errors import library_errors
 
 
@@ -22,7 +24,7 @@ def _layer_map(value: str | None) -> list[int] | None:
 
 @click.command()
 @click.option("--teacher", required=True, help="Teacher folder or Hub id (classify/tag: a fine-tuned run).")
-@click.option("--task", required=True, type=click.Choice(["mlm", "classify", "tag", "lm"]),
+@click.option("--task", required=True, type=click.Choice(list(DISTILL_TASKS)),
               help="Masked-LM (encoders), classification, tagging, or causal LM (decoders).")
 @click.option("--data", multiple=True, required=True, type=click.Path(path_type=Path, exists=True),
               help="Training data: text (mlm, lm; repeatable) or the fine-tuning format (classify, tag).")

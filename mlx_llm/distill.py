@@ -17,7 +17,8 @@ DistilBERT), embeddings and heads included (`distill_students`). One objective
 Workflows: task-agnostic masked-LM distillation of encoders (``mlm``),
 task-specific distillation of a fine-tuned classifier or tagger
 (``classify``, ``tag``; teacher logits on the fly or cached once), and
-causal-LM distillation of decoders (``lm``).
+causal-LM distillation of decoders (``lm``). Each is a `distill_tasks.DistillationTask`
+(its teacher's head, student head, data and logit targets) that this workflow asks.
 """
 
 from __future__ import annotations
@@ -44,28 +45,23 @@ from .distill_students import (
     check_layer_map,  # noqa: F401
     default_layer_map,
     layer_count,
-    masked_lm_student,
     student_from_config,
     student_from_teacher,
     width,
 )
+from .distill_tasks import DISTILL_TASKS, DistillationTask, get_distillation_task
 from .export import dequantize_model
-from .heads import task_of
 from .hub import read_json, resolve_model_path, write_json
 from .loading import DTYPES, load_model
 from .lora import fuse_lora
 from .model_output import ENCODER
-from .objectives import CausalLMObjective, MaskedLMObjective
 from .pretrain import save_model
 from .run_folders import RunFolder
 from .tokenization import Tokenizer
-from .tasks import RUN_FILE as FINETUNE_RUN_FILE, RunSettings, get_task, pad_token_id
 from .training import OptimizationConfig, Trainer, evaluate_objective
 from .utils import num_parameters
 
-TASKS = ("mlm", "classify", "tag", "lm")
-# Tasks whose teacher is a fine-tuned model: their data is read by the fine-tuning task (`mlx_llm.tasks`).
-LABELLED_TASKS = ("classify", "tag")
+TASKS = tuple(DISTILL_TASKS)
 RUN_FILE = "distill.json"
 
 
@@ -131,8 +127,7 @@ class DistillConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        get_distillation_task(self.task)  # validates the name
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(
                 f"training dtype must be float32 or bfloat16 (float16 needs loss scaling), got {self.dtype!r}")
@@ -193,78 +188,6 @@ def load_teacher(teacher: str, dtype: str = "float32") -> tuple[nn.Module, dict,
     return model, config, folder
 
 
-def _teacher_settings(config: DistillConfig, teacher_config: dict, folder: Path) -> RunSettings:
-    """How the classify/tag data is read: the teacher run's settings, or its config's labels
-    (then with the columns ``config`` names), cut to ``config.max_length``."""
-    if (folder / FINETUNE_RUN_FILE).is_file():
-        return replace(RunSettings.from_json(folder), max_length=config.max_length)
-    if "id2label" not in teacher_config:
-        raise ValueError(f"--task {config.task} distills a fine-tuned model; {config.teacher} has no labels "
-                         "(fine-tune it first with `mlx-llm finetune`)")
-    labels = [teacher_config["id2label"][str(i)] for i in range(len(teacher_config["id2label"]))]
-    problem = {"multi_label_classification": "multi_label", "regression": "regression"}.get(
-        teacher_config.get("problem_type"), "single_label")
-    task = get_task(config.task)
-    return RunSettings(task=config.task, problem=problem if "problem" in task.options else None, labels=labels,
-                       max_length=config.max_length, text_column=config.text_column,
-                       text_pair_column=config.text_pair_column, label_column=config.label_column)
-
-
-def _labelled_data(settings: RunSettings, config: DistillConfig, tokenizer: Tokenizer):
-    """Training batches, validation batches (or ``None``) and the task's objective, for classify / tag."""
-    task = get_task(settings.task)
-    pad_id = pad_token_id(tokenizer)
-
-    def batches(path: str, shuffle: bool):
-        encoded = task.encode(task.read(path, settings), tokenizer, settings)
-        return task.batches(encoded, config.batch_size, pad_id, settings, shuffle=shuffle, seed=config.seed)
-
-    evaluation = None if not config.valid else batches(config.valid, shuffle=False).evaluation_batches
-    return batches(config.data[0], shuffle=True), evaluation, task.objective(settings)
-
-
-def _expected_task(task: str, model: nn.Module, source: str) -> None:
-    if task in LABELLED_TASKS:
-        wanted = (get_task(task).model_task,)
-    else:
-        wanted = {"mlm": ("masked_lm", "pretraining"), "lm": ("causal_lm",)}[task]
-    if task_of(model) not in wanted:
-        raise ValueError(f"--task {task} needs a teacher with a {' or '.join(wanted)} head; {source} is a "
-                         f"{model.args.model_type} {task_of(model)} model")
-
-
-def _text_data(config: DistillConfig, tokenizer: Tokenizer, out: Path, progress: bool):
-    """Training and validation batch sources for mlm / lm, and the student's objective."""
-    from .data import (BertPretrainingBatches, CausalLMBatches, CausalLMDictBatches, split_documents, split_tokens,
-                       tokenize_corpus, tokenize_documents_for_bert)
-
-    if config.task == "lm":
-        token_file = tokenize_corpus(config.data, tokenizer, out / "data", show_progress=progress)
-        if config.valid:
-            train_tokens = token_file.tokens
-            valid_tokens = tokenize_corpus([config.valid], tokenizer, out / "data", show_progress=progress).tokens
-        else:
-            train_tokens, valid_tokens = split_tokens(token_file, 0.1)
-        train = CausalLMBatches(train_tokens, config.max_length, config.batch_size, seed=config.seed)
-        valid = CausalLMDictBatches(CausalLMBatches(valid_tokens, config.max_length, config.batch_size,
-                                                    seed=config.seed))
-        return CausalLMDictBatches(train), valid.evaluation_batches, train.batches_per_epoch, CausalLMObjective()
-    # Documents are separated by blank lines; masked-LM distillation needs no random next
-    # sentences, so every pair is a true continuation (next_sentence_probability=1).
-    documents = tokenize_documents_for_bert(config.data, tokenizer, split_on_blank_lines=True,
-                                            show_progress=progress)
-    if config.valid:
-        valid_documents = tokenize_documents_for_bert([config.valid], tokenizer, split_on_blank_lines=True,
-                                                      show_progress=progress)
-    else:
-        documents, valid_documents = split_documents(documents, 0.1)
-    train = BertPretrainingBatches(documents, tokenizer, config.max_length, config.batch_size, seed=config.seed,
-                                   next_sentence_probability=1.0)
-    valid = BertPretrainingBatches(valid_documents, tokenizer, config.max_length, config.batch_size,
-                                   seed=config.seed + 1, next_sentence_probability=1.0)
-    return train, valid.evaluation_batches, train.batches_per_epoch, MaskedLMObjective()
-
-
 def measure_speed(model: nn.Module, batch: dict, repeats: int = 5, encoder: bool = True) -> float:
     """Inference examples per second of ``model`` on ``batch`` (median of ``repeats``, after a warm-up);
     ``encoder`` passes an encoder's token types too."""
@@ -298,8 +221,10 @@ def distill(config: DistillConfig, resume: bool = False, progress: bool = True,
         return _distill(config, run_folder, resume, progress)
 
 
-def _student(config: DistillConfig, teacher: nn.Module, teacher_config: dict) -> tuple[nn.Module, dict, list[int]]:
-    """The student ``config`` asks for: fresh from ``--student-config`` or copied from the teacher's layers.
+def _student(config: DistillConfig, task: DistillationTask, teacher: nn.Module,
+             teacher_config: dict) -> tuple[nn.Module, dict, list[int]]:
+    """The student ``config`` asks for: fresh from ``--student-config`` or copied from the teacher's
+    layers, with the head ``task`` trains.
 
     Returns:
         ``(student, student_config, layer_map)``; the layer map pairs student and teacher layers for the losses.
@@ -318,9 +243,7 @@ def _student(config: DistillConfig, teacher: nn.Module, teacher_config: dict) ->
         teacher_layers = layer_count(teacher_config)
         layer_map = config.layer_map or default_layer_map(teacher_layers, config.student_layers)
         student, student_config = student_from_teacher(teacher, teacher_config, layer_map)
-    if config.task == "mlm":
-        # Task-agnostic students keep only the MLM head (DistilBERT drops NSP and the pooler).
-        student, student_config = masked_lm_student(student, student_config)
+    student, student_config = task.student(student, student_config)
     return student, student_config, layer_map
 
 
@@ -340,26 +263,23 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
     teacher, teacher_config, folder = load_teacher(config.teacher, config.dtype)
     run_folder.add_inputs({"--teacher": folder})
     tokenizer = Tokenizer.from_pretrained(folder)
-    _expected_task(config.task, teacher, config.teacher)
+    task = get_distillation_task(config.task)
+    task.check_teacher(teacher, config.teacher)
     out = run_folder.path
 
-    student, student_config, layer_map = _student(config, teacher, teacher_config)
+    student, student_config, layer_map = _student(config, task, teacher, teacher_config)
     weights = config.weights()
     distiller = Distiller(student, width(student_config), width(teacher_config),
                           needs_projection=weights.hidden > 0 or weights.cos > 0 or weights.pkd > 0)
 
     # Data and the task's own validation metrics.
-    settings = None
+    data = task.data(config, tokenizer, teacher_config, folder, run_folder, progress)
+    train, evaluation, epoch_batches, task_objective, settings = (
+        data.train, data.evaluation, data.batches_per_epoch, data.objective, data.settings)
     teacher_logits = None
-    if config.task in LABELLED_TASKS:
-        settings = _teacher_settings(config, teacher_config, folder)
-        train, evaluation, task_objective = _labelled_data(settings, config, tokenizer)
-        epoch_batches = train.batches_per_epoch
-        if config.cache_teacher:
-            teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare())
-            train.include_indices = True
-    else:
-        train, evaluation, epoch_batches, task_objective = _text_data(config, tokenizer, run_folder.prepare(), progress)
+    if config.cache_teacher and task.caches_teacher:
+        teacher_logits = _cached_teacher_logits(teacher, train, run_folder.prepare())
+        train.include_indices = True
     objective = DistillationObjective(
         teacher, config.task, weights, config.temperature, layer_map, divergence=config.divergence,
         beta=config.jsd_beta, problem=(settings.problem if settings is not None else None) or "single_label",

@@ -4,7 +4,9 @@
 by a `LossWeights` alpha (soft targets, hard labels, cosine of hidden states,
 matched layers' states and attention scores, BERT-PKD); `Distiller` is the
 student plus the projection to the teacher's width that the trainer optimizes.
-The workflow that builds and trains them is `distill`.
+What the soft and hard terms compare, and where, the task's
+`mlx_llm.distill_targets.LogitTargets` answers (`mlx_llm.distill_tasks`). The
+workflow that builds and trains them is `distill`.
 """
 
 from __future__ import annotations
@@ -14,25 +16,13 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .distill_targets import DIVERGENCES
+from .distill_tasks import get_distillation_task
 from .layers import Linear
 from .model_output import ENCODER
 from .models import model_types_of_kind
-from .losses import (
-    IGNORE_INDEX,
-    attention_score_mse_loss,
-    binary_cross_entropy_with_logits,
-    cosine_embedding_loss,
-    cross_entropy,
-    hidden_mse_loss,
-    jensen_shannon,
-    mean_squared_error,
-    pkd_loss,
-    reverse_kl,
-    soft_target_loss,
-)
+from .losses import attention_score_mse_loss, cosine_embedding_loss, hidden_mse_loss, pkd_loss
 from .training import evaluate_objective
-
-DIVERGENCES = ("forward", "reverse", "jsd")
 
 
 class Distiller(nn.Module):
@@ -97,7 +87,8 @@ class DistillationObjective:
 
     Args:
         teacher: The frozen teacher (eval mode; never updated).
-        task: ``"mlm"``, ``"classify"``, ``"tag"`` or ``"lm"``.
+        task: A distillation task's name (`distill_tasks.DISTILL_TASKS`: ``"mlm"``,
+            ``"classify"``, ``"tag"`` or ``"lm"``); its `LogitTargets` are ``self.targets``.
         weights: `LossWeights`.
         temperature: Softening of both distributions for the soft term.
         layer_map: Student layer i is matched with teacher layer ``layer_map[i]``
@@ -121,16 +112,15 @@ class DistillationObjective:
             if getattr(weights, name) > 0 and not encoder:
                 raise ValueError(f"the {name} term compares encoder layers; {teacher.args.model_type} teachers "
                                  "distill with the soft, hard and cos terms")
-        if weights.pkd > 0 and task != "classify":
+        targets = get_distillation_task(task).targets(problem, divergence, beta)
+        if weights.pkd > 0 and not targets.serves_pkd:
             raise ValueError("the PKD term matches [CLS] states: it serves --task classify")
         self.teacher = teacher
         self.task = task
+        self.targets = targets
         self.weights = weights
         self.temperature = temperature
         self.layer_map = layer_map
-        self.divergence = divergence
-        self.beta = beta
-        self.problem = problem
         self.task_objective = task_objective
         self.teacher_logits = teacher_logits
         self.encoder = encoder
@@ -141,16 +131,6 @@ class DistillationObjective:
         """The arrays the loss reads besides the batch (for the trainer's compiled step)."""
         return [self.teacher.state]  # cached logits are constants: captured as they are
 
-    # which positions each term averages over
-    def _soft_positions(self, batch: dict) -> mx.array | None:
-        if self.task == "mlm":
-            return batch["mlm_labels"] != IGNORE_INDEX
-        if self.task == "lm":
-            return batch["targets"] != IGNORE_INDEX
-        if self.task == "tag":
-            return batch["attention_mask"] != 0
-        return None  # one distribution per sequence
-
     def _token_positions(self, batch: dict) -> mx.array:
         if "attention_mask" in batch:
             return batch["attention_mask"] != 0
@@ -159,18 +139,11 @@ class DistillationObjective:
     def counts(self, batch: dict) -> dict[str, mx.array]:
         rows = batch["input_ids"].shape[0]
         counts = {}
-        soft_positions = self._soft_positions(batch)
+        soft_positions = self.targets.positions(batch)
         if self.weights.soft:
             counts["soft"] = mx.array(rows) if soft_positions is None else soft_positions.sum()
         if self.weights.hard:
-            if self.task == "mlm":
-                counts["hard"] = (batch["mlm_labels"] != IGNORE_INDEX).sum()
-            elif self.task == "lm":
-                counts["hard"] = (batch["targets"] != IGNORE_INDEX).sum()
-            elif self.task == "tag":
-                counts["hard"] = (batch["labels"] != IGNORE_INDEX).sum()
-            else:
-                counts["hard"] = mx.array(batch["labels"].size)
+            counts["hard"] = self.targets.hard_count(batch)
         tokens = self._token_positions(batch).sum()
         if self.weights.cos:
             counts["cos"] = tokens
@@ -201,42 +174,16 @@ class DistillationObjective:
         logits, states = self._run(self.teacher, batch, self.needs_states)
         return mx.stop_gradient(logits), None if states is None else [mx.stop_gradient(s) for s in states]
 
-    def _soft(self, student_logits: mx.array, teacher_logits: mx.array, positions) -> mx.array:
-        if self.task == "classify" and self.problem == "regression":
-            return mean_squared_error(student_logits, teacher_logits.squeeze(-1), reduction="sum")
-        if self.task == "classify" and self.problem == "multi_label":
-            targets = mx.sigmoid(teacher_logits / self.temperature)
-            return (self.temperature ** 2) * binary_cross_entropy_with_logits(
-                student_logits / self.temperature, targets, reduction="sum") / student_logits.shape[-1]
-        if self.task == "lm" and self.divergence != "forward":
-            if self.divergence == "reverse":
-                return reverse_kl(student_logits, teacher_logits, mask=positions, temperature=self.temperature,
-                                  reduction="sum")
-            return jensen_shannon(student_logits, teacher_logits, beta=self.beta, mask=positions,
-                                  temperature=self.temperature, reduction="sum")
-        return soft_target_loss(student_logits, teacher_logits, temperature=self.temperature, mask=positions,
-                                reduction="sum")
-
-    def _hard(self, logits: mx.array, batch: dict) -> mx.array:
-        if self.task == "mlm":
-            return cross_entropy(logits, batch["mlm_labels"], reduction="sum")
-        if self.task == "lm":
-            return cross_entropy(logits, batch["targets"], reduction="sum")
-        if self.task == "tag" or self.problem == "single_label":
-            return cross_entropy(logits, batch["labels"], reduction="sum")
-        if self.problem == "multi_label":
-            return binary_cross_entropy_with_logits(logits, batch["labels"], reduction="sum")
-        return mean_squared_error(logits, batch["labels"], reduction="sum")
-
     def sums(self, distiller: Distiller, batch: dict) -> dict[str, mx.array]:
         student = distiller.student
         student_logits, student_states = self._run(student, batch, self.needs_states)
         teacher_logits, teacher_states = self._teacher(batch)
         sums = {}
         if self.weights.soft:
-            sums["soft"] = self._soft(student_logits, teacher_logits, self._soft_positions(batch))
+            sums["soft"] = self.targets.soft(student_logits, teacher_logits, self.targets.positions(batch),
+                                             self.temperature)
         if self.weights.hard:
-            sums["hard"] = self._hard(student_logits, batch)
+            sums["hard"] = self.targets.hard(student_logits, batch)
         positions = self._token_positions(batch)
         if self.weights.cos:
             sums["cos"] = cosine_embedding_loss(distiller.project(student_states[-1]), teacher_states[-1],
@@ -265,17 +212,18 @@ class DistillationObjective:
         return {name: value * getattr(self.weights, name) for name, value in sums.items()}
 
     def evaluate_dataset(self, distiller: Distiller, batches) -> dict[str, float]:
-        """The task's metrics of the student, and its top-1 agreement with the teacher."""
+        """The task's metrics of the student, and its top-1 agreement with the teacher
+        (where the outputs are distributions: `LogitTargets.agreement`)."""
         batches = list(batches)
         metrics = evaluate_objective(distiller.student, self.task_objective, iter(batches))
+        if not self.targets.agreement:
+            return metrics
         agreements, count = 0, 0
         for batch in batches:
             student_logits, _ = self._run(distiller.student, batch, False)
             teacher_logits, _ = self._run(self.teacher, batch, False)
             same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
-            positions = self._soft_positions(batch)
-            if self.task == "classify" and self.problem != "single_label":
-                continue
+            positions = self.targets.positions(batch)
             if positions is not None:
                 same = same & positions
                 count += int(positions.sum())
