@@ -11,8 +11,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .layers import Linear
-from .model_output import ENCODER, ENCODER_DECODER
+from .cache import make_decoder_cache
+from .layers import Embedding, Linear
+from .model_output import DECODER, ENCODER, ENCODER_DECODER, ModelOutput
 
 # The tasks a decoder family builds, and the Hugging Face architecture suffix of each.
 DECODER_TASKS = {
@@ -84,6 +85,82 @@ class DecoderTaskHead(nn.Module):
         if self.dropout is not None:
             hidden_states = self.dropout(hidden_states)
         return self.linear(hidden_states)
+
+
+class DecoderTaskModel(nn.Module):
+    """A decoder family's ``Model``: the family's ``backbone`` (final hidden states
+    ``h`` ``(B, L, hidden_size)``) under its task's output, ``logits = h @ E.T`` with the
+    tied token embeddings ``E`` (`tied_embedding`), ``lm_head(h)``, or a `DecoderTaskHead`.
+
+    A family sets ``backbone`` (built from its ``ModelArgs``; called as
+    ``backbone(input_ids, attention_mask, cache, all_hidden_states=...)``) and may
+    override `tied_embedding` (GPT-2's ``wte``) and `lm_logits` (Gemma's soft-cap,
+    Granite's scaling). ``args.windows`` gives each layer's sliding window for `make_cache`.
+    """
+
+    backbone: type[nn.Module]
+    kind = DECODER
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        self.model = self.backbone(args)
+        if args.task != "causal_lm":
+            self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
+        elif not args.tie_word_embeddings:
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def tied_embedding(self) -> Embedding:
+        """The token embeddings the tied LM head multiplies by (the backbone's ``embed_tokens``)."""
+        return self.model.embed_tokens
+
+    def lm_logits(self, hidden_states: mx.array) -> mx.array:
+        """Next-token logits ``(B, L, vocab_size)`` from final hidden states ``(B, L, hidden_size)``."""
+        if self.args.tie_word_embeddings:
+            return self.tied_embedding().as_linear(hidden_states)
+        return self.lm_head(hidden_states)
+
+    def forward(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list | None = None,
+        *,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``logits``: next-token logits ``(B, L, vocab_size)`` (`lm_logits`), or for a classifier
+        ``(B, num_labels)`` (sequence) or ``(B, L, num_labels)`` (token) logits;
+        ``last_hidden_state`` ``(B, L, hidden_size)``; with ``output_hidden_states``,
+        ``hidden_states`` (``num_layers + 1`` arrays, as transformers)."""
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states = self.model(input_ids, attention_mask, cache, all_hidden_states=all_hidden_states)
+        if "head" in self:
+            logits = self.head(hidden_states, attention_mask)
+        else:
+            logits = self.lm_logits(hidden_states)
+        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
+        if all_hidden_states is not None:
+            output.hidden_states = all_hidden_states
+        return output
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        attention_mask: mx.array | None = None,
+        cache: list | None = None,
+    ) -> mx.array:
+        """``forward(...).logits``."""
+        return self.forward(input_ids, attention_mask, cache).logits
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.model.layers
+
+    def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
+        """One cache per layer: a `KVCache` (``left_padding`` ``(B,)`` for a left-padded
+        batch), or a `RotatingKVCache` bounded to ``max_kv_size``; a sliding-window
+        layer's (``args.windows``) holds its last ``W`` positions (or ``max_kv_size``, when smaller)."""
+        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size, windows=self.args.windows)
 
 
 def task_of(model: nn.Module) -> str:

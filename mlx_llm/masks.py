@@ -129,3 +129,17 @@ def decoder_mask(
     if cache is None:
         return create_attention_mask(query_length, attention_mask, causal=True, window_size=window_size)
     return cache.make_mask(query_length, attention_mask, window_size=window_size)
+
+
+def decoder_masks(
+    query_length: int, attention_mask: mx.array | None, cache, windows: list[int | None] | tuple[int | None, ...]
+) -> list:
+    """One `decoder_mask` per layer of a decoder whose layer ``i`` attends within ``windows[i]``
+    (``None``: every earlier position), each distinct window's mask made once, by the
+    first layer of that window (with a ``cache``, that layer's cache builds it)."""
+    made: dict[int | None, object] = {}  # window -> mask
+    for index, window in enumerate(windows):
+        if window not in made:
+            made[window] = decoder_mask(query_length, attention_mask, None if cache is None else cache[index],
+                                        window_size=window)
+    return [made[window] for window in windows]

@@ -220,6 +220,49 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
 
+def _layer_stack(layer_class: type, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int,
+                 options: dict) -> tuple[list[nn.Module], nn.Module | None]:
+    """``num_layers`` layers ``layer_class(hidden_size, num_heads, intermediate_size, **options)``
+    and the stack's final norm (`_final_norm`)."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    layers = [layer_class(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)]
+    return layers, _final_norm(layers[-1], hidden_size)
+
+
+def run_layers(
+    layers: list[nn.Module],
+    hidden_states: mx.array,
+    masks: list[Mask] | tuple[Mask, ...],
+    cache: list | None = None,
+    all_hidden_states: list | None = None,
+    norm: nn.Module | None = None,
+    **layer_inputs,
+) -> mx.array:
+    """``hidden_states`` ``(B, L, hidden_size)`` through ``layers`` in turn, layer ``i`` called
+    with ``mask=masks[i]``, ``cache=cache[i]`` and ``layer_inputs`` (a decoder layer's ``memory``
+    and ``memory_mask``), then through ``norm`` when one is given.
+
+    ``all_hidden_states``, when given, receives ``len(layers) + 1`` arrays as transformers'
+    ``output_hidden_states``: the input of each layer, then the output (after ``norm``).
+
+    Raises:
+        ValueError: when ``cache`` has another length than ``layers``.
+    """
+    if cache is not None and len(cache) != len(layers):
+        raise ValueError(f"cache has {len(cache)} entries for {len(layers)} layers")
+    for index, layer in enumerate(layers):
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        hidden_states = layer(hidden_states, mask=masks[index], cache=None if cache is None else cache[index],
+                              **layer_inputs)
+    if norm is not None:
+        hidden_states = norm(hidden_states)
+    if all_hidden_states is not None:
+        all_hidden_states.append(hidden_states)
+    return hidden_states
+
+
 class TransformerEncoder(nn.Module):
     """A stack of `TransformerEncoderLayer`; with pre-LN a final norm follows.
 
@@ -231,12 +274,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.layers = [
-            TransformerEncoderLayer(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)
-        ]
-        self.norm = _final_norm(self.layers[-1], hidden_size)
+        self.layers, self.norm = _layer_stack(TransformerEncoderLayer, num_layers, hidden_size, num_heads, intermediate_size, options)
 
     def __call__(
         self,
@@ -248,16 +286,7 @@ class TransformerEncoder(nn.Module):
         """``(B, L, hidden_size)`` in and out; ``cache`` holds one `KVCache` per layer.
         ``all_hidden_states``, when given, receives ``num_layers + 1`` arrays as transformers'
         ``output_hidden_states``: the input of each layer, then the output (after the final norm)."""
-        if cache is not None and len(cache) != len(self.layers):
-            raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
-        for index, layer in enumerate(self.layers):
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
-        hidden_states = hidden_states if self.norm is None else self.norm(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        return hidden_states
+        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.norm)
 
     def make_cache(self) -> list[KVCache]:
         """One empty `KVCache` per layer."""
@@ -269,12 +298,7 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.layers = [
-            TransformerDecoderLayer(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)
-        ]
-        self.norm = _final_norm(self.layers[-1], hidden_size)
+        self.layers, self.norm = _layer_stack(TransformerDecoderLayer, num_layers, hidden_size, num_heads, intermediate_size, options)
 
     def __call__(
         self,
@@ -287,22 +311,8 @@ class TransformerDecoder(nn.Module):
     ) -> mx.array:
         """``(B, L, hidden_size)`` target states in and out (see `TransformerDecoderLayer`);
         ``all_hidden_states`` as in `TransformerEncoder`."""
-        if cache is not None and len(cache) != len(self.layers):
-            raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
-        for index, layer in enumerate(self.layers):
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(
-                hidden_states,
-                memory,
-                mask=mask,
-                memory_mask=memory_mask,
-                cache=None if cache is None else cache[index],
-            )
-        hidden_states = hidden_states if self.norm is None else self.norm(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        return hidden_states
+        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.norm,
+                          memory=memory, memory_mask=memory_mask)
 
     def make_cache(self) -> list[tuple[KVCache, KVCache]]:
         """One ``(self_attention, cross_attention)`` cache pair per layer."""

@@ -30,15 +30,14 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache, RotatingKVCache, make_decoder_cache
+from ..cache import KVCache, RotatingKVCache
 from ..feed_forward import hf_activation
 from ..heads import decoder_task
 from ..layers import Embedding
-from ..masks import decoder_mask
-from ..model_output import ModelOutput
+from ..masks import decoder_masks
 from ..norms import UnitOffsetRMSNorm
 from ..positions import RotaryEmbedding
-from ..transformer import TransformerEncoderLayer
+from ..transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys, llama
 
 MODEL_TYPES = {"gemma2": ModelType("Gemma 2", "Gemma2")}
@@ -237,49 +236,23 @@ class GemmaModel(nn.Module):
     ) -> mx.array:
         """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids; ``all_hidden_states``,
         when given, receives every layer's input and the final output (``num_layers + 1`` arrays)."""
-        hidden_states = self.embed(input_ids)
-        masks: dict[int | None, object] = {}  # window -> mask, made by the first layer of that kind's cache
-        for index, layer in enumerate(self.layers):
-            window = self._windows[index]
-            layer_cache = None if cache is None else cache[index]
-            if window not in masks:
-                masks[window] = decoder_mask(input_ids.shape[1], attention_mask, layer_cache, window_size=window)
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, mask=masks[window], cache=layer_cache)
-        hidden_states = self.norm(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        return hidden_states
+        masks = decoder_masks(input_ids.shape[1], attention_mask, cache, self._windows)  # one per layer kind
+        return run_layers(self.layers, self.embed(input_ids), masks, cache, all_hidden_states, self.norm)
 
 
 class Model(llama.Model):
-    """Gemma 2 causal language model with soft-capped logits (or a classifier, as `llama.Model`)."""
+    """Gemma 2 causal language model with soft-capped logits (or a classifier, as `llama.Model`);
+    its cache: a `RotatingKVCache` of ``sliding_window`` positions for each sliding-window
+    layer, a `KVCache` for each global one."""
 
     backbone = GemmaModel
 
-    def forward(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache | RotatingKVCache] | None = None,
-        *,
-        output_hidden_states: bool = False,
-    ) -> ModelOutput:
-        """`llama.Model.forward`, the next-token logits soft-capped, ``c * tanh(z / c)``
-        with ``c`` the final soft-cap when there is one (not a classifier's logits)."""
-        output = super().forward(input_ids, attention_mask, cache, output_hidden_states=output_hidden_states)
+    def lm_logits(self, hidden_states: mx.array) -> mx.array:
+        """`llama.Model`'s next-token logits ``z`` soft-capped, ``c * tanh(z / c)`` with ``c``
+        the final soft-cap when there is one (a classifier's logits are not)."""
+        logits = super().lm_logits(hidden_states)
         cap = self.args.final_logit_softcap
-        if cap is not None and "head" not in self:
-            output.logits = mx.tanh(output.logits / cap) * cap
-        return output
-
-    def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
-        """One cache per layer: a `RotatingKVCache` of ``sliding_window`` positions for
-        each sliding-window layer and a `KVCache` (``left_padding`` ``(B,)`` for a
-        left-padded batch) for each global one; ``max_kv_size`` bounds the global
-        layers' caches too (rotating, with attention sinks)."""
-        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size, windows=self.args.windows)
+        return logits if cap is None else mx.tanh(logits / cap) * cap
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache, make_decoder_cache
+from ..cache import KVCache
 from ..feed_forward import hf_activation
-from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
-from ..layers import Embedding, Linear
+from ..heads import DECODER_TASKS, DecoderTaskModel, decoder_task
+from ..layers import Embedding
 from ..masks import decoder_mask
-from ..model_output import DECODER, ModelOutput
 from ..positions import LearnedPositionalEmbedding
-from ..transformer import TransformerEncoderLayer
+from ..transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys
 
 MODEL_TYPES = {"gpt2": ModelType("GPT-2", "GPT2", layers_key="n_layer", width_key="n_embd")}
@@ -52,6 +51,11 @@ class ModelArgs:
     num_labels: int = 2
     classifier_dropout: float = 0.1  # before the token classifier
     model_type: str = "gpt2"
+
+    @property
+    def windows(self) -> list[None]:
+        """Per layer, its sliding window: none, GPT-2 attends to every earlier position."""
+        return [None] * self.num_layers
 
     def __post_init__(self) -> None:
         if self.task not in DECODER_TASKS:
@@ -139,75 +143,19 @@ class GPT2Model(nn.Module):
         if self.dropout is not None:
             hidden_states = self.dropout(hidden_states)
         mask = decoder_mask(length, attention_mask, None if cache is None else cache[0])
-        for index, layer in enumerate(self.layers):
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, mask=mask, cache=None if cache is None else cache[index])
-        hidden_states = self.ln_f(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        return hidden_states
+        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.ln_f)
 
 
-class Model(nn.Module):
+class Model(DecoderTaskModel):
     """GPT-2 language model, ``logits = LMHead(GPT2Model(input_ids))``, or a
-    classifier over the same backbone when ``args.task`` asks for one."""
+    classifier over the same backbone when ``args.task`` asks for one
+    (`heads.DecoderTaskModel`: ``forward``, ``make_cache``, ``layers``)."""
 
-    kind = DECODER
+    backbone = GPT2Model
 
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model = GPT2Model(args)
-        if args.task != "causal_lm":
-            self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
-        elif not args.tie_word_embeddings:
-            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def forward(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache] | None = None,
-        position_ids: mx.array | None = None,
-        *,
-        output_hidden_states: bool = False,
-    ) -> ModelOutput:
-        """``logits``: next-token logits ``(B, L, vocab_size)``, or for a classifier
-        ``(B, num_labels)`` (sequence) or ``(B, L, num_labels)`` (token) logits;
-        ``last_hidden_state`` ``(B, L, hidden_size)``; with ``output_hidden_states``,
-        ``hidden_states`` (``num_layers + 1`` arrays, as transformers)."""
-        all_hidden_states = [] if output_hidden_states else None
-        hidden_states = self.model(input_ids, attention_mask, cache, position_ids, all_hidden_states)
-        if "head" in self:
-            logits = self.head(hidden_states, attention_mask)
-        elif self.args.tie_word_embeddings:
-            logits = self.model.wte.as_linear(hidden_states)
-        else:
-            logits = self.lm_head(hidden_states)
-        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
-        if all_hidden_states is not None:
-            output.hidden_states = all_hidden_states
-        return output
-
-    def __call__(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache] | None = None,
-        position_ids: mx.array | None = None,
-    ) -> mx.array:
-        """``forward(...).logits``."""
-        return self.forward(input_ids, attention_mask, cache, position_ids).logits
-
-    @property
-    def layers(self) -> list[nn.Module]:
-        return self.model.layers
-
-    def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
-        """One cache per layer: a `KVCache` (``left_padding`` ``(B,)`` for a
-        left-padded batch), or a `RotatingKVCache` bounded to ``max_kv_size``."""
-        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size)
+    def tied_embedding(self) -> Embedding:
+        """GPT-2's token embeddings, ``wte``."""
+        return self.model.wte
 
 
 # --- Hugging Face weights -----------------------------------------------------------------

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache
-from ..model_output import ModelOutput
 from . import ModelType, llama
 
 MODEL_TYPES = {"granite": ModelType("Granite", "Granite")}
@@ -91,19 +89,10 @@ class Model(llama.Model):
 
     backbone = GraniteModel
 
-    def forward(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache] | None = None,
-        *,
-        output_hidden_states: bool = False,
-    ) -> ModelOutput:
-        """As `llama.Model.forward`, next-token logits divided by ``logits_scaling``."""
-        output = super().forward(input_ids, attention_mask, cache, output_hidden_states=output_hidden_states)
-        if self.args.task == "causal_lm" and self.args.logits_scaling != 1.0:
-            output.logits = output.logits / self.args.logits_scaling
-        return output
+    def lm_logits(self, hidden_states: mx.array) -> mx.array:
+        """`llama.Model`'s next-token logits divided by ``logits_scaling``."""
+        logits = super().lm_logits(hidden_states)
+        return logits if self.args.logits_scaling == 1.0 else logits / self.args.logits_scaling
 
 
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache, make_decoder_cache
-from ..heads import DECODER_TASKS, DecoderTaskHead, decoder_task
-from ..layers import Embedding, Linear
-from ..masks import decoder_mask
-from ..model_output import DECODER, ModelOutput
+from ..cache import KVCache
+from ..heads import DECODER_TASKS, DecoderTaskModel, decoder_task
+from ..layers import Embedding
+from ..masks import decoder_masks
 from ..positions import RotaryEmbedding
-from ..transformer import TransformerEncoderLayer
+from ..transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys, model_type_info
 
 MODEL_TYPES = {"llama": ModelType("Llama", "Llama"), "mistral": ModelType("Mistral", "Mistral"),
@@ -298,81 +297,16 @@ class LlamaModel(nn.Module):
     ) -> mx.array:
         """Final hidden states ``(B, L, hidden_size)`` for ``(B, L)`` token ids; ``all_hidden_states``,
         when given, receives every layer's input and the final output (``num_layers + 1`` arrays)."""
-        hidden_states = self.embed(input_ids)
-        masks: dict[int | None, object] = {}  # window -> mask, made by the first layer of that window's cache
-        for index, layer in enumerate(self.layers):
-            window = self._windows[index]
-            layer_cache = None if cache is None else cache[index]
-            if window not in masks:
-                masks[window] = decoder_mask(input_ids.shape[1], attention_mask, layer_cache, window_size=window)
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, mask=masks[window], cache=layer_cache)
-        hidden_states = self.norm(hidden_states)
-        if all_hidden_states is not None:
-            all_hidden_states.append(hidden_states)
-        return hidden_states
+        masks = decoder_masks(input_ids.shape[1], attention_mask, cache, self._windows)
+        return run_layers(self.layers, self.embed(input_ids), masks, cache, all_hidden_states, self.norm)
 
 
-class Model(nn.Module):
+class Model(DecoderTaskModel):
     """Llama-family causal language model, or a classifier over the same
-    backbone when ``args.task`` asks for one."""
+    backbone when ``args.task`` asks for one (`heads.DecoderTaskModel`:
+    ``forward``, ``make_cache`` with a sliding window's rotating caches, ``layers``)."""
 
     backbone = LlamaModel  # families on this file's pieces swap in their own
-    kind = DECODER
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model = self.backbone(args)
-        if args.task != "causal_lm":
-            self.head = DecoderTaskHead(args.task, args.hidden_size, args.num_labels, args.classifier_dropout)
-        elif not args.tie_word_embeddings:
-            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def forward(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache] | None = None,
-        *,
-        output_hidden_states: bool = False,
-    ) -> ModelOutput:
-        """``logits``: next-token logits ``(B, L, vocab_size)``, or for a classifier
-        ``(B, num_labels)`` (sequence) or ``(B, L, num_labels)`` (token) logits;
-        ``last_hidden_state`` ``(B, L, hidden_size)``; with ``output_hidden_states``,
-        ``hidden_states`` (``num_layers + 1`` arrays, as transformers)."""
-        all_hidden_states = [] if output_hidden_states else None
-        hidden_states = self.model(input_ids, attention_mask, cache, all_hidden_states)
-        if "head" in self:
-            logits = self.head(hidden_states, attention_mask)
-        elif self.args.tie_word_embeddings:
-            logits = self.model.embed_tokens.as_linear(hidden_states)
-        else:
-            logits = self.lm_head(hidden_states)
-        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
-        if all_hidden_states is not None:
-            output.hidden_states = all_hidden_states
-        return output
-
-    def __call__(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list[KVCache] | None = None,
-    ) -> mx.array:
-        """``forward(...).logits``."""
-        return self.forward(input_ids, attention_mask, cache).logits
-
-    @property
-    def layers(self) -> list[nn.Module]:
-        return self.model.layers
-
-    def make_cache(self, left_padding: mx.array | None = None, max_kv_size: int | None = None) -> list:
-        """One cache per layer: a `KVCache` (``left_padding`` ``(B,)`` for a
-        left-padded batch), or a `RotatingKVCache` bounded to ``max_kv_size``; a
-        sliding-window layer's holds its last ``W`` positions (or ``max_kv_size``, when smaller)."""
-        return make_decoder_cache(len(self.model.layers), left_padding, max_kv_size, windows=self.args.windows)
 
 
 # --- Hugging Face weights -----------------------------------------------------------------
