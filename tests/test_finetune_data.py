@@ -455,6 +455,26 @@ def test_chat_loss_only_on_assistant_turns(tmp_path, gpt_chat):
     assert learned[0] == len(prompt) - 1
 
 
+def test_lm_predictions_ask_for_the_next_assistant_turn(tmp_path, monkeypatch, gpt_chat, gpt):
+    """`--task lm` predicts a conversation from `Tokenizer.chat_prompt` of its turns before the
+    trailing assistant ones; a tokenizer without a chat template is refused by name."""
+    import importlib
+
+    from mlx_llm.tasks import RunSettings, get_task
+
+    prompts = []  # (the package's `generate` is the function: patch it in its module)
+    monkeypatch.setattr(importlib.import_module("mlx_llm.generate"), "generate",
+                        lambda model, tokenizer, prompt, **options: prompts.append(prompt) or "ok")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the fox?"},
+                {"role": "assistant", "content": "quick brown"}]
+    examples = read_instructions(write_jsonl(tmp_path, "chat.jsonl", [{"messages": messages}]))
+    task, settings = get_task("lm"), RunSettings(task="lm")
+    assert list(task.predict(None, gpt_chat, examples, settings, 1, 8, 0.0)) == [{"completion": "ok"}]
+    assert prompts == [gpt_chat.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=True)]
+    with pytest.raises(ValueError, match="tokenizer has no chat template"):
+        list(task.predict(None, gpt, examples, settings, 1, 8, 0.0))
+
+
 def test_instruction_errors(tmp_path, gpt, folders):
     path = write_jsonl(
         tmp_path,

@@ -54,7 +54,7 @@ class LanguageModelTask(Task):
                 messages = list(example.messages)
                 while messages and messages[-1]["role"] == "assistant":
                     messages.pop()
-                prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                prompt = tokenizer.chat_prompt(messages)
             else:
                 prompt = example.prompt if example.prompt is not None else example.text
             yield {"completion": generate(model, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature)}
