@@ -220,16 +220,6 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
 
-def _layer_stack(layer_class: type, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int,
-                 options: dict) -> tuple[list[nn.Module], nn.Module | None]:
-    """``num_layers`` layers ``layer_class(hidden_size, num_heads, intermediate_size, **options)``
-    and the stack's final norm (`_final_norm`)."""
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    layers = [layer_class(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)]
-    return layers, _final_norm(layers[-1], hidden_size)
-
-
 def run_layers(
     layers: list[nn.Module],
     hidden_states: mx.array,
@@ -272,9 +262,16 @@ class TransformerEncoder(nn.Module):
             `TransformerEncoderLayer`.
     """
 
+    layer_class: type[TransformerEncoderLayer] = TransformerEncoderLayer
+
     def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
         super().__init__()
-        self.layers, self.norm = _layer_stack(TransformerEncoderLayer, num_layers, hidden_size, num_heads, intermediate_size, options)
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.layers = [
+            self.layer_class(hidden_size, num_heads, intermediate_size, **options) for _ in range(num_layers)
+        ]
+        self.norm = _final_norm(self.layers[-1], hidden_size)
 
     def __call__(
         self,
@@ -293,12 +290,11 @@ class TransformerEncoder(nn.Module):
         return [KVCache() for _ in self.layers]
 
 
-class TransformerDecoder(nn.Module):
-    """A stack of `TransformerDecoderLayer`; with pre-LN a final norm follows."""
+class TransformerDecoder(TransformerEncoder):
+    """A stack of `TransformerDecoderLayer`; with pre-LN a final norm follows
+    (built as `TransformerEncoder`, called with the encoder's ``memory``)."""
 
-    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, intermediate_size: int, **options):
-        super().__init__()
-        self.layers, self.norm = _layer_stack(TransformerDecoderLayer, num_layers, hidden_size, num_heads, intermediate_size, options)
+    layer_class = TransformerDecoderLayer
 
     def __call__(
         self,
