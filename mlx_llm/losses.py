@@ -267,15 +267,7 @@ def reverse_kl(
     puts mass on a class the teacher gives ``-inf``. The teacher receives no
     gradient.
 
-    Args:
-        student_logits: ``(..., C)`` student scores.
-        teacher_logits: ``(..., C)`` teacher scores (same classes).
-        mask: Optional ``(...)`` boolean or 0/1 array of positions that count.
-        temperature: Softmax temperature ``T > 0`` applied to both sides.
-        reduction: ``"mean"`` over counted positions, ``"sum"``, or ``"none"``.
-
-    Returns:
-        A float32 scalar, or a ``(...)`` array for ``"none"``.
+    Args and Returns: as for `forward_kl`.
     """
     keep, teacher_log_probs, student_log_probs = _distribution_pair(
         student_logits, teacher_logits, mask, temperature, reduction)
@@ -335,12 +327,8 @@ def jensen_shannon(
     are (also with ``-inf`` entries). The teacher receives no gradient.
 
     Args:
-        student_logits: ``(..., C)`` student scores.
-        teacher_logits: ``(..., C)`` teacher scores (same classes).
         beta: Teacher weight in the mixture, strictly between 0 and 1.
-        mask: Optional ``(...)`` boolean or 0/1 array of positions that count.
-        temperature: Softmax temperature ``T > 0`` applied to both sides.
-        reduction: ``"mean"`` over counted positions, ``"sum"``, or ``"none"``.
+        student_logits, teacher_logits, mask, temperature, reduction: as for `forward_kl`.
 
     Returns:
         A float32 scalar, or a ``(...)`` array for ``"none"``.
