@@ -135,6 +135,13 @@ def _fresh_heads(model: nn.Module, weights: dict[str, mx.array], std: float) -> 
     return fresh
 
 
+def language_model_config(family, config: dict) -> dict:
+    """The ``config.json`` of the model a checkpoint loads as: ``config``, or for a multimodal
+    checkpoint its language model's (the family's ``language_model_config``: Gemma 3's text model)."""
+    reader = getattr(family, "language_model_config", None)
+    return config if reader is None else reader(config)
+
+
 def load_model(
     path_or_repo: str | Path,
     dtype: str | None = None,
@@ -168,6 +175,7 @@ def load_model(
         return _load_with_adapters(folder, config, dtype)
     model_config = config if task_config is None else task_config
     family = get_family(model_config.get("model_type"))
+    model_config = language_model_config(family, model_config)
     args = family.ModelArgs.from_config(model_config)
     model = family.Model(args)
     quantization = quantization_record(config)  # before the weights load: a bad record fails fast
@@ -373,7 +381,8 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
     folder = resolve_model_path(path_or_repo, revision=revision)
     config = read_config(folder)
     family = get_family(config.get("model_type"))  # unsupported types fail here, with the list
-    features = tuple(family.features(family.ModelArgs.from_config(config))) if hasattr(family, "features") else ()
+    loaded = language_model_config(family, config)
+    features = tuple(family.features(family.ModelArgs.from_config(loaded))) if hasattr(family, "features") else ()
     files = find_weight_files(folder)
     quantization = quantization_record(config)  # a record this MLX cannot run fails here, as loading would
     headers = {name: entry for file in files for name, entry in read_safetensors_header(file).items()}
@@ -393,7 +402,7 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
         if dtype in _SAFETENSORS_DTYPES:
             dtype_counts[_SAFETENSORS_DTYPES[dtype]] = dtype_counts.get(_SAFETENSORS_DTYPES[dtype], 0) + size
     dtype = max(dtype_counts, key=dtype_counts.get) if dtype_counts else "unknown"
-    context = next((config[key] for key in _CONTEXT_KEYS if key in config), None)
+    context = next((loaded[key] for key in _CONTEXT_KEYS if key in loaded), None)
     architectures = config.get("architectures") or [config["model_type"]]
     return ModelInfo(
         path=folder,
@@ -405,7 +414,9 @@ def describe(path_or_repo: str | Path, revision: str | None = None) -> ModelInfo
         context_length=context,
         size_bytes=sum(file.stat().st_size for file in files),
         converted=FORMAT_KEY in config,
-        notes=quantization_notes(quantization),
+        notes=quantization_notes(quantization) + (() if loaded is config else (
+            f"{config['model_type']} checkpoint: only its {loaded['model_type']} language model loads (other "
+            f"tensors skipped); convert and export write a {loaded['model_type']} folder",)),
         family=family.__name__.rsplit(".", 1)[-1],
         features=features,
     )

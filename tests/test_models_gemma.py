@@ -161,15 +161,16 @@ def test_config_spellings_and_errors(tmp_path):
     args = gemma2.ModelArgs.from_config({**two, "rope_theta": 123.0})
     assert (args.rope_theta, args.attn_logit_softcap, args.final_logit_softcap) == (123.0, 50.0, 30.0)
     assert args.sliding_layers == (True, False, True, False) and args.tie_word_embeddings
-    with pytest.raises(ValueError, match="multimodal gemma3 model"):
-        gemma3.ModelArgs.from_config({"model_type": "gemma3", "text_config": config})
+    # A multimodal config reads as its text model, tied as the outer config says (tests/test_gemma3_multimodal.py).
+    assert gemma3.ModelArgs.from_config({"model_type": "gemma3", "text_config": config,
+                                         "tie_word_embeddings": False}) == new
     with pytest.raises(ValueError, match="layer_types holds \\['chunked_attention'\\]"):
         gemma2.ModelArgs.from_config({**two, "layer_types": ["chunked_attention"] * 4})
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         gemma3.ModelArgs.from_config({**config, "use_bidirectional_attention": True})
     with pytest.raises(ValueError, match="hidden_activation='relu6'"):
         gemma2.ModelArgs.from_config({**two, "hidden_activation": "relu6"})
-    with pytest.raises(ValueError, match="unsupported model_type 'gemma7'.*gemma2, gemma3_text"):
+    with pytest.raises(ValueError, match="unsupported model_type 'gemma7'.*gemma2, gemma3, gemma3_text"):
         get_family("gemma7")
 
 

@@ -37,6 +37,10 @@ The family interface: every family module (``models/<family>.py``) exports
   or layouts differ from transformers' (GPT-2).
 - ``features(args)`` (optional): short phrases that set the variant apart
   (``mlx-llm info`` prints them).
+- ``language_model_config(config) -> dict`` (optional): the ``config.json`` of
+  the model that loads when the checkpoint holds more (Gemma 3's multimodal
+  ``gemma3``: its ``gemma3_text`` model); `loading.load_model` returns it, so
+  ``convert``, ``export`` and fine-tuning write that model's folder.
 
 ``tests/test_model_contract.py`` walks `FAMILIES` and checks every module
 and ``Model`` against this list.
@@ -78,6 +82,7 @@ FAMILIES: dict[str, str] = {
     "olmo2": "olmo2",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "gemma3": "gemma3",  # multimodal: its text model (gemma3.language_model_config)
     "phi3": "phi3",
     "granite": "granite",
     "mixtral": "mixtral",

@@ -15,12 +15,19 @@ with these changes:
   config's rope scaling (linear in the 4B-27B models) for the global ones.
   transformers 5 writes both as ``rope_parameters`` keyed by layer type.
 
-A multimodal ``gemma3`` ``config.json`` (its text model under ``text_config``)
-is refused: convert the text model alone.
+A multimodal ``gemma3`` checkpoint (``Gemma3ForConditionalGeneration``: the text
+model's settings under ``text_config``, a vision tower and a projector) loads as
+its text model: `language_model_config` fills the text config as transformers'
+``Gemma3TextConfig`` does, and `convert_hf_weights` takes the language model's
+tensors (``language_model.model.*`` as transformers 5 and mlx-lm store them,
+``model.language_model.*`` as transformers 4.52+) and skips the vision ones,
+saying so on stderr. Its logits are ``Gemma3ForConditionalGeneration``'s for
+text-only input; ``convert`` and ``export`` write a ``gemma3_text`` folder.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
@@ -29,8 +36,47 @@ import mlx.nn as nn
 from . import ModelType, gemma2, llama
 from .gemma2 import common_fields, read_rope
 
-MODEL_TYPES = {"gemma3_text": ModelType("Gemma 3", "Gemma3")}
+MODEL_TYPES = {"gemma3_text": ModelType("Gemma 3", "Gemma3"), "gemma3": ModelType("Gemma 3 (multimodal)", "Gemma3")}
 KNOWN = gemma2.KNOWN + ("self_attn.q_norm.", "self_attn.k_norm.")
+
+# Gemma3TextConfig's defaults (transformers 5.25, models/gemma3/configuration_gemma3.py) of the keys a
+# multimodal config's text_config may leave out (google/gemma-3-4b-it's lists only five); the rope
+# bases and sliding_window_pattern default in `ModelArgs.from_config`, as for a text config.
+TEXT_CONFIG_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "attention_bias": False, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+    "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+}
+# Keys of a multimodal config.json that describe the image side; the others apply to its text model
+# too (quantization, dtype, a task's labels), below text_config's own, except `OUTER_KEYS`.
+MULTIMODAL_KEYS = ("text_config", "vision_config", "mm_tokens_per_image", "boi_token_index", "eoi_token_index",
+                   "image_token_index")
+# Outer keys that win over text_config's: Gemma3ForConditionalGeneration ties by the outer
+# tie_word_embeddings (default true), and Hub configs name the end tokens there.
+OUTER_KEYS = ("tie_word_embeddings", "bos_token_id", "eos_token_id")
+TEXT_ARCHITECTURES = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}  # a task's own class is kept
+# A multimodal checkpoint's tensor name prefixes: the language model's (-> Gemma3ForCausalLM's), and the skipped.
+LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "language_model.lm_head.": "lm_head.",
+                           "model.language_model.": "model."}
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def language_model_config(config: dict) -> dict:
+    """The ``config.json`` of the model that loads: a text config as it is; for a multimodal
+    ``gemma3`` config, a ``gemma3_text`` one: `TEXT_CONFIG_DEFAULTS`, under the outer keys but
+    `MULTIMODAL_KEYS`, under ``text_config``, under `OUTER_KEYS` (``tie_word_embeddings`` true
+    when absent), ``Gemma3ForConditionalGeneration`` read as ``Gemma3ForCausalLM``."""
+    if "text_config" not in config:
+        return config
+    outer = {key: value for key, value in config.items() if key not in MULTIMODAL_KEYS}
+    text = {**TEXT_CONFIG_DEFAULTS, **outer, **(config["text_config"] or {}),
+            **{key: config[key] for key in OUTER_KEYS if key in config}}
+    architectures = config.get("architectures") or ["Gemma3ForConditionalGeneration"]
+    text.update(model_type="gemma3_text", architectures=[TEXT_ARCHITECTURES.get(name, name) for name in architectures],
+                tie_word_embeddings=config.get("tie_word_embeddings", True))
+    return text
 
 
 @dataclass
@@ -45,18 +91,12 @@ class ModelArgs(gemma2.ModelArgs):
         """Read a Gemma 3 text ``config.json``: transformers 5's ``rope_parameters``
         (``full_attention`` / ``sliding_attention``) or 4.x's ``rope_theta``,
         ``rope_local_base_freq`` and ``rope_scaling``; ``layer_types`` or
-        ``sliding_window_pattern``.
+        ``sliding_window_pattern``; a multimodal config's text model (`language_model_config`).
 
         Raises:
-            ValueError: naming missing keys or an unsupported value, or for a
-                multimodal config.
+            ValueError: naming missing keys or an unsupported value.
         """
-        if "text_config" in config:
-            raise ValueError(
-                f"config.json describes the multimodal {config.get('model_type', 'gemma3')} model (text_config with a "
-                "vision tower); only Gemma 3 text models (model_type gemma3_text, e.g. google/gemma-3-1b-it) are supported"
-            )
-        config = {"model_type": "gemma3_text", **config}
+        config = {"model_type": "gemma3_text", **language_model_config(config)}
         model_type = config["model_type"]
         parameters = config.get("rope_parameters") or {}
         if "full_attention" in parameters or "sliding_attention" in parameters:
@@ -107,9 +147,28 @@ class Model(gemma2.Model):
     backbone = Gemma3Model
 
 
+def text_weights(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """A multimodal checkpoint's language model tensors under ``Gemma3ForCausalLM``'s names
+    (`LANGUAGE_MODEL_PREFIXES`), without the vision tower's and projector's (one line on
+    stderr says so); a text checkpoint's tensors as they are."""
+    kept: dict[str, mx.array] = {}
+    skipped = 0
+    for name, tensor in weights.items():
+        if name.startswith(VISION_PREFIXES):
+            skipped += 1
+            continue
+        prefix = next((prefix for prefix in LANGUAGE_MODEL_PREFIXES if name.startswith(prefix)), None)
+        kept[name if prefix is None else LANGUAGE_MODEL_PREFIXES[prefix] + name[len(prefix):]] = tensor
+    if skipped:
+        print(f"gemma3: multimodal checkpoint, loading its text model only ({skipped} vision_tower / "
+              "multi_modal_projector tensors skipped); convert and export write a gemma3_text folder", file=sys.stderr)
+    return kept
+
+
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-    """Hugging Face ``Gemma3ForCausalLM`` names to this file's (Gemma 2's map plus ``q_norm``/``k_norm``)."""
-    return llama.convert_hf_weights(weights, args, renames=gemma2.RENAMES, known=KNOWN)
+    """Hugging Face ``Gemma3ForCausalLM`` names to this file's (Gemma 2's map plus ``q_norm``/``k_norm``);
+    a multimodal checkpoint's language model first (`text_weights`)."""
+    return llama.convert_hf_weights(text_weights(weights), args, renames=gemma2.RENAMES, known=KNOWN)
 
 
 def export_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
