@@ -6,6 +6,7 @@ greedy tokens, and the same logits with and without the (rotating) cache; a
 window at least as long as the context changes nothing."""
 
 import json
+import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -14,10 +15,12 @@ import torch
 import transformers
 
 from mlx_llm.cache import KVCache, RotatingKVCache
-from mlx_llm.generate import generate_step
+from mlx_llm.generate import batch_generate, generate_step
 from mlx_llm.loading import load_model
 from mlx_llm.models import llama, phi3, qwen3
 from mlx_llm.sampling import SamplingConfig
+
+from tokenizer_fixtures import build_byte_level_bpe
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 # Right-padded: a 12-token row (3 windows) and a 5-token one.
@@ -130,6 +133,22 @@ def test_greedy_tokens_and_cache_match(tmp_path, name):
         steps.append(np.array(model(sequence[:, start:start + size], cache=cache)))
         start += size
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+def test_batch_generate_equals_one_by_one(tmp_path, name):
+    """Left-padded rows decoded together, past the window, give each row's own greedy text."""
+    from mlx_llm.tokenization import Tokenizer
+
+    build(name, tmp_path)
+    for file in build_byte_level_bpe(tmp_path / "tokenizer").iterdir():
+        shutil.copy(file, tmp_path)
+    model, _ = load_model(tmp_path)
+    tokenizer = Tokenizer.from_pretrained(tmp_path)
+    prompts = [PROMPT, PROMPT[5:8]]  # 12 and 3 tokens
+    together = batch_generate(model, tokenizer, prompts, max_tokens=10, eos_token_ids=[])
+    alone = [batch_generate(model, tokenizer, [prompt], max_tokens=10, eos_token_ids=[])[0] for prompt in prompts]
+    assert together == alone
 
 
 def without_window(path, name):
