@@ -1,4 +1,4 @@
-"""Position-wise feed-forward networks: FFN(x) = act(x W1 + b1) W2 + b2."""
+"""Position-wise feed-forward networks: FFN(x) = dropout(act(x W1 + b1)) W2 + b2."""
 
 from __future__ import annotations
 
@@ -80,6 +80,11 @@ def get_activation(name: str) -> Callable[[mx.array], mx.array]:
     return ACTIVATIONS[name]
 
 
+def _inner_dropout(probability: float) -> nn.Dropout | None:
+    """The dropout between a feed-forward's two products; ``None`` (no call at all) at 0."""
+    return nn.Dropout(probability) if probability > 0 else None
+
+
 class FeedForward(nn.Module):
     """Two linear layers with an activation between them (the textbook FFN).
 
@@ -88,17 +93,22 @@ class FeedForward(nn.Module):
         intermediate_size: Inner width (4 x hidden_size in most models).
         activation: ``"relu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"silu"``.
         bias: Whether both layers have biases.
+        dropout: Dropout on the activations ``(B, L, intermediate_size)`` before
+            ``down_proj``, in training mode only (T5's ``T5DenseActDense``); none at 0.
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "relu", bias: bool = True):
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "relu", bias: bool = True,
+                 dropout: float = 0.0):
         super().__init__()
         self.activation_name = activation
         self.activation = get_activation(activation)
         self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.dropout = _inner_dropout(dropout)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
-        return self.down_proj(self.activation(self.up_proj(hidden_states)))
+        inner = self.activation(self.up_proj(hidden_states))  # (B, L, intermediate_size)
+        return self.down_proj(inner if self.dropout is None else self.dropout(inner))
 
 
 class GatedFeedForward(nn.Module):
@@ -107,11 +117,14 @@ class GatedFeedForward(nn.Module):
     With ``activation="silu"`` this is SwiGLU (Llama, Mistral, Qwen2); with
     ``"gelu_tanh"`` it is the gated-GELU of T5 v1.1 and FLAN-T5. With
     ``fused``, one ``gate_up_proj`` of ``2 * intermediate_size`` outputs (rows:
-    gate, then up) computes both in one product, as Phi-3 stores them.
+    gate, then up) computes both in one product, as Phi-3 stores them. With
+    ``dropout``, ``act(gate(x)) * up(x)`` is dropped out before ``down`` in
+    training mode (T5's ``T5DenseGatedActDense``).
     """
 
     def __init__(
-        self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False, fused: bool = False
+        self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False,
+        fused: bool = False, dropout: float = 0.0,
     ):
         super().__init__()
         self.activation_name = activation
@@ -123,12 +136,15 @@ class GatedFeedForward(nn.Module):
             self.gate_proj = Linear(hidden_size, intermediate_size, bias=bias)
             self.up_proj = Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.dropout = _inner_dropout(dropout)
 
     def __call__(self, hidden_states: mx.array) -> mx.array:
         if "gate_up_proj" in self:
             gate, up = mx.split(self.gate_up_proj(hidden_states), 2, axis=-1)  # (B, L, d_ff) each
-            return self.down_proj(self.gate_and_up(gate, up))
-        return self.down_proj(self.gate_and_up(self.gate_proj(hidden_states), self.up_proj(hidden_states)))
+        else:
+            gate, up = self.gate_proj(hidden_states), self.up_proj(hidden_states)
+        inner = self.gate_and_up(gate, up)  # (B, L, d_ff)
+        return self.down_proj(inner if self.dropout is None else self.dropout(inner))
 
 
 def SwiGLU(hidden_size: int, intermediate_size: int, bias: bool = False) -> GatedFeedForward:

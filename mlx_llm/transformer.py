@@ -53,6 +53,8 @@ class TransformerEncoderLayer(nn.Module):
         norm_eps: Normalization epsilon.
         norm_first: Pre-LN if ``True``, post-LN (the textbook) if ``False``.
         dropout: Dropout on each sublayer's output before the residual add.
+        feed_forward_dropout: Dropout inside the feed-forward, on its activations
+            before the second product (T5's ``dropout_rate``); none at 0.
         rope: Optional rotary embedding for queries and keys.
         attention_scale: Score scale, ``1 / sqrt(head_dim)`` if ``None``.
         attention_logit_softcap: Cap ``c`` of the attention scores,
@@ -70,7 +72,7 @@ class TransformerEncoderLayer(nn.Module):
         feed_forward: A module ``(B, L, hidden_size) -> (B, L, hidden_size)`` used as the
             feed-forward sublayer instead of building one (a sparse mixture of experts,
             `mlx_llm.moe.SparseMoeBlock`); ``intermediate_size``, ``activation``,
-            ``gated`` and ``feed_forward_bias`` are then unused.
+            ``gated``, ``feed_forward_bias`` and ``feed_forward_dropout`` are then unused.
         residual_scale: Multiplier ``m`` of each sublayer's output before the residual
             add, ``x + m * Sublayer(...)`` (Granite's ``residual_multiplier``); 1 by default.
     """
@@ -91,6 +93,7 @@ class TransformerEncoderLayer(nn.Module):
         norm_eps: float = 1e-5,
         norm_first: bool = False,
         dropout: float = 0.0,
+        feed_forward_dropout: float = 0.0,
         rope: nn.Module | None = None,
         attention_scale: float | None = None,
         attention_dropout: float = 0.0,
@@ -126,7 +129,7 @@ class TransformerEncoderLayer(nn.Module):
         if feed_forward is None:
             feed_forward = (GatedFeedForward if gated else FeedForward)(
                 hidden_size, intermediate_size, activation=activation,
-                bias=bias if feed_forward_bias is None else feed_forward_bias,
+                bias=bias if feed_forward_bias is None else feed_forward_bias, dropout=feed_forward_dropout,
             )
         self.feed_forward = feed_forward
         self.feed_forward_norm = make_norm(norm, hidden_size, norm_eps)

@@ -56,6 +56,33 @@ def test_swiglu_equals_numpy():
     np.testing.assert_allclose(np.array(ffn(x)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_feed_forward_dropout_acts_between_the_products_in_training_only(gated):
+    """``down(m * inner / (1 - p))`` with a 0/1 mask ``m``: undoing the (square, invertible) down
+    projection of a training-mode output gives each inner activation either 0 or scaled by 1 / (1 - p)."""
+    mx.random.seed(3)
+    ffn = (GatedFeedForward(16, 16, activation="gelu_tanh", dropout=0.25) if gated
+           else FeedForward(16, 16, activation="relu", dropout=0.25))
+    x = mx.random.normal((4, 8, 16))
+    x_np = np.array(x, dtype=np.float64)
+    if gated:
+        inner = gelu_tanh(linear(x_np, ffn.gate_proj)) * linear(x_np, ffn.up_proj)
+    else:
+        inner = np.maximum(linear(x_np, ffn.up_proj), 0)
+    ffn.train()  # (modules start in training mode; said here for the reader)
+    output = np.array(ffn(x), dtype=np.float64)
+    bias = np.array(ffn.down_proj.bias, dtype=np.float64) if "bias" in ffn.down_proj else 0.0
+    recovered = (output - bias) @ np.linalg.inv(np.array(ffn.down_proj.weight, dtype=np.float64)).T
+    kept = np.abs(recovered - inner / 0.75) < 1e-3
+    dropped = np.abs(recovered) < 1e-3
+    assert np.all(kept | dropped)
+    nonzero = np.abs(inner) > 1e-2  # (ReLU zeros are both)
+    assert 0.15 < dropped[nonzero].mean() < 0.35  # about p of them
+    ffn.eval()
+    np.testing.assert_allclose(np.array(ffn(x)), linear(inner, ffn.down_proj), atol=1e-5)
+    assert FeedForward(16, 16).dropout is None  # no dropout at all by default
+
+
 def test_unknown_activation_and_norm_are_named():
     with pytest.raises(ValueError, match="unknown activation 'swish2'.*'gelu'"):
         get_activation("swish2")

@@ -116,6 +116,13 @@ def test_dropout_acts_in_training_mode_only(t5):
     assert np.abs(np.array(objective.logits(model, batch)) - trained)[real].max() > 1e-3  # fresh masks each call
     model.eval()
     np.testing.assert_array_equal(np.array(objective.logits(model, batch)), evaluated)
+    # The feed-forward's own dropout, between wi and wo (transformers' T5DenseGatedActDense), acts
+    # when every other dropout is off.
+    model.dropout = nn.Dropout(0.0)
+    for layer in (*model.encoder.layers, *model.decoder.layers):
+        layer.dropout = layer.self_attn.attention_dropout = None
+    model.train()
+    assert np.abs(np.array(objective.logits(model, batch)) - evaluated)[real].max() > 1e-3
 
 
 class FixedLogits(nn.Module):

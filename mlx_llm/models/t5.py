@@ -144,7 +144,8 @@ class ModelArgs:
         eos_token_id: End-of-sequence token(s).
         dtype: Parameter dtype of the checkpoint [``dtype`` or ``torch_dtype``].
         dropout: Training-mode dropout on the embeddings, attention probabilities,
-            each sublayer's output and each stack's output [``dropout_rate``].
+            the feed-forward's inner activations, each sublayer's output and each
+            stack's output [``dropout_rate``].
     """
 
     vocab_size: int
@@ -202,6 +203,11 @@ class ModelArgs:
             raise ValueError(
                 f"T5 dtype (config.json dtype or torch_dtype) must be one of {_DTYPES}, got {self.dtype!r}"
             )
+
+    @property
+    def context_length(self) -> None:
+        """No limit: relative position buckets cover any length."""
+        return None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ModelArgs":
@@ -341,6 +347,7 @@ class Model(nn.Module):
             attention_scale=1.0,  # T5 folds 1/sqrt(d_kv) into its weight initialization
             dropout=args.dropout,
             attention_dropout=args.dropout,
+            feed_forward_dropout=args.dropout,  # between wi and wo, as T5DenseActDense / T5DenseGatedActDense
         )
         self.dropout = nn.Dropout(args.dropout)  # embeddings and stack outputs, in training mode
         self.shared = Embedding(args.vocab_size, args.hidden_size, output_layer=args.tie_word_embeddings)
