@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .heads import task_of
+from .heads import CLASSIFIER_TASKS, task_of
 from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, write_json
 from .weight_files import save_safetensors
 from .layers import Embedding, Linear
@@ -84,7 +84,7 @@ def export_to_hf(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     hf_config["architectures"] = [hf_architecture(config["model_type"], task)]
     stored = next(iter(weights.values())).dtype
     hf_config["torch_dtype"] = hf_config["dtype"] = next(name for name, value in DTYPES.items() if value == stored)
-    if task not in ("sequence_classification", "token_classification"):
+    if task not in CLASSIFIER_TASKS:  # problem_type describes a classifier's head
         hf_config.pop("problem_type", None)
     with atomic_output_dir(Path(out), overwrite=overwrite, inputs={"MODEL_DIR": folder}) as staging:
         save_safetensors(weights, staging, metadata={"format": "pt"})
