@@ -184,6 +184,7 @@ def gguf_config(file: GGUFFile) -> dict:
     if int(embedding.shape[-1]) != vocab_size:
         raise ValueError(f"{file.path}: the tokenizer lists {vocab_size} tokens but token_embd.weight has "
                          f"{int(embedding.shape[-1])} rows")
+    window = file.get("attention.sliding_window")
     config = {
         "model_type": model_type,
         "architectures": [class_name],
@@ -200,6 +201,8 @@ def gguf_config(file: GGUFFile) -> dict:
         "rope_theta": float(file.get("rope.freq_base", 10000.0)),
         "rope_scaling": _rope_scaling(file, head_dim),
         "tie_word_embeddings": "output.weight" not in file.tensors,
+        # Stated, so that a "mistral" file without the key gets no window (MistralConfig's default is 4096).
+        "sliding_window": None if window is None else int(window),
         # Llama with q/k/v/o biases; Qwen2 always has q/k/v biases and needs no flag.
         "attention_bias": model_type != "qwen2" and "blk.0.attn_q.bias" in file.tensors,
     }

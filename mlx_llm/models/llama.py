@@ -75,6 +75,12 @@ class ModelArgs:
             raise ValueError(f"{self.model_type} sliding_window must be >= 1, got {self.sliding_window}")
 
     @property
+    def context_length(self) -> int:
+        """Longest sequence the model serves: ``max_position_embeddings`` (rotary positions
+        go further, but the checkpoint was not trained for it)."""
+        return self.max_positions
+
+    @property
     def windows(self) -> list[int | None]:
         """Per layer, its sliding window ``W``, or ``None`` for a layer that sees every earlier position."""
         if not self.sliding_layers:
@@ -171,8 +177,9 @@ def qwen_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
                          f"got {layer_types}")
     sliding = tuple(kind == "sliding_attention" for kind in layer_types)
     if any(sliding) and window is None:
-        raise ValueError(f"{model_type} config.json's layer_types names sliding_attention layers but sets no window "
-                         "(use_sliding_window false or sliding_window null); set both, or make every layer full_attention")
+        raise ValueError(f"{model_type} config.json's layer_types names sliding_attention layers but sets no "
+                         "window (use_sliding_window false or sliding_window null); set both, or make every layer "
+                         "full_attention")
     return window, sliding
 
 
