@@ -65,8 +65,8 @@ def is_encoder_decoder(model: nn.Module) -> bool:
 
 
 def context_length(model: nn.Module) -> int | None:
-    """Longest sequence the model's positions cover, if it has such a limit."""
-    return getattr(getattr(model, "args", None), "max_positions", None)
+    """Longest sequence the model's positions cover, ``None`` without a limit (its ``args.context_length``)."""
+    return model.args.context_length
 
 
 # An encoder's task -> (what its heads are, the commands that fit it).

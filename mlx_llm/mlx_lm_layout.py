@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .heads import task_of
 from .moe import QuantizedSwitchLinear
 
 # Modes other than affine store uint8 scales, and each allows one (bits, group size).
@@ -211,11 +212,9 @@ def mlx_lm_folder(model: nn.Module, config: dict, family: ModuleType, provenance
     if record is not None:
         config["quantization"] = record
         config["quantization_config"] = dict(record)  # mlx-lm writes both (the Hub's model tree reads the second)
-    if getattr(args, "task", None) == "causal_lm":
+    if task_of(model) == "causal_lm":
         # mlx-lm's defaults differ from transformers' (Llama: tied), so the value is always written.
         config["tie_word_embeddings"] = args.tie_word_embeddings
-    if config.get("model_type") == "gpt2" and "n_ctx" not in config:
-        config["n_ctx"] = config.get("n_positions")  # mlx-lm's GPT-2 requires it
     # transformers 5 writes rope_parameters; mlx-lm reads the older rope_theta and rope_scaling
     # (with defaults of its own: Qwen2's theta is 1e6), so both spellings are written.
     rope = dict(config.get("rope_parameters") or {})
@@ -223,7 +222,7 @@ def mlx_lm_folder(model: nn.Module, config: dict, family: ModuleType, provenance
         config.setdefault("rope_theta", rope.pop("rope_theta"))
     if rope.get("rope_type", "default") != "default":
         config.setdefault("rope_scaling", rope)
-    if hasattr(family, "mlx_lm_config"):
-        config = family.mlx_lm_config(config)  # keys mlx-lm reads in another spelling (Qwen3-MoE's num_experts)
+    if hasattr(family, "mlx_lm_config"):  # optional: keys mlx-lm reads in another spelling, or requires
+        config = family.mlx_lm_config(config)  # (Qwen3-MoE's num_experts, GPT-2's n_ctx)
     config["mlx_llm"] = {**provenance, "format_version": version}
     return weights, config

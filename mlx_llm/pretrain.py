@@ -145,17 +145,15 @@ def build_model(config: dict) -> nn.Module:
     normal(0, 0.02) weights, zero biases, unit norms; GPT-2 scales the residual
     output projections by 1/sqrt(2 * layers))."""
     family = get_family(config["model_type"])
-    model = family.Model(family.ModelArgs.from_config(config))
-    layers = config.get("n_layer") or config.get("num_hidden_layers")
+    args = family.ModelArgs.from_config(config)
+    model = family.Model(args)
 
     def initialize(path: str, parameter: mx.array) -> mx.array:
         if "norm" in path or "ln_" in path or "LayerNorm" in path:
             return mx.ones_like(parameter) if path.endswith("weight") else mx.zeros_like(parameter)
         if path.endswith("bias"):
             return mx.zeros_like(parameter)
-        std = 0.02
-        if config["model_type"] == "gpt2" and (path.endswith("o_proj.weight") or path.endswith("down_proj.weight")):
-            std = 0.02 / math.sqrt(2 * layers)
+        std = family.init_std(path, args) if hasattr(family, "init_std") else 0.02  # optional: GPT-2's
         return mx.random.normal(parameter.shape) * std
 
     model.update(tree_map_with_path(initialize, model.parameters()))
@@ -508,7 +506,7 @@ def evaluate_text(
         raise ValueError("the evaluation text has fewer than 2 tokens")
     characters = sum(len(document) for document in documents)
     num_bytes = sum(len(document.encode("utf-8")) for document in documents)
-    limit = getattr(getattr(model, "args", None), "max_positions", None)
+    limit = model.args.context_length
     seq_len = seq_len or limit or 512
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} (--seq-len) is longer than the model's context ({limit})")

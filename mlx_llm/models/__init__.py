@@ -12,6 +12,9 @@ The family interface: every family module (``models/<family>.py``) exports
   front (``ValueError`` naming the missing key and ``config.json``), as is
   any invalid value. Activations are read with
   `feed_forward.hf_activation` (the one Hugging Face activation map).
+  ``ModelArgs.context_length`` (a property): the longest sequence its
+  positions cover, ``None`` without a limit (T5); generation and
+  ``mlx-llm eval`` cut prompts and windows to it.
 - ``Model``: the ``nn.Module`` built from ``ModelArgs``, with
   - ``kind``: a class attribute, `model_output.DECODER`, ``ENCODER`` or
     ``ENCODER_DECODER``; callers ask it rather than guess from methods;
@@ -26,6 +29,8 @@ The family interface: every family module (``models/<family>.py``) exports
     ``max_kv_size``), encoder-decoders the decoder's caches; an encoder
     raises ``ValueError`` (it keeps no cache: ask ``kind`` first);
   - ``args`` (its ``ModelArgs``) and ``layers`` (the backbone's layers).
+  Decoders get all of these from `heads.DecoderTaskModel`, setting its
+  ``backbone`` (and overriding ``lm_logits`` where the logits are scaled).
 - ``hf_architecture(model_type, task) -> str``: the transformers class that
   loads this model built for ``task`` (``ValueError`` for a task the family
   lacks); `export` and `finetune` write it into ``config.json``.
@@ -41,6 +46,13 @@ The family interface: every family module (``models/<family>.py``) exports
   the model that loads when the checkpoint holds more (Gemma 3's multimodal
   ``gemma3``: its ``gemma3_text`` model); `loading.load_model` returns it, so
   ``convert``, ``export`` and fine-tuning write that model's folder.
+- ``mlx_lm_config(config) -> dict`` (optional): the ``config.json`` written
+  into an mlx-lm folder (`mlx_llm.mlx_lm_layout`), with the keys mlx-lm
+  reads in another spelling or requires (GPT-2's ``n_ctx``, Qwen3-MoE's
+  ``num_experts``, Gemma's soft-caps, Phi-3's LongRoPE keys).
+- ``init_std(path, args) -> float`` (optional): the standard deviation of a
+  freshly initialized weight (`pretrain.build_model`; GPT-2 scales its
+  residual projections), 0.02 where a family has none.
 
 ``tests/test_model_contract.py`` walks `FAMILIES` and checks every module
 and ``Model`` against this list.

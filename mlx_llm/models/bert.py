@@ -193,6 +193,11 @@ class ModelArgs:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {DTYPES}")
 
     @property
+    def context_length(self) -> int:
+        """Longest sequence the model's learned positions cover, ``max_position_embeddings``."""
+        return self.max_positions
+
+    @property
     def has_mlm_head(self) -> bool:
         return self.task in ("pretraining", "masked_lm")
 

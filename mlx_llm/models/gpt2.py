@@ -7,6 +7,7 @@ Besides the language model, ``task`` builds the classifiers of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -51,6 +52,11 @@ class ModelArgs:
     num_labels: int = 2
     classifier_dropout: float = 0.1  # before the token classifier
     model_type: str = "gpt2"
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model takes: its learned positions, ``n_positions``."""
+        return self.max_positions
 
     @property
     def windows(self) -> list[None]:
@@ -220,6 +226,20 @@ def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[st
         else:
             raise ValueError(f"unknown GPT-2 tensor {name!r} in checkpoint")
     return converted
+
+
+def mlx_lm_config(config: dict) -> dict:
+    """``config`` with ``n_ctx``, which mlx-lm's GPT-2 requires (``n_positions`` unless it is there)."""
+    return config if "n_ctx" in config else {**config, "n_ctx": config.get("n_positions")}
+
+
+def init_std(path: str, args: ModelArgs) -> float:
+    """The standard deviation of the fresh weight ``path`` (`pretrain.build_model`): 0.02, and
+    ``0.02 / sqrt(2 * num_layers)`` for the projections that write into the residual stream
+    (``attn.c_proj`` and ``mlp.c_proj``: GPT-2's paper, transformers' ``_init_weights``)."""
+    if path.endswith(("o_proj.weight", "down_proj.weight")):
+        return 0.02 / math.sqrt(2 * args.num_layers)
+    return 0.02
 
 
 def upgrade_weights(weights: dict[str, mx.array], format_version: int) -> dict[str, mx.array]:
