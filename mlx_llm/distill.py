@@ -282,7 +282,7 @@ def _distill(config: DistillConfig, run_folder: RunFolder, resume: bool, progres
         train.include_indices = True
     objective = DistillationObjective(
         teacher, config.task, weights, config.temperature, layer_map, divergence=config.divergence,
-        beta=config.jsd_beta, problem=(settings.problem if settings is not None else None) or "single_label",
+        beta=config.jsd_beta, problem=None if settings is None else settings.problem,
         task_objective=task_objective, teacher_logits=teacher_logits,
     )
 

@@ -95,14 +95,14 @@ class DistillationObjective:
             (hidden, attention and PKD terms).
         divergence: Causal LMs: ``"forward"`` KL, ``"reverse"`` KL or ``"jsd"``.
         beta: The Jensen-Shannon mix.
-        problem: Classification kind of the teacher's head.
+        problem: Classification kind of the teacher's head (``None``: single-label).
         task_objective: Validation metrics of the task (on the student).
         teacher_logits: Cached teacher logits by ``example_index`` (classify, tag).
     """
 
     def __init__(self, teacher: nn.Module, task: str, weights: LossWeights, temperature: float,
                  layer_map: list[int], divergence: str = "forward", beta: float = 0.5,
-                 problem: str = "single_label", task_objective=None, teacher_logits: mx.array | None = None):
+                 problem: str | None = "single_label", task_objective=None, teacher_logits: mx.array | None = None):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if divergence not in DIVERGENCES:

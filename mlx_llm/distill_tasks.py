@@ -35,6 +35,7 @@ from .distill_targets import (
 from .heads import task_of
 from .objectives import CausalLMObjective, MaskedLMObjective
 from .tasks import RUN_FILE as FINETUNE_RUN_FILE, RunSettings, Task, get_task, pad_token_id
+from .tasks.tag import infer_scheme
 from .tokenization import Tokenizer
 
 if TYPE_CHECKING:
@@ -158,9 +159,14 @@ class ClassifyDistillation(LabelledDistillation):
 
 
 class TagDistillation(LabelledDistillation):
-    """``tag``: a fine-tuned token classifier."""
+    """``tag``: a fine-tuned token classifier (validated with the scheme of its run, or of
+    its head's tags when it has no run record)."""
 
     name = "tag"
+
+    def settings(self, config: DistillConfig, teacher_config: dict, teacher_folder: Path) -> RunSettings:
+        settings = super().settings(config, teacher_config, teacher_folder)
+        return replace(settings, scheme=settings.scheme or infer_scheme(settings.labels))
 
     def targets(self, problem: str | None = None, divergence: str = "forward", beta: float = 0.5) -> LogitTargets:
         return TagTargets()

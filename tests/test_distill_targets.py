@@ -205,3 +205,40 @@ def test_agreement_only_where_outputs_are_distributions():
     multi_hot = mx.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     metrics = multi.evaluate_dataset(distiller, [{**batch, "labels": multi_hot}])
     assert "agreement" not in metrics and "micro_f1" in metrics
+
+
+def test_tag_distillation_of_a_token_classifier_end_to_end(tmp_path):
+    """``--task tag`` from a checkpoint with a token-classification head: cached per-token teacher
+    logits (padded to the longest example), the loss falls, and the student is a tagging run."""
+    import torch
+    import transformers
+    import tokenizer_fixtures as fx
+    from finetune_fixtures import tagged_sentences, write_conll
+
+    from mlx_llm.distill import distill
+    from mlx_llm.finetune import predict
+    from mlx_llm.tasks import RunSettings
+
+    folder = fx.build_wordpiece_bert(tmp_path / "teacher")
+    tags = ["O", "B-PER", "I-PER", "B-LOC"]
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len((folder / "vocab.txt").read_text().split("\n")) - 1, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
+        id2label=dict(enumerate(tags)), label2id={tag: index for index, tag in enumerate(tags)})
+    transformers.BertForTokenClassification(config).save_pretrained(folder)
+    train = write_conll(tmp_path / "train.txt", tagged_sentences(48, seed=1))
+    valid = write_conll(tmp_path / "valid.txt", tagged_sentences(16, seed=2))
+    result = distill(DistillConfig(task="tag", teacher=str(folder), data=[str(train)], valid=str(valid),
+                                   out=str(tmp_path / "s"), student_layers=1, batch_size=8, steps=24,
+                                   learning_rate=3e-3, alpha_hard=0.0, alpha_hidden=1.0, cache_teacher=True,
+                                   log_every=1, speed_batches=1), progress=False)
+    losses = [record["loss"] for record in result.history if "loss" in record]
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4]), losses
+    assert {"f1", "agreement"} <= set(result.student_metrics)
+    cached = np.load(tmp_path / "s" / "teacher_logits.npy")
+    assert cached.shape[0] == 48 and cached.shape[2] == len(tags)
+    settings = RunSettings.from_json(tmp_path / "s")
+    assert settings.task == "tag" and settings.labels == tags
+    predictions = list(predict(tmp_path / "s", valid))
+    assert len(predictions) == 16 and all(set(p["tags"]) <= set(tags) for p in predictions)

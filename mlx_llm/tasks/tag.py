@@ -24,6 +24,11 @@ from .classify import training_labels
 from .settings import RunSettings
 
 
+def infer_scheme(tags: list[str]) -> str:
+    """``"IOBES"`` when the tags have ``S-`` or ``E-`` prefixes, else ``"IOB2"``."""
+    return "IOBES" if {tag.split("-", 1)[0] for tag in tags} & {"S", "E"} else "IOB2"
+
+
 class TagTask(Task):
     name = "tag"
     help = "Sequence labelling (CoNLL columns or JSONL tokens/tags)."
@@ -34,9 +39,7 @@ class TagTask(Task):
 
     def resolve(self, settings: RunSettings, examples: list, base_config: dict) -> RunSettings:
         tags = [tag for example in examples for tag in example.tags]
-        scheme = settings.scheme
-        if scheme is None:  # IOBES when the tags have S-/E- prefixes
-            scheme = "IOBES" if {tag.split("-", 1)[0] for tag in tags} & {"S", "E"} else "IOB2"
+        scheme = settings.scheme or infer_scheme(tags)
         return replace(settings, scheme=scheme, labels=training_labels(tags, base_config).names)
 
     def read(self, path: str, settings: RunSettings, labelled: bool = True) -> list:
