@@ -90,7 +90,9 @@ class DistillationTask(ABC):
     @abstractmethod
     def data(self, config: DistillConfig, tokenizer: Tokenizer, teacher_config: dict, teacher_folder: Path,
              run_folder: RunFolder, progress: bool) -> DistillationData:
-        """The run's batches and validation objective, read as ``config`` says."""
+        """The run's batches and validation objective, read as ``config`` says. Text tasks
+        prepare ``run_folder`` first (``lm`` keeps its token cache there); labelled data
+        is read before anything is written."""
 
     @abstractmethod
     def targets(self, problem: str | None = None, divergence: str = "forward", beta: float = 0.5) -> LogitTargets:
