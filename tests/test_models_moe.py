@@ -295,8 +295,9 @@ def test_config_spellings_and_errors(tmp_path):
     assert (args.num_experts, args.rope_theta, args.sparse_layers) == (6, 12345.0, (False, True, True))
     args = qwen3_moe.ModelArgs.from_config({**config, "mlp_only_layers": [], "decoder_sparse_step": 3})
     assert args.sparse_layers == (False, False, True)
-    with pytest.raises(ValueError, match=r"sliding-window attention \(window 8\)"):
-        qwen3_moe.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 8})
+    # Windows are read (parity: tests/test_moe_smollm3_sliding_window.py).
+    args = qwen3_moe.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 8})
+    assert args.windows == [8] * 3
     with pytest.raises(ValueError, match="num_experts_per_tok must be between 1 and num_experts \\(4\\), got 5"):
         qwen3_moe.ModelArgs.from_config({**config, "num_experts_per_tok": 5})
     with pytest.raises(ValueError, match="decoder_sparse_step must be a positive integer, got 0"):
@@ -306,8 +307,7 @@ def test_config_spellings_and_errors(tmp_path):
     old = {key: value for key, value in config.items() if key != "rope_parameters"}
     assert mixtral.ModelArgs.from_config(old).rope_theta == 1e6  # Mixtral's default
     assert mixtral.ModelArgs.from_config({**old, "rope_theta": 5e5}).rope_theta == 5e5
-    with pytest.raises(ValueError, match="sliding_window=4096; sliding-window attention is not supported"):
-        mixtral.ModelArgs.from_config({**config, "sliding_window": 4096})
+    assert mixtral.ModelArgs.from_config({**config, "sliding_window": 8}).windows == [8] * 2
     with pytest.raises(ValueError, match="lacks .*hidden_size"):
         mixtral.ModelArgs.from_config({key: value for key, value in config.items() if key != "hidden_size"})
 

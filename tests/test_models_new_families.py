@@ -143,11 +143,13 @@ def test_smollm3_rope_layers_in_both_spellings(tmp_path):
     assert [layer.self_attn.rope is None for layer in model.layers] == [False, True, False]
     with pytest.raises(ValueError, match="no_rope_layers has 2 entries for 3 layers"):
         smollm3.ModelArgs.from_config({**config, "no_rope_layers": [1, 0]})
-    with pytest.raises(ValueError, match=r"sliding-window attention \(window 4\) in layers \[0, 2\]"):
-        smollm3.ModelArgs.from_config({**interval, "no_rope_layers": [0, 1, 0], "use_sliding_window": True,
-                                       "sliding_window": 4, "layer_types": None})  # NoPE layers slide
+    # NoPE layers slide (parity: tests/test_moe_smollm3_sliding_window.py).
+    args = smollm3.ModelArgs.from_config({**interval, "no_rope_layers": [0, 1, 0], "use_sliding_window": True,
+                                          "sliding_window": 4, "layer_types": None})
+    assert args.windows == [4, None, 4]
     # layer_types, when written, decides (as in transformers): all full attention here.
-    assert smollm3.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 4})
+    args = smollm3.ModelArgs.from_config({**config, "use_sliding_window": True, "sliding_window": 4})
+    assert args.windows == [None] * 3
 
 
 @pytest.mark.parametrize("name", ["qwen3", "smollm3", "olmo2"])

@@ -170,7 +170,17 @@ def qwen_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
         "sliding_attention" if window is not None and index >= first_sliding else "full_attention"
         for index in range(num_layers)
     ]
-    model_type = config.get("model_type", "qwen2")
+    return window, sliding_flags(layer_types, window, num_layers, config.get("model_type", "qwen2"))
+
+
+def sliding_flags(layer_types: list[str], window: int | None, num_layers: int, model_type: str) -> tuple[bool, ...]:
+    """One flag per layer, True where ``layer_types`` names ``"sliding_attention"``
+    (Qwen2 / Qwen3 / SmolLM3 list them, each family filling in its own default).
+
+    Raises:
+        ValueError: for an unknown layer type, a ``layer_types`` of the wrong length, or
+            sliding layers without a ``window``.
+    """
     unknown = sorted(set(layer_types) - set(LAYER_TYPES))
     if unknown or len(layer_types) != num_layers:
         raise ValueError(f"{model_type} config.json's layer_types must list {num_layers} entries of {LAYER_TYPES}, "
@@ -180,7 +190,7 @@ def qwen_sliding_layers(config: dict) -> tuple[int | None, tuple[bool, ...]]:
         raise ValueError(f"{model_type} config.json's layer_types names sliding_attention layers but sets no "
                          "window (use_sliding_window false or sliding_window null); set both, or make every layer "
                          "full_attention")
-    return window, sliding
+    return sliding
 
 
 # model_type -> its reader of the windowed layers; the others have none.
@@ -253,8 +263,9 @@ class LlamaModel(nn.Module):
     Families built on this backbone (Qwen3, SmolLM3, OLMo 2) override
     `layer_options`, the `TransformerEncoderLayer` arguments of one layer.
     A layer with a sliding window ``W`` (``args.windows``: Mistral, Qwen2/Qwen3
-    with ``use_sliding_window``, Phi-3) limits its queries to the keys
-    ``p - W < k <= p`` (`masks.decoder_mask`); each window gets one mask.
+    with ``use_sliding_window``, Phi-3, Mixtral, Qwen3-MoE, SmolLM3) limits its
+    queries to the keys ``p - W < k <= p`` (`masks.decoder_mask`); each window
+    gets one mask.
     """
 
     def __init__(self, args: ModelArgs):

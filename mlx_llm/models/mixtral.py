@@ -14,8 +14,10 @@ All three load; folders are written in mlx-lm's stacked layout
 (`export_mlx_lm_weights`) and exported to transformers per expert
 (`export_hf_weights`).
 
-Sliding-window attention (``sliding_window``, null in the released models) is
-refused with a clear error rather than run as full attention.
+Sliding-window attention is read as transformers reads it: ``sliding_window``
+(``MixtralConfig``'s default is null, as in the released models, unlike
+Mistral's 4096) in every layer, each with a rotating cache of ``W`` positions
+(`llama.window_fields`).
 """
 
 from __future__ import annotations
@@ -59,18 +61,17 @@ class ModelArgs(llama.ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
-        """Read a Mixtral config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``).
+        """Read a Mixtral config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``;
+        ``MixtralConfig``'s defaults: rope theta 1e6, ``max_position_embeddings`` 4096 * 32).
 
         Raises:
-            ValueError: naming missing keys, invalid expert counts, or sliding-window attention.
+            ValueError: naming missing keys, invalid expert counts or an invalid window.
         """
-        if config.get("sliding_window") is not None:
-            raise ValueError(
-                f"mixtral config.json sets sliding_window={config['sliding_window']}; sliding-window attention "
-                "is not supported for mixtral: set it to null to run full attention"
-            )
-        base = llama.ModelArgs.from_config({"model_type": "mixtral", "rope_theta": 1e6, **config})
-        return cls(**vars(base), num_experts=config.get("num_local_experts", 8),
+        config = {"model_type": "mixtral", "rope_theta": 1e6, "max_position_embeddings": 4096 * 32, **config}
+        base = llama.ModelArgs.from_config(config)
+        every_layer = (True,) * base.num_layers  # absent key: no window (MixtralConfig's default)
+        windows = llama.window_fields(config.get("sliding_window"), every_layer, base.max_positions)
+        return cls(**{**vars(base), **windows}, num_experts=config.get("num_local_experts", 8),
                    num_experts_per_tok=config.get("num_experts_per_tok", 2))
 
 

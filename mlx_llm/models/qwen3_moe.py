@@ -17,7 +17,10 @@ mlx-lm's layout, with mlx-lm's quantization recipe for the routers (8 bits,
 group size 64).
 
 Sliding-window attention (``use_sliding_window``, off in the released models)
-is refused with a clear error.
+is read as transformers 5.25 reads it: ``Qwen3MoeConfig`` keeps ``sliding_window``
+(default 4096) only with ``use_sliding_window``, and ``Qwen3MoeModel`` then
+windows every layer (unlike dense Qwen3, it has no ``max_window_layers`` or
+``layer_types``), each with a rotating cache of ``W`` positions.
 """
 
 from __future__ import annotations
@@ -62,17 +65,15 @@ class ModelArgs(llama.ModelArgs):
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         """Read a Qwen3-MoE config: transformers 4.x (``num_experts``, ``rope_theta``) or
-        5.x (``num_local_experts``, ``rope_parameters``).
+        5.x (``num_local_experts``, ``rope_parameters``); ``max_position_embeddings`` 32768
+        when absent, as ``Qwen3MoeConfig``.
 
         Raises:
-            ValueError: naming missing keys, invalid values, or sliding-window attention.
+            ValueError: naming missing keys or invalid values.
         """
-        if config.get("use_sliding_window") and config.get("sliding_window") is not None:
-            raise ValueError(
-                f"qwen3_moe config.json turns on sliding-window attention (window {config['sliding_window']}); "
-                "it is not supported: set use_sliding_window to false to run full attention"
-            )
-        base = llama.ModelArgs.from_config({"model_type": "qwen3_moe", **config})
+        base = llama.ModelArgs.from_config({"model_type": "qwen3_moe", "max_position_embeddings": 32768, **config})
+        window = config.get("sliding_window", 4096) if config.get("use_sliding_window", False) else None
+        windows = llama.window_fields(window, (True,) * base.num_layers, base.max_positions)
         num_experts = config.get("num_local_experts", config.get("num_experts", 128))
         step = config.get("decoder_sparse_step", 1)
         if not isinstance(step, int) or step < 1:
@@ -80,7 +81,8 @@ class ModelArgs(llama.ModelArgs):
         dense = set(config.get("mlp_only_layers") or [])
         sparse = tuple(index not in dense and num_experts > 0 and (index + 1) % step == 0
                        for index in range(base.num_layers))
-        return cls(**vars(base), num_experts=num_experts, num_experts_per_tok=config.get("num_experts_per_tok", 8),
+        return cls(**{**vars(base), **windows}, num_experts=num_experts,
+                   num_experts_per_tok=config.get("num_experts_per_tok", 8),
                    moe_intermediate_size=config.get("moe_intermediate_size", 768),
                    norm_topk_prob=bool(config.get("norm_topk_prob", False)), sparse_layers=sparse)
 

@@ -7,8 +7,12 @@ positions ("NoPE" layers). ``no_rope_layers`` lists one flag per layer:
 ``no_rope_layer_interval`` (default 4) makes every 4th layer (indices 3, 7, ...)
 a NoPE layer, as transformers does.
 
-Sliding-window attention (``use_sliding_window``, which transformers applies to
-NoPE layers only; off in the released model) is refused with a clear error.
+Sliding-window attention (off in the released model) is read as transformers
+reads it: ``sliding_window`` (default null) in the layers ``layer_types`` names
+``"sliding_attention"``; without ``layer_types``, in the NoPE layers when
+``use_sliding_window`` is true, as ``SmolLM3Config`` fills it in
+(`llama.sliding_flags`). Each windowed layer gets its own mask and a rotating
+cache of ``W`` positions.
 """
 
 from __future__ import annotations
@@ -39,27 +43,27 @@ class ModelArgs(llama.ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
-        """Read a SmolLM3 config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``).
+        """Read a SmolLM3 config (transformers 4.x ``rope_theta`` or 5.x ``rope_parameters``;
+        ``max_position_embeddings`` 32768 when absent, as ``SmolLM3Config``).
 
         Raises:
-            ValueError: naming missing keys, a ``no_rope_layers`` of the wrong
-                length, or sliding-window attention turned on.
+            ValueError: naming missing keys, a ``no_rope_layers`` of the wrong length, or a
+                ``layer_types`` that is invalid or names sliding layers without a window.
         """
-        base = llama.ModelArgs.from_config({"model_type": "smollm3", **config})
+        base = llama.ModelArgs.from_config({"model_type": "smollm3", "max_position_embeddings": 32768, **config})
         flags = config.get("no_rope_layers")
         if flags is None:
             interval = config.get("no_rope_layer_interval", 4)
             flags = [(index + 1) % interval != 0 for index in range(base.num_layers)]
-        if config.get("use_sliding_window") and config.get("sliding_window") is not None:
-            sliding = [index for index, uses_rope in enumerate(flags) if not uses_rope]
-            if config.get("layer_types") is not None:
-                sliding = [index for index, kind in enumerate(config["layer_types"]) if kind == "sliding_attention"]
-            if sliding:
-                raise ValueError(
-                    f"smollm3 config.json turns on sliding-window attention (window {config['sliding_window']}) "
-                    f"in layers {sliding}; it is not supported: set use_sliding_window to false"
-                )
-        return cls(**vars(base), rope_layers=tuple(bool(flag) for flag in flags))
+        # use_sliding_window only fills in layer_types: transformers' masks and caches (eager, sdpa)
+        # window the layers layer_types names, with or without it.
+        window = config.get("sliding_window")
+        slides = config.get("use_sliding_window", False) and window is not None
+        layer_types = config.get("layer_types") or [
+            "sliding_attention" if slides and not uses_rope else "full_attention" for uses_rope in flags]
+        sliding = llama.sliding_flags(layer_types, window, base.num_layers, "smollm3")
+        windows = llama.window_fields(window, sliding, base.max_positions)
+        return cls(**{**vars(base), **windows}, rope_layers=tuple(bool(flag) for flag in flags))
 
 
 def features(args: ModelArgs) -> list[str]:
