@@ -47,30 +47,22 @@ LAYER_TYPES = ("sliding_attention", "full_attention")
 
 @dataclass
 class ModelArgs(llama.ModelArgs):
-    """`llama.ModelArgs` plus Gemma's scales, caps and sliding-window layers."""
+    """`llama.ModelArgs` plus Gemma's scales and caps; its ``sliding_window``, ``sliding_layers``
+    and ``windows`` hold the sliding-window layers, one flag for every layer."""
 
     query_pre_attn_scalar: float = 256.0  # attention scale = query_pre_attn_scalar ** -0.5
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
-    sliding_window: int | None = None
-    sliding_layers: tuple[bool, ...] = ()  # one flag per layer, True = sliding-window attention
     activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.sliding_layers) != self.num_layers:
+        if len(self.sliding_layers) != self.num_layers:  # the backbone builds its layers from these flags
             raise ValueError(
                 f"{self.model_type} layer_types has {len(self.sliding_layers)} entries for {self.num_layers} layers"
             )
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ValueError(f"{self.model_type} sliding_window must be >= 1, got {self.sliding_window}")
         if not self.query_pre_attn_scalar > 0:
             raise ValueError(f"{self.model_type} query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar}")
-
-    @property
-    def windows(self) -> list[int | None]:
-        """Per layer, its sliding window, or ``None`` for a global layer."""
-        return [self.sliding_window if sliding else None for sliding in self.sliding_layers]
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
