@@ -3,25 +3,29 @@ pretrained models, training, fine-tuning, distillation and generation."""
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention
-from .cache import KVCache
-from .feed_forward import ACTIVATIONS, FeedForward, GatedFeedForward, SwiGLU, get_activation
-from .losses import cross_entropy
-from .masks import causal_mask, combine_masks, create_attention_mask, padding_mask
-from .model_output import ModelOutput
-from .positions import (
+from . import _moved
+
+_moved.install()  # the former module names (mlx_llm.generate, mlx_llm.attention, ...) still import
+
+from .blocks.attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention
+from .blocks.cache import KVCache
+from .blocks.feed_forward import ACTIVATIONS, FeedForward, GatedFeedForward, SwiGLU, get_activation
+from .training.losses import cross_entropy
+from .blocks.masks import causal_mask, combine_masks, create_attention_mask, padding_mask
+from .blocks.model_output import ModelOutput
+from .blocks.positions import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     sinusoidal_table,
 )
-from .chat import ChatSession
+from .generation.chat import ChatSession
 from .embeddings import embed
-from .generate import GenerationResponse, batch_generate, generate, stream_generate
-from .sampling import SamplingConfig
-from .loading import convert, describe, load, load_model
+from .generation.generate import GenerationResponse, batch_generate, generate, stream_generate
+from .generation.sampling import SamplingConfig
+from .model_files.loading import convert, describe, load, load_model
 from .tokenization import Tokenizer
-from .transformer import (
+from .blocks.transformer import (
     EncoderDecoder,
     TransformerDecoder,
     TransformerDecoderLayer,

@@ -7,7 +7,7 @@ from typing import Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
-from .model_output import ENCODER_DECODER
+from .blocks.model_output import ENCODER_DECODER
 
 POOLINGS = ("mean", "cls", "last")
 

@@ -27,19 +27,19 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import data
-from .hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
-from .loading import (ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, OWN_NAMES_VERSION, load_model,
+from .model_files.hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
+from .model_files.loading import (ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, OWN_NAMES_VERSION, load_model,
                       quantization_predicate, read_config)
-from .lora import LoRAConfig, apply_lora, save_adapters
-from .mlx_lm_layout import mlx_lm_folder
-from .model_output import DECODER, ENCODER
+from .training.lora import LoRAConfig, apply_lora, save_adapters
+from .model_files.mlx_lm_layout import mlx_lm_folder
+from .blocks.model_output import DECODER, ENCODER
 from .models import get_family, model_types_of_kind
 from .pretrain import save_model
-from .run_folders import RunFolder
+from .model_files.run_folders import RunFolder
 from .tasks import RUN_FILE, TASKS as TASK_REGISTRY, RunSettings, Task, get_task, pad_token_id
 from .tasks.classify import HF_PROBLEMS  # noqa: F401  (re-exported: its former home)
 from .tokenization import Tokenizer
-from .training import OptimizationConfig, Trainer, TrainingConfig, evaluate_objective
+from .training.trainer import OptimizationConfig, Trainer, TrainingConfig, evaluate_objective
 
 TASKS = tuple(TASK_REGISTRY)
 # The task model each task builds (``args.task``), by task name.
@@ -232,7 +232,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
 
     Raises:
         FileExistsError, FileNotFoundError, ValueError: ``config.out`` is not a
-            folder this run may write into (see `mlx_llm.run_folders`), or bad input.
+            folder this run may write into (see `mlx_llm.model_files.run_folders`), or bad input.
     """
     task = get_task(config.task)
     run_folder = RunFolder(config.out, resume=resume, overwrite=overwrite,
@@ -398,10 +398,10 @@ def write_predictions(predictions: Iterator[dict], output: str | Path | None) ->
 def fuse(model_dir: str | Path, out: str | Path, dequantize: bool = False, overwrite: bool = False) -> Path:
     """Merge a LoRA run's adapters into its base and write a standalone model folder
     (quantized bases stay quantized unless ``dequantize``)."""
-    from .export import dequantize_model
-    from .hub import atomic_output_dir
-    from .weight_files import save_safetensors
-    from .lora import fuse_lora
+    from .model_files.export import dequantize_model
+    from .model_files.hub import atomic_output_dir
+    from .model_files.weight_files import save_safetensors
+    from .training.lora import fuse_lora
 
     folder = Path(model_dir)
     if not (folder / ADAPTER_CONFIG).is_file():

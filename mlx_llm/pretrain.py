@@ -27,18 +27,18 @@ from .data import (
     tokenize_corpus,
     tokenize_documents_for_bert,
 )
-from .cpu_tuning import warn_if_reference_blas
-from .hub import copy_tokenizer_files, read_json, write_json
-from .loading import DTYPES, FORMAT_VERSION, OWN_NAMES_VERSION
-from .mlx_lm_layout import mlx_lm_folder
+from .cpu.tuning import warn_if_reference_blas
+from .model_files.hub import copy_tokenizer_files, read_json, write_json
+from .model_files.loading import DTYPES, FORMAT_VERSION, OWN_NAMES_VERSION
+from .model_files.mlx_lm_layout import mlx_lm_folder
 from .models import get_family
-from .objectives import BertPretrainingObjective, CausalLMObjective
-from .run_folders import RunFolder
+from .training.objectives import BertPretrainingObjective, CausalLMObjective
+from .model_files.run_folders import RunFolder
 from .tokenization import Tokenizer
 from .tokenizer_training import train_tokenizer
-from .training import OptimizationConfig, Trainer, TrainResult
+from .training.trainer import OptimizationConfig, Trainer, TrainResult
 from .utils import num_parameters
-from .weight_files import save_safetensors
+from .model_files.weight_files import save_safetensors
 
 ARCHITECTURES = ("gpt", "bert")
 
@@ -164,7 +164,7 @@ def build_model(config: dict) -> nn.Module:
 def save_model(model: nn.Module, config: dict, folder: Path, tokenizer_dir: Path | None, dtype: str | None = None) -> None:
     """Write ``model.safetensors``, ``config.json`` and the tokenizer files into
     ``folder`` (each file atomically), so that `load` reads the folder, in
-    mlx-lm's layout (`mlx_llm.mlx_lm_layout`) so that mlx-lm does too."""
+    mlx-lm's layout (`mlx_llm.model_files.mlx_lm_layout`) so that mlx-lm does too."""
     family = get_family(config.get("model_type"))
     weights, config = mlx_lm_folder(model, config, family, {"trained_by": "mlx_llm"},
                                     FORMAT_VERSION, OWN_NAMES_VERSION)
@@ -259,7 +259,7 @@ def pretrain(
 
     Raises:
         FileExistsError, FileNotFoundError, ValueError: ``out`` is not a folder
-            this run may write into (see `mlx_llm.run_folders`), or bad input.
+            this run may write into (see `mlx_llm.model_files.run_folders`), or bad input.
             A fresh run that fails before its first checkpoint leaves no files.
     """
     optimization = _optimization(optimization, grad_accum=grad_accum, learning_rate=learning_rate,
@@ -516,7 +516,7 @@ def evaluate_text(
     windows = [tokens[start : start + seq_len + 1] for start in range(0, len(tokens) - 1, seq_len)]
     from tqdm import tqdm
 
-    from .losses import IGNORE_INDEX, cross_entropy
+    from .training.losses import IGNORE_INDEX, cross_entropy
 
     bar = tqdm(total=len(windows), unit="window", file=sys.stderr, dynamic_ncols=True, disable=not progress)
     for start in range(0, len(windows), batch_size):

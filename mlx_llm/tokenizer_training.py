@@ -28,7 +28,7 @@ from pathlib import Path
 import sentencepiece
 
 from .data.documents import PathLike, read_documents
-from .hub import atomic_output_dir, write_json
+from .model_files.hub import atomic_output_dir, write_json
 
 MODEL_TYPES = ("bpe", "unigram")
 GPT_SPECIAL_TOKENS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}

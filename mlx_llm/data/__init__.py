@@ -28,8 +28,8 @@ per epoch, and resumable: ``state()`` after ``k`` batches, then
 onwards.
 """
 
-from ..corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files
-from ..losses import IGNORE_INDEX
+from .corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files
+from ..training.losses import IGNORE_INDEX
 from .bert_pairs import BertPretrainingBatches, split_documents, tokenize_documents_for_bert
 from .causal_lm import CausalLMBatches, CausalLMDictBatches
 from .documents import PathLike, jsonl_records, not_utf8, read_documents, split_sentences

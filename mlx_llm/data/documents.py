@@ -10,7 +10,7 @@ Document rules (`read_documents`):
   one sentence per line, a blank line between documents).
 * A folder: its ``.txt`` and ``.jsonl`` files (not its ``README.md``), recursively,
   in sorted order of their paths; hidden files and folders (``.name``) are
-  skipped (`mlx_llm.corpus_files`; a glob pattern picks other files).
+  skipped (`mlx_llm.data.corpus_files`; a glob pattern picks other files).
 * Documents that are empty or only whitespace are skipped.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..corpus_files import CORPUS_SUFFIXES, list_corpus_files
+from .corpus_files import CORPUS_SUFFIXES, list_corpus_files
 
 # Corpora smaller than this tokenize without a progress bar.
 _PROGRESS_MIN_BYTES = 1 << 20

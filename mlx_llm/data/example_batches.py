@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..losses import IGNORE_INDEX
+from ..training.losses import IGNORE_INDEX
 from .epochs import ResumableEpochs, check_positive, check_seed
 from .example_encoding import check_problem
 
@@ -238,7 +238,7 @@ class TaggingBatches(_ExampleBatches):
 
 
 class InstructionBatches(_ExampleBatches):
-    """Batches of `encode_instructions` output, for `mlx_llm.objectives.CausalLMObjective`.
+    """Batches of `encode_instructions` output, for `mlx_llm.training.objectives.CausalLMObjective`.
 
     Keys, int32 ``(B, L)``: ``input_ids``, ``attention_mask`` and
     ``targets``: ``targets[:, t] = input_ids[:, t + 1]`` where token ``t + 1``
@@ -258,7 +258,7 @@ class InstructionBatches(_ExampleBatches):
 
 
 class Seq2SeqBatches(_ExampleBatches):
-    """Batches of `encode_seq2seq` output, for `mlx_llm.objectives.Seq2SeqObjective`.
+    """Batches of `encode_seq2seq` output, for `mlx_llm.training.objectives.Seq2SeqObjective`.
 
     Keys, int32: ``input_ids`` and ``attention_mask`` ``(B, S)``, and (with
     targets) ``labels`` ``(B, T)``, padded with ``-100``; ``T`` is the longest

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..losses import IGNORE_INDEX
+from ..training.losses import IGNORE_INDEX
 from ..tokenization import Tokenizer
 from .epochs import check_positive
 from .examples import ClassificationExample, InstructionExample, Seq2SeqExample, TaggingExample

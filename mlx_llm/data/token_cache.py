@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..corpus_files import list_corpus_files
-from ..hub import TOKENIZER_FILE_NAMES, TOKENIZER_FILE_PATTERNS, write_json
+from .corpus_files import list_corpus_files
+from ..model_files.hub import TOKENIZER_FILE_NAMES, TOKENIZER_FILE_PATTERNS, write_json
 from ..tokenization import Tokenizer
 from .documents import PathLike, documents_of, tokenizing_progress
 

@@ -38,7 +38,7 @@ The family interface: every family module (``models/<family>.py``) exports
   layouts to the ``Model``'s parameter names; also mlx-lm's layout, and the
   ``.scales`` / ``.biases`` of quantized layers.
 - ``export_hf_weights(weights, args)``: the inverse, used to write folders
-  (`mlx_llm.mlx_lm_layout`); ``export_mlx_lm_weights`` where mlx-lm's names
+  (`mlx_llm.model_files.mlx_lm_layout`); ``export_mlx_lm_weights`` where mlx-lm's names
   or layouts differ from transformers' (GPT-2).
 - ``features(args)`` (optional): short phrases that set the variant apart
   (``mlx-llm info`` prints them).
@@ -47,7 +47,7 @@ The family interface: every family module (``models/<family>.py``) exports
   ``gemma3``: its ``gemma3_text`` model); `loading.load_model` returns it, so
   ``convert``, ``export`` and fine-tuning write that model's folder.
 - ``mlx_lm_config(config) -> dict`` (optional): the ``config.json`` written
-  into an mlx-lm folder (`mlx_llm.mlx_lm_layout`), with the keys mlx-lm
+  into an mlx-lm folder (`mlx_llm.model_files.mlx_lm_layout`), with the keys mlx-lm
   reads in another spelling or requires (GPT-2's ``n_ctx``, Qwen3-MoE's
   ``num_experts``, Gemma's soft-caps, Phi-3's LongRoPE keys).
 - ``init_std(path, args) -> float`` (optional): the standard deviation of a

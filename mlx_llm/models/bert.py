@@ -21,12 +21,12 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..feed_forward import ACTIVATIONS, get_activation, hf_activation
-from ..layers import Embedding, Linear
-from ..masks import create_attention_mask
-from ..model_output import ENCODER, BertOutput, ModelOutput  # noqa: F401  (BertOutput: the former name)
-from ..positions import LearnedPositionalEmbedding, sinusoidal_table
-from ..transformer import TransformerEncoderLayer
+from ..blocks.feed_forward import ACTIVATIONS, get_activation, hf_activation
+from ..blocks.layers import Embedding, Linear
+from ..blocks.masks import create_attention_mask
+from ..blocks.model_output import ENCODER, BertOutput, ModelOutput  # noqa: F401  (BertOutput: the former name)
+from ..blocks.positions import LearnedPositionalEmbedding, sinusoidal_table
+from ..blocks.transformer import TransformerEncoderLayer
 from . import ModelType
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
 from .bert_weights import convert_hf_weights, export_hf_weights  # noqa: F401

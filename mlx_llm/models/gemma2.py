@@ -5,7 +5,7 @@ attention, a gated feed-forward) with Gemma's changes:
 
 - token embeddings scaled by ``sqrt(hidden_size)``, the factor cast to the
   embeddings' dtype first (``h = E[ids] * dtype(sqrt(d))``), as transformers;
-- RMSNorms scaled by ``(1 + w)`` (`mlx_llm.norms.UnitOffsetRMSNorm`), before
+- RMSNorms scaled by ``(1 + w)`` (`mlx_llm.blocks.norms.UnitOffsetRMSNorm`), before
   and after each sublayer: ``h = x + Norm'(Attn(Norm(x)))``,
   ``out = h + Norm'(MLP(Norm(h)))`` (`TransformerEncoderLayer`'s sandwich norms);
 - a GeGLU feed-forward (``gelu_pytorch_tanh``);
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache, RotatingKVCache
-from ..feed_forward import hf_activation
-from ..heads import decoder_task
-from ..layers import Embedding
-from ..masks import decoder_masks
-from ..norms import UnitOffsetRMSNorm
-from ..positions import RotaryEmbedding
-from ..transformer import TransformerEncoderLayer, run_layers
+from ..blocks.cache import KVCache, RotatingKVCache
+from ..blocks.feed_forward import hf_activation
+from ..blocks.heads import decoder_task
+from ..blocks.layers import Embedding
+from ..blocks.masks import decoder_masks
+from ..blocks.norms import UnitOffsetRMSNorm
+from ..blocks.positions import RotaryEmbedding
+from ..blocks.transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys, llama
 
 MODEL_TYPES = {"gemma2": ModelType("Gemma 2", "Gemma2")}

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache
-from ..feed_forward import hf_activation
-from ..heads import DECODER_TASKS, DecoderTaskModel, decoder_task
-from ..layers import Embedding
-from ..masks import decoder_mask
-from ..positions import LearnedPositionalEmbedding
-from ..transformer import TransformerEncoderLayer, run_layers
+from ..blocks.cache import KVCache
+from ..blocks.feed_forward import hf_activation
+from ..blocks.heads import DECODER_TASKS, DecoderTaskModel, decoder_task
+from ..blocks.layers import Embedding
+from ..blocks.masks import decoder_mask
+from ..blocks.positions import LearnedPositionalEmbedding
+from ..blocks.transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys
 
 MODEL_TYPES = {"gpt2": ModelType("GPT-2", "GPT2", layers_key="n_layer", width_key="n_embd")}

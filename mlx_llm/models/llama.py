@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache
-from ..heads import DECODER_TASKS, DecoderTaskModel, decoder_task
-from ..layers import Embedding
-from ..masks import decoder_masks
-from ..positions import RotaryEmbedding
-from ..transformer import TransformerEncoderLayer, run_layers
+from ..blocks.cache import KVCache
+from ..blocks.heads import DECODER_TASKS, DecoderTaskModel, decoder_task
+from ..blocks.layers import Embedding
+from ..blocks.masks import decoder_masks
+from ..blocks.positions import RotaryEmbedding
+from ..blocks.transformer import TransformerEncoderLayer, run_layers
 from . import ModelType, check_required_keys, model_type_info
 
 MODEL_TYPES = {"llama": ModelType("Llama", "Llama"), "mistral": ModelType("Mistral", "Mistral"),

@@ -3,7 +3,7 @@
 A Llama-family decoder (`llama`: pre-RMSNorm blocks, rotary positions,
 grouped-query attention) whose feed-forward is, in every layer, a sparse
 mixture of ``num_local_experts`` SwiGLU experts with ``num_experts_per_tok``
-of them per token (`mlx_llm.moe.SparseMoeBlock`): router softmax, top-k,
+of them per token (`mlx_llm.blocks.moe.SparseMoeBlock`): router softmax, top-k,
 the top-k probabilities renormalized to sum to 1.
 
 Weights: transformers' ``save_pretrained`` stores each expert
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..moe import SparseMoeBlock, stack_experts, unstack_experts
+from ..blocks.moe import SparseMoeBlock, stack_experts, unstack_experts
 from . import ModelType, llama
 
 MODEL_TYPES = {"mixtral": ModelType("Mixtral", "Mixtral")}

@@ -37,8 +37,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..feed_forward import GatedFeedForward
-from ..positions import LongRoPE, RotaryEmbedding, longrope_attention_factor
+from ..blocks.feed_forward import GatedFeedForward
+from ..blocks.positions import LongRoPE, RotaryEmbedding, longrope_attention_factor
 from . import ModelType, llama
 
 MODEL_TYPES = {"phi3": ModelType("Phi-3", "Phi3")}

@@ -3,7 +3,7 @@
 A Qwen3 decoder (`qwen3`: Llama blocks with per-head query/key RMSNorm and an
 explicit ``head_dim``) whose feed-forward is, in its sparse layers, a mixture
 of ``num_experts`` SwiGLU experts of width ``moe_intermediate_size`` with
-``num_experts_per_tok`` per token (`mlx_llm.moe.SparseMoeBlock`): router
+``num_experts_per_tok`` per token (`mlx_llm.blocks.moe.SparseMoeBlock`): router
 softmax, top-k, renormalized to sum to 1 only when ``norm_topk_prob``.
 
 Layer ``i`` is sparse when ``i`` is not in ``mlp_only_layers`` and
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..moe import SparseMoeBlock, stack_experts, unstack_experts
+from ..blocks.moe import SparseMoeBlock, stack_experts, unstack_experts
 from . import ModelType, llama, qwen3
 
 MODEL_TYPES = {"qwen3_moe": ModelType("Qwen3-MoE", "Qwen3Moe")}

@@ -28,12 +28,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cache import KVCache
-from ..feed_forward import ACTIVATIONS, HF_ACTIVATIONS
-from ..layers import Embedding, Linear
-from ..masks import causal_mask, combine_masks, padding_mask
-from ..model_output import ENCODER_DECODER, ModelOutput
-from ..transformer import TransformerDecoder, TransformerEncoder
+from ..blocks.cache import KVCache
+from ..blocks.feed_forward import ACTIVATIONS, HF_ACTIVATIONS
+from ..blocks.layers import Embedding, Linear
+from ..blocks.masks import causal_mask, combine_masks, padding_mask
+from ..blocks.model_output import ENCODER_DECODER, ModelOutput
+from ..blocks.transformer import TransformerDecoder, TransformerEncoder
 from . import ModelType, check_required_keys
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
 from .t5_weights import convert_hf_weights, export_hf_weights  # noqa: F401

@@ -1,6 +1,6 @@
 """A KV cache whose rows join and leave between decoding steps (continuous batching).
 
-Rows are left-padded to a common length, as in `mlx_llm.generate.batch_generate`:
+Rows are left-padded to a common length, as in `mlx_llm.generation.generate.batch_generate`:
 each row counts its positions from its first real token (``left_padding``),
 and the mask hides the padding. Sequences that arrive together are prefilled
 together (`start_rows`: a left-padded batch of their own), then `join` pads
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..cache import KVCache
+from ..blocks.cache import KVCache
 
 
 class BatchKVCache(KVCache):

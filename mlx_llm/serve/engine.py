@@ -18,8 +18,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..sampling import SamplingConfig
-from ..stopping import SequenceText
+from ..generation.sampling import SamplingConfig
+from ..generation.stopping import SequenceText
 from .batch_cache import BatchKVCache, join, keep_rows, row_state, start_rows
 from .picks import Picks, choose, concatenate
 from .prefix_cache import PrefixCache

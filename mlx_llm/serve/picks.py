@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..sampling import SamplingConfig, pick_tokens
+from ..generation.sampling import SamplingConfig, pick_tokens
 
 _GREEDY = SamplingConfig()
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import mlx.core as mx
 
-from ..cache import KVCache
+from ..blocks.cache import KVCache
 from .batch_cache import single_cache
 
 

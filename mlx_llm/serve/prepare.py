@@ -7,7 +7,7 @@ response starts.
 
 from __future__ import annotations
 
-from ..generation_config import GenerationDefaults, resolve_sampling_config
+from ..generation.generation_config import GenerationDefaults, resolve_sampling_config
 from .engine import SequenceSettings
 from .protocol import GenerationRequest, RequestError
 from .worker import GENERATE, ModelWorker
@@ -46,7 +46,7 @@ def prepare(worker: ModelWorker, request: GenerationRequest) -> tuple[list[int],
     """Prompt ids and settings for one generation request.
 
     Fields the request leaves out come from the checkpoint's
-    ``generation_config.json`` (`mlx_llm.generation_config.resolve_sampling_config`);
+    ``generation_config.json`` (`mlx_llm.generation.generation_config.resolve_sampling_config`);
     ``max_tokens`` is cut to what the context leaves after the prompt.
 
     Raises:

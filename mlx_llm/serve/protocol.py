@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..sampling import SAMPLING_BOUNDS
+from ..generation.sampling import SAMPLING_BOUNDS
 
 # OpenAI's own bounds, kept so that clients written against it see the same errors.
 MAX_STOP_STRINGS = 4
@@ -201,7 +201,7 @@ def _sampling(body: dict) -> dict:
         "model": _model(body),
         "max_tokens": max_tokens,
         "temperature": _float(body, "temperature", lambda v: 0 <= v <= 2, "between 0 and 2"),
-        # The library's own bounds (`mlx_llm.sampling.SAMPLING_BOUNDS`); temperature keeps OpenAI's narrower range.
+        # The library's own bounds (`mlx_llm.generation.sampling.SAMPLING_BOUNDS`); temperature keeps OpenAI's narrower range.
         "top_p": _float(body, "top_p", *SAMPLING_BOUNDS["top_p"]),
         "top_k": _integer(body, "top_k", 0),
         "min_p": _float(body, "min_p", *SAMPLING_BOUNDS["min_p"]),

@@ -1,6 +1,6 @@
 """Weight order for decoding a batch on the CPU.
 
-`mlx_llm.layers.relayout` stores each float32 weight in the order one-row
+`mlx_llm.blocks.layers.relayout` stores each float32 weight in the order one-row
 products (a single sequence's decoding step) read fastest. A server decodes
 several rows at once, and there the order matters more: with MKL on a 2-core
 x86 machine, the 210 products of a SmolLM-135M-shaped Llama's decoding step
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
-from ..backend import cpu_kernels_enabled
-from ..cpu_tuning import in_out_is_faster
-from ..layers import input_major, place_weight, product_groups
+from ..cpu.backend import cpu_kernels_enabled
+from ..cpu.tuning import in_out_is_faster
+from ..blocks.layers import input_major, place_weight, product_groups
 
 BATCH_ROWS = 8  # rows of the timed product: a typical running batch
 _SMALL_BYTES = 2**20  # a shape with less weight in all stays in the caches: its order hardly matters
@@ -26,7 +26,7 @@ _TIMED_BYTES = 64 * 2**20  # at most this much of one shape's weights is copied 
 def place_for_batches(model: nn.Module, rows: int = BATCH_ROWS) -> int:
     """Store ``model``'s float32 product weights in the order ``rows``-row products read fastest.
 
-    Only on the CPU with an optimized BLAS (`mlx_llm.layers.input_major` is
+    Only on the CPU with an optimized BLAS (`mlx_llm.blocks.layers.input_major` is
     off): on a GPU there is no BLAS, and under the reference BLAS every such
     weight is already stored ``(in, out)``. Values are unchanged.
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..model_output import ENCODER, ENCODER_DECODER
+from ..blocks.model_output import ENCODER, ENCODER_DECODER
 from .engine import ErrorEvent, Scheduler, Sequence
 from .prefix_cache import PrefixCache
 from .weights import place_for_batches
@@ -46,7 +46,7 @@ class EmbeddingResult:
 
 
 def _load(path: str):
-    from ..loading import load
+    from ..model_files.loading import load
 
     return load(path)
 
@@ -136,7 +136,7 @@ class ModelWorker:
             self._fail_queued("the model's worker stopped")
 
     def _setup(self, model, tokenizer) -> None:
-        from ..generate import check_can_generate, context_length
+        from ..generation.generate import check_can_generate, context_length
 
         self.model, self.tokenizer = model, tokenizer
         self.generation_defaults = getattr(model, "generation_defaults", None)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import mlx.nn as nn
 
-from ..model_output import DECODER
+from ..blocks.model_output import DECODER
 from ..models import get_family
 from ..tokenization import Tokenizer
 from .settings import RunSettings
@@ -89,7 +89,7 @@ class Task(ABC):
 
     @abstractmethod
     def objective(self, settings: RunSettings):
-        """The `mlx_llm.training.Objective`: loss terms and validation metrics."""
+        """The `mlx_llm.training.trainer.Objective`: loss terms and validation metrics."""
 
     @abstractmethod
     def default_metric(self, settings: RunSettings) -> str:
@@ -111,7 +111,7 @@ class Task(ABC):
 
     def architecture(self, config: dict) -> str:
         """The transformers class name of the task model built from ``config``."""
-        from ..export import hf_architecture
+        from ..model_files.export import hf_architecture
 
         return hf_architecture(config["model_type"], self.model_task)
 

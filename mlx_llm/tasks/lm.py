@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import mlx.nn as nn
 
 from .. import data
-from ..objectives import CausalLMObjective
+from ..training.objectives import CausalLMObjective
 from ..tokenization import Tokenizer
-from ..model_output import DECODER
+from ..blocks.model_output import DECODER
 from .base import Task
 from .settings import RunSettings
 
@@ -47,7 +47,7 @@ class LanguageModelTask(Task):
     def predict(self, model: nn.Module, tokenizer: Tokenizer, examples: list, settings: RunSettings,
                 batch_size: int, max_tokens: int, temperature: float) -> Iterator[dict[str, Any]]:
         """``{"completion"}`` for each prompt, one at a time."""
-        from ..generate import generate
+        from ..generation.generate import generate
 
         for example in examples:
             if example.messages is not None:

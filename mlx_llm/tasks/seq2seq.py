@@ -3,7 +3,7 @@
 Data: input/target text pairs in JSONL (``{"input": ..., "target": ...}``),
 CSV or TSV (`mlx_llm.data.read_seq2seq`; other field names with
 ``text_column`` / ``label_column``). The loss is the decoder's cross-entropy
-on the target tokens (`mlx_llm.objectives.Seq2SeqObjective`, as
+on the target tokens (`mlx_llm.training.objectives.Seq2SeqObjective`, as
 ``T5ForConditionalGeneration(labels=...)``); validation reports it with the
 exact match of greedy decoding. Predictions are generated targets: greedy (or
 sampled) decoding with the decoder's KV cache, a batch at a time.
@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import mlx.nn as nn
 
 from .. import data
-from ..model_output import ENCODER_DECODER
-from ..objectives import Seq2SeqObjective
+from ..blocks.model_output import ENCODER_DECODER
+from ..training.objectives import Seq2SeqObjective
 from ..tokenization import Tokenizer
 from .base import Task
 from .settings import RunSettings
@@ -59,7 +59,7 @@ class Seq2SeqTask(Task):
                 batch_size: int, max_tokens: int, temperature: float) -> Iterator[dict[str, Any]]:
         """``{"target"}``: the generated target of each input (cut to ``max_length`` tokens),
         decoded a batch at a time with the decoder's cache."""
-        from ..generate import batch_generate
+        from ..generation.generate import batch_generate
 
         encoded = self.encode(self.unlabelled(examples), tokenizer, settings)
         for start in range(0, len(encoded), batch_size):

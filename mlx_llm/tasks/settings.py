@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import LabelSet
-from ..hub import read_json, write_json
+from ..model_files.hub import read_json, write_json
 
 RUN_FILE = "finetune.json"
 COLUMN_SETTINGS = ("text_column", "text_pair_column", "label_column")

@@ -15,10 +15,10 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import data
-from ..heads import task_logits
-from ..objectives import TokenClassificationObjective
+from ..blocks.heads import task_logits
+from ..training.objectives import TokenClassificationObjective
 from ..tokenization import Tokenizer
-from ..model_output import DECODER, ENCODER
+from ..blocks.model_output import DECODER, ENCODER
 from .base import Task, pad_token_id
 from .classify import training_labels
 from .settings import RunSettings
