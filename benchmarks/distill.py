@@ -23,7 +23,7 @@ Parts:
            are trained on; both are written as TSV (``sentence``/``label``) to
            ``--work``. Teacher: `mlx_llm.finetune.finetune`, ``--teacher-epochs``
            (1), learning rate 5e-5 with linear decay, batch 32, inputs cut to 64
-           tokens. Student: `mlx_llm.distill.distill` copies teacher layers
+           tokens. Student: `mlx_llm.distillation.distill.distill` copies teacher layers
            0, 2, 4 (DistilBERT's every-other-layer map) with the embeddings,
            pooler and classifier, and trains on the same examples for
            ``--student-epochs`` (2) at ``--student-lr`` (1e-4, linear decay),
@@ -84,7 +84,7 @@ import numpy as np
 from common import blas_in_use
 
 from mlx_llm import data
-from mlx_llm.hub import read_json, write_json
+from mlx_llm.model_files.hub import read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEACHER_SETTINGS = dict(learning_rate=5e-5, batch_size=32, max_length=64, schedule="linear")
@@ -221,8 +221,8 @@ def speed_batch(teacher_folder: Path, valid: list[data.ClassificationExample], s
 
 
 def run_encoder(options, work: Path) -> dict:
-    from mlx_llm.distill import DistillConfig, distill, load_teacher, measure_speed
-    from mlx_llm.loading import load_model
+    from mlx_llm.distillation.distill import DistillConfig, distill, load_teacher, measure_speed
+    from mlx_llm.model_files.loading import load_model
 
     teacher_folder = work / "teacher"
     reusable_teacher(options, teacher_folder)  # a mismatch fails before the split is rewritten
@@ -299,7 +299,7 @@ def print_encoder(report: dict, options) -> None:
 
 def decode_tokens_per_second(model, tokenizer) -> float:
     """Greedy tokens/s after the first token, for ``DECODE_TOKENS`` tokens after ``PROMPT`` (EOS ignored)."""
-    from mlx_llm.generate import stream_generate
+    from mlx_llm.generation.generate import stream_generate
 
     *_, last = stream_generate(model, tokenizer, PROMPT, max_tokens=DECODE_TOKENS, temperature=0.0,
                                eos_token_ids=())
@@ -310,15 +310,15 @@ def decode_tokens_per_second(model, tokenizer) -> float:
 
 def stored_dtype(folder: Path) -> str:
     """The floating type most of a checkpoint's weights are stored in."""
-    from mlx_llm.loading import describe
+    from mlx_llm.model_files.loading import describe
 
     return describe(folder).dtype
 
 
 def run_decoder(options, work: Path) -> dict:
     from mlx_llm.data import CausalLMBatches, tokenize_corpus
-    from mlx_llm.distill import DistillConfig, distill, load_teacher, measure_speed
-    from mlx_llm.loading import load_model
+    from mlx_llm.distillation.distill import DistillConfig, distill, load_teacher, measure_speed
+    from mlx_llm.model_files.loading import load_model
     from mlx_llm.tokenization import Tokenizer
 
     settings = DECODER_SETTINGS

@@ -22,7 +22,7 @@ Tasks:
   conll  CoNLL-2003 English NER (default ../shared/data/conll2003/train.txt,
          IOB2). Sentences are shuffled and split the same way (defaults 500
          validation, 3000 training sentences). Metric: entity-level F1 on word
-         tags (`mlx_llm.metrics.entity_scores`, equal to seqeval), labelling and
+         tags (`mlx_llm.training.metrics.entity_scores`, equal to seqeval), labelling and
          predicting each word at its first sub-token; words cut off by
          ``--max-length`` are left out of the score on both sides, as mlx_llm's
          validation does.
@@ -59,7 +59,7 @@ import numpy as np
 from common import blas_in_use
 
 from mlx_llm import data
-from mlx_llm.metrics import accuracy, entity_scores
+from mlx_llm.training.metrics import accuracy, entity_scores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKS = {

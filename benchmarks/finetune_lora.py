@@ -208,11 +208,11 @@ def quantize_predicate(group_size: int):
 
 def run_mlx_llm(checkpoint: Path, data: Path, options) -> dict:
     from mlx_llm.data import InstructionBatches, encode_instructions, read_instructions
-    from mlx_llm.loading import load_model, quantization_predicate
-    from mlx_llm.lora import LoRAConfig, apply_lora
-    from mlx_llm.objectives import CausalLMObjective
+    from mlx_llm.model_files.loading import load_model, quantization_predicate
+    from mlx_llm.training.lora import LoRAConfig, apply_lora
+    from mlx_llm.training.objectives import CausalLMObjective
     from mlx_llm.tokenization import Tokenizer
-    from mlx_llm.training import Trainer, TrainingConfig
+    from mlx_llm.training.trainer import Trainer, TrainingConfig
 
     # What mlx_llm.finetune.finetune builds for task="lm", lora=True.
     tokenizer = Tokenizer.from_pretrained(checkpoint)

@@ -124,8 +124,8 @@ def time_steps(steps, prompt_tokens: int) -> dict:
 
 
 def run_mlx_llm(model, prompt: mx.array, gen_tokens: int, prefill: int) -> dict:
-    from mlx_llm.generate import generate_step
-    from mlx_llm.sampling import SamplingConfig
+    from mlx_llm.generation.generate import generate_step
+    from mlx_llm.generation.sampling import SamplingConfig
 
     return time_steps(generate_step(model, prompt, SamplingConfig(), gen_tokens, prefill_step_size=prefill),
                       prompt.size)
@@ -168,7 +168,7 @@ def main() -> None:
                         help="Convert with mlx-lm to this many bits (group size 64) and compare on that folder.")
     options = parser.parse_args()
 
-    from mlx_llm.loading import load_model
+    from mlx_llm.model_files.loading import load_model
 
     checkpoint = options.model or make_checkpoint(options.shape, options.workdir)
     if options.mlx_lm_quantize:

@@ -5,7 +5,7 @@
 
 Each measurement runs in a fresh process so peak memory is its own. With an
 optimized BLAS, the first load on a machine also measures the weight orders
-(`mlx_llm.layers.relayout`): "first load" times that, with an empty cache of
+(`mlx_llm.blocks.layers.relayout`): "first load" times that, with an empty cache of
 measured orders; the other loads find them measured. Prints a table and one
 JSON line. Needs the test extra (torch, transformers) to write
 the checkpoints.
@@ -34,7 +34,7 @@ SHAPES = {
 MEASURE = r"""
 import json, resource, sys, time
 import mlx.core as mx
-from mlx_llm.loading import load_model, convert
+from mlx_llm.model_files.loading import load_model, convert
 action, path = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 if action == "load":

@@ -59,9 +59,9 @@ def time_steps(step, batches) -> float:
 
 
 def run_mlx_llm(checkpoint: Path, batches: list[np.ndarray]) -> float:
-    from mlx_llm.loading import load_model
-    from mlx_llm.objectives import CausalLMObjective
-    from mlx_llm.training import Trainer, TrainingConfig
+    from mlx_llm.model_files.loading import load_model
+    from mlx_llm.training.objectives import CausalLMObjective
+    from mlx_llm.training.trainer import Trainer, TrainingConfig
 
     model, _ = load_model(checkpoint)
     model.train()
@@ -145,7 +145,7 @@ def main() -> None:
         for name, runner in runners.items():
             seconds[name].append(runner(checkpoint, batches))
 
-    from mlx_llm.loading import load_model
+    from mlx_llm.model_files.loading import load_model
     from mlx_llm.utils import num_parameters
 
     parameters = num_parameters(load_model(checkpoint)[0])

@@ -12,7 +12,7 @@ on the CPU, MKL installed in this environment (``pip install
 `reexec_with_mkl` applies it to this process.
 
 A run that starts on the reference BLAS all the same says so once its inputs
-are checked: the library warns (`mlx_llm.cpu_tuning.warn_if_reference_blas`)
+are checked: the library warns (`mlx_llm.cpu.tuning.warn_if_reference_blas`)
 and `show_library_warnings` prints that as one line on stderr.
 """
 
@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import click
 
-from mlx_llm.backend import switched_off
-from mlx_llm.cpu_tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, OPTIMIZED_BLAS, installed_mkl, slow_blas_hint  # noqa: F401
+from mlx_llm.cpu.backend import switched_off
+from mlx_llm.cpu.tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, OPTIMIZED_BLAS, installed_mkl, slow_blas_hint  # noqa: F401
 
 # Commands whose work is float32 matrix products (training and scoring whole data sets).
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})
@@ -100,7 +100,7 @@ def reexec_with_mkl() -> None:
     original = getattr(sys, "orig_argv", None)
     if not original or (arguments and list(original[-len(arguments):]) != arguments):
         return
-    from mlx_llm.backend import on_cpu
+    from mlx_llm.cpu.backend import on_cpu
 
     updates = mkl_reexec(arguments, os.environ, sys.platform, on_cpu(), installed_mkl())
     if updates is None:

@@ -64,8 +64,8 @@ def library_errors(command: Callable) -> Callable:
         except ConnectionError as error:
             raise click.ClickException(str(error)) from None
         except RuntimeError as error:
-            # Imported here: mlx_llm.training loads MLX, which --help should not wait for.
-            from mlx_llm.training import TrainingDiverged
+            # Imported here: mlx_llm.training.trainer loads MLX, which --help should not wait for.
+            from mlx_llm.training.trainer import TrainingDiverged
 
             if isinstance(error, TrainingDiverged):
                 raise DivergedError(_diverged_message(error)) from None

@@ -166,6 +166,6 @@ def fuse(model_dir, out, dequantize, overwrite) -> None:
 @library_errors
 def export(model_dir, out, dtype, overwrite) -> None:
     """Export MODEL_DIR (converted, trained, fine-tuned or LoRA) for Hugging Face transformers."""
-    from mlx_llm.export import export_to_hf
+    from mlx_llm.model_files.export import export_to_hf
 
     click.echo(str(export_to_hf(model_dir, out, dtype=dtype, overwrite=overwrite)))

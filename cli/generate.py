@@ -15,12 +15,12 @@ def resolve_model(model: str | None) -> str:
     if model is not None:
         return model
     # The built-in demo model ships inside the package (see weights/README.md).
-    from mlx_llm.demo import demo_model_path
+    from mlx_llm.model_files.demo import demo_model_path
 
     return str(demo_model_path())
 
 
-# Unset sampling options come from the checkpoint (mlx_llm.generation_config.resolve_sampling_config).
+# Unset sampling options come from the checkpoint (mlx_llm.generation.generation_config.resolve_sampling_config).
 _FROM_CHECKPOINT = "default: the checkpoint's generation_config.json, else"
 # SamplingConfig field -> the option that sets it, to name the option in SamplingConfig's messages.
 SAMPLING_OPTIONS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
@@ -59,7 +59,7 @@ def given_sampling(temp, top_k, top_p, min_p, repetition_penalty) -> dict:
     Returns:
         ``{SamplingConfig field: value}`` of the options given.
     """
-    from mlx_llm.sampling import SamplingConfig, SamplingError
+    from mlx_llm.generation.sampling import SamplingConfig, SamplingError
 
     values = {"temperature": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p,
               "repetition_penalty": repetition_penalty}
@@ -74,7 +74,7 @@ def given_sampling(temp, top_k, top_p, min_p, repetition_penalty) -> dict:
 def sampling_settings(loaded, max_tokens, given: dict):
     """``(max_tokens, SamplingConfig)``: the options given, over the checkpoint's
     generation_config.json, over the built-in defaults."""
-    from mlx_llm.generation_config import GenerationDefaults, resolve_sampling_config
+    from mlx_llm.generation.generation_config import GenerationDefaults, resolve_sampling_config
 
     defaults = getattr(loaded, "generation_defaults", GenerationDefaults())
     return resolve_sampling_config(defaults, max_tokens=max_tokens, **given)
@@ -130,8 +130,8 @@ def load_for_generation(model, dtype, revision, system, stop):
     Returns:
         The model, its tokenizer, the system message and the stop strings (escapes applied).
     """
-    from mlx_llm.generate import check_can_generate
-    from mlx_llm.loading import load
+    from mlx_llm.generation.generate import check_can_generate
+    from mlx_llm.model_files.loading import load
 
     if system is not None:
         system = valid_text(system, "the system message")
@@ -158,7 +158,7 @@ def generate(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, s
     Sampling options left unset come from the model's generation_config.json
     (as transformers reads it), else greedy decoding; --temp 0 is always greedy.
     """
-    from mlx_llm.generate import stream_generate
+    from mlx_llm.generation.generate import stream_generate
 
     given = given_sampling(temp, top_k, top_p, min_p, repetition_penalty)
     prompt = read_stdin("the prompt") if prompt == "-" else valid_text(prompt, "the prompt")
@@ -197,7 +197,7 @@ def chat(model, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed,
     Type a message and press Enter. /reset starts over, /exit (or Ctrl-D) quits,
     Ctrl-C stops the current answer.
     """
-    from mlx_llm.chat import ChatSession
+    from mlx_llm.generation.chat import ChatSession
 
     given = given_sampling(temp, top_k, top_p, min_p, repetition_penalty)
     loaded, tokenizer, system, stop = load_for_generation(model, dtype, revision, system, stop)

@@ -62,7 +62,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo(batch_size: int, source_length: int, target_length: int, vocab_size: int, dtype: str, seed: int) -> None:
     """Build a small encoder-decoder Transformer and print its output shape."""
-    from mlx_llm.demo import run_demo
+    from mlx_llm.model_files.demo import run_demo
 
     result = run_demo(batch_size, source_length, target_length, vocab_size, dtype, seed)
     click.echo(

@@ -26,8 +26,8 @@ def convert(source: str, out: Path, dtype: str | None, quantize: bool, bits: str
             revision: str | None, overwrite: bool) -> None:
     """Convert SOURCE (a local folder or Hub repository id) to an MLX folder that
     loads with no network."""
-    from mlx_llm.hub import check_output_dir
-    from mlx_llm.loading import convert as convert_checkpoint
+    from mlx_llm.model_files.hub import check_output_dir
+    from mlx_llm.model_files.loading import convert as convert_checkpoint
 
     if not quantize and (bits != "4" or group_size != "64"):
         raise click.UsageError("--bits and --group-size take effect only with --quantize")
@@ -49,7 +49,7 @@ def convert(source: str, out: Path, dtype: str | None, quantize: bool, bits: str
 @library_errors
 def info(model: str, revision: str | None, as_json: bool) -> None:
     """Architecture, parameters, dtype, quantization and context length of MODEL."""
-    from mlx_llm.loading import describe
+    from mlx_llm.model_files.loading import describe
 
     details = describe(model, revision=revision)
     if as_json:
@@ -92,7 +92,7 @@ def embed(model: str, texts: tuple[str, ...], input_file, pooling: str, normaliz
     """Embed TEXTS (or lines of --input) with MODEL; prints one JSON object per input:
     {"text": ..., "embedding": [...]}."""
     from mlx_llm.embeddings import embed as embed_texts
-    from mlx_llm.loading import load
+    from mlx_llm.model_files.loading import load
 
     inputs = list(texts)
     if input_file is not None:

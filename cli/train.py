@@ -69,7 +69,7 @@ def _size(value: str, arch: str):
 
 def _corpus_files(option: str, paths, pattern: str | None, report: bool = True) -> list[Path]:
     """The files --data (or --valid) stands for, listed on stderr: what is read is what was meant."""
-    from mlx_llm.corpus_files import describe_files, list_corpus_files
+    from mlx_llm.data.corpus_files import describe_files, list_corpus_files
 
     files = list_corpus_files(list(paths), pattern=pattern)
     if report:
@@ -145,7 +145,7 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 
     def list_files() -> None:  # once pretrain accepted the settings: a refused run prints only its error
         if _leader():
-            from mlx_llm.corpus_files import describe_files
+            from mlx_llm.data.corpus_files import describe_files
 
             click.echo(f"--data: {describe_files(files)}", err=True)
             if valid_files:
@@ -183,8 +183,8 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 @library_errors
 def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
-    from mlx_llm.loading import load
-    from mlx_llm.model_output import DECODER
+    from mlx_llm.model_files.loading import load
+    from mlx_llm.blocks.model_output import DECODER
     from mlx_llm.pretrain import evaluate_text
 
     files = _corpus_files("--data", data, data_glob, report=False)
@@ -192,7 +192,7 @@ def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     if loaded.kind != DECODER:
         raise click.UsageError("mlx-llm eval measures causal language models (GPT-2, Llama family)")
     if not quiet:  # once the inputs are good: a refused run prints only its error
-        from mlx_llm.corpus_files import describe_files
+        from mlx_llm.data.corpus_files import describe_files
 
         click.echo(f"--data: {describe_files(files)}", err=True)
     click.echo(json.dumps(evaluate_text(loaded, tokenizer, files, seq_len=seq_len, batch_size=batch_size,

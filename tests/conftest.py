@@ -12,7 +12,7 @@ def _seed():
 
 @pytest.fixture(autouse=True, scope="session")
 def _weight_order_cache(tmp_path_factory):
-    """Measured weight orders (mlx_llm.layers) go to a temporary folder, never the user's cache."""
+    """Measured weight orders (mlx_llm.blocks.layers) go to a temporary folder, never the user's cache."""
     import os
 
     previous = os.environ.get("MLX_LLM_CACHE")

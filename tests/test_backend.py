@@ -1,4 +1,4 @@
-"""mlx_llm.backend: MLX_LLM_CPU_KERNELS turns every CPU-only branch off, so that the CPU runs the code
+"""mlx_llm.cpu.backend: MLX_LLM_CPU_KERNELS turns every CPU-only branch off, so that the CPU runs the code
 Metal and CUDA run; a whole model then calls mx.fast.rope and MLX's own activations."""
 
 import os

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mlx_llm.demo import demo_model_path
+from mlx_llm.model_files.demo import demo_model_path
 from mlx_llm_cli import blas
 
 MKL = "/env/lib/libmkl_rt.so.3"

@@ -108,7 +108,7 @@ def sink_window_mask(length: int, max_size: int, keep: int) -> np.ndarray:
 @pytest.mark.parametrize("keep", [0, 2])
 @pytest.mark.parametrize("chunks", [[1] * 20, [5] + [1] * 15, [3, 1, 1, 6, 1, 1, 4, 1, 1, 1]])
 def test_rotating_cache_equals_sink_and_window_attention(keep, chunks):
-    from mlx_llm.cache import RotatingKVCache
+    from mlx_llm.blocks.cache import RotatingKVCache
 
     hidden, max_size = 16, 7
     length = sum(chunks)
@@ -127,7 +127,7 @@ def test_rotating_cache_equals_sink_and_window_attention(keep, chunks):
 
 
 def test_rotating_cache_without_eviction_equals_plain_cache():
-    from mlx_llm.cache import RotatingKVCache
+    from mlx_llm.blocks.cache import RotatingKVCache
 
     encoder = TransformerEncoder(2, 8, 2, 16, norm_first=True)
     x = mx.random.normal((1, 6, 8))

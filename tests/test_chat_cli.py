@@ -7,9 +7,9 @@ import transformers
 from click.testing import CliRunner
 from tokenizer_fixtures import build_byte_level_bpe, build_chat_llama
 
-from mlx_llm.chat import ChatSession
-from mlx_llm.generate import generate
-from mlx_llm.loading import load
+from mlx_llm.generation.chat import ChatSession
+from mlx_llm.generation.generate import generate
+from mlx_llm.model_files.loading import load
 from mlx_llm_cli.main import main
 
 
@@ -94,7 +94,7 @@ def test_generate_command_bad_input_exits_2(chat_model, arguments, message):
 def test_generate_command_unknown_model_and_no_default(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"])
     assert result.exit_code == 2 and "does not exist" in result.output
-    from mlx_llm.demo import demo_model_path
+    from mlx_llm.model_files.demo import demo_model_path
 
     try:
         demo_model_path()

@@ -1,4 +1,4 @@
-"""Which files of a folder a corpus reads (mlx_llm.corpus_files)."""
+"""Which files of a folder a corpus reads (mlx_llm.data.corpus_files)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_llm.corpus_files import describe_files, list_corpus_files
+from mlx_llm.data.corpus_files import describe_files, list_corpus_files
 
 
 def _tree(root: Path) -> Path:

@@ -22,7 +22,7 @@ from mlx_llm.data import (
     tokenize_corpus,
     tokenize_documents_for_bert,
 )
-from mlx_llm.tokenizer import Tokenizer
+from mlx_llm.tokenization import Tokenizer
 from mlx_llm.tokenizer_training import train_tokenizer
 
 

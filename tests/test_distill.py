@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from finetune_fixtures import build_models, sentiment_rows, write_tsv
 from mlx.utils import tree_flatten
 
-from mlx_llm.distill import (
+from mlx_llm.distillation.distill import (
     DistillationObjective,
     DistillConfig,
     Distiller,
@@ -26,7 +26,7 @@ from mlx_llm.distill import (
     student_from_teacher,
 )
 from mlx_llm.finetune import FinetuneConfig, evaluate, finetune
-from mlx_llm.loading import load_model
+from mlx_llm.model_files.loading import load_model
 from mlx_llm.models import gpt2
 from mlx_llm_cli.main import main
 

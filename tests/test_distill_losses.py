@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.losses import (
+from mlx_llm.training.losses import (
     attention_score_mse_loss,
     cosine_embedding_loss,
     forward_kl,

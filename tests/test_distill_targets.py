@@ -8,9 +8,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.distill import TASKS, DistillConfig, DistillationObjective, Distiller, LossWeights
-from mlx_llm.distill_students import student_from_teacher
-from mlx_llm.distill_targets import (
+from mlx_llm.distillation.distill import TASKS, DistillConfig, DistillationObjective, Distiller, LossWeights
+from mlx_llm.distillation.students import student_from_teacher
+from mlx_llm.distillation.targets import (
     ClassTargets,
     MultiLabelTargets,
     NextTokenTargets,
@@ -18,9 +18,9 @@ from mlx_llm.distill_targets import (
     TagTargets,
     TokenTargets,
 )
-from mlx_llm.distill_tasks import DISTILL_TASKS, get_distillation_task
+from mlx_llm.distillation.tasks import DISTILL_TASKS, get_distillation_task
 from mlx_llm.models import gpt2
-from mlx_llm.objectives import SequenceClassificationObjective
+from mlx_llm.training.objectives import SequenceClassificationObjective
 from mlx_llm.pretrain import build_model
 from mlx_llm.tasks import get_task
 
@@ -215,7 +215,7 @@ def test_tag_distillation_of_a_token_classifier_end_to_end(tmp_path):
     import tokenizer_fixtures as fx
     from finetune_fixtures import tagged_sentences, write_conll
 
-    from mlx_llm.distill import distill
+    from mlx_llm.distillation.distill import distill
     from mlx_llm.finetune import predict
     from mlx_llm.tasks import RunSettings
 

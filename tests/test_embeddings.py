@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tokenizer_fixtures import minilm_folder
 
 from mlx_llm.embeddings import embed, pool
-from mlx_llm.loading import load
+from mlx_llm.model_files.loading import load
 from mlx_llm_cli.main import main
 
 SENTENCES = [

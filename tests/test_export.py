@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mlx_llm.export import dequantize_model, export_to_hf, hf_architecture  # noqa: E402
-from mlx_llm.loading import convert, load_model  # noqa: E402
+from mlx_llm.model_files.export import dequantize_model, export_to_hf, hf_architecture  # noqa: E402
+from mlx_llm.model_files.loading import convert, load_model  # noqa: E402
 
 INPUT_IDS = [[5, 17, 33, 2, 64, 9, 11], [40, 3, 21, 0, 0, 0, 0]]
 ATTENTION_MASK = [[1] * 7, [1, 1, 1, 0, 0, 0, 0]]

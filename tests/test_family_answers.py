@@ -10,7 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_llm import models
-from mlx_llm.generate import context_length
+from mlx_llm.generation.generate import context_length
 from mlx_llm.models import gpt2
 from mlx_llm.pretrain import build_model
 

@@ -110,7 +110,7 @@ def test_small_inputs_use_mlx_and_large_ones_the_approximation(name, native):
 
 
 def test_gated_feed_forward_chooses_the_same_way():
-    from mlx_llm.feed_forward import GATED_ACTIVATIONS
+    from mlx_llm.blocks.feed_forward import GATED_ACTIVATIONS
 
     for size in (fast_math.NATIVE_BELOW - 1, fast_math.NATIVE_BELOW):
         gate, up = mx.random.normal((1, size)) * 4, mx.random.normal((1, size))
@@ -130,7 +130,7 @@ def test_with_the_cpu_kernels_off_every_size_uses_mlx(name, native):
 
 
 def test_with_the_cpu_kernels_off_the_gated_feed_forward_is_the_fused_mlx_kernel():
-    from mlx_llm.feed_forward import _FUSED_GATES, GATED_ACTIVATIONS
+    from mlx_llm.blocks.feed_forward import _FUSED_GATES, GATED_ACTIVATIONS
 
     gate, up = mx.random.normal((4, fast_math.NATIVE_BELOW)) * 4, mx.random.normal((4, fast_math.NATIVE_BELOW))
     for name in ("silu", "gelu", "gelu_tanh"):

@@ -75,7 +75,7 @@ def test_lora_run_equals_its_fused_model_and_exports(models, tmp_path):
     assert (run / "adapters.safetensors").is_file() and not (run / "model.safetensors").exists()
     assert json.loads((run / "adapter_config.json").read_text())["base_model"] == str(models["bert"].resolve())
     fused = fuse(run, tmp_path / "fused")
-    from mlx_llm.loading import load_model
+    from mlx_llm.model_files.loading import load_model
 
     lora_model, _ = load_model(run)
     fused_model, _ = load_model(fused)
@@ -100,7 +100,7 @@ def test_gpt2_lora_adapts_the_fused_qkv_and_exports(models, tmp_path):
                         learning_rate=1e-2), progress=False)
     run = tmp_path / "run"
     assert json.loads((run / "adapter_config.json").read_text())["target_modules"] == ["qkv_proj"]
-    from mlx_llm.loading import load_model
+    from mlx_llm.model_files.loading import load_model
 
     lora_model, _ = load_model(run)
     adapter = lora_model.layers[1].self_attn.qkv_proj
@@ -125,7 +125,7 @@ def test_tagging_learns_entities_and_predicts_tags_per_word(models, tmp_path):
     predictions = list(predict(tmp_path / "run", valid))
     assert [p["words"] for p in predictions] == [[word for word, _ in s] for s in valid_sentences]
     # Word-level predictions score exactly the run's validation F1 (first sub-token of each word).
-    from mlx_llm.metrics import entity_scores
+    from mlx_llm.training.metrics import entity_scores
 
     scores = entity_scores([p["tags"] for p in predictions], [[tag for _, tag in s] for s in valid_sentences])
     assert scores["f1"] == pytest.approx(result.metrics["f1"])

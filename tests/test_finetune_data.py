@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tokenizer_fixtures as fx
 
-from mlx_llm.finetune_data import (
+from mlx_llm.data import (
     ClassificationBatches,
     ClassificationExample,
     InstructionBatches,
@@ -24,7 +24,7 @@ from mlx_llm.finetune_data import (
     read_conll,
     read_instructions,
 )
-from mlx_llm.tokenizer import Tokenizer
+from mlx_llm.tokenization import Tokenizer
 
 pytest.importorskip("transformers")  # the fixtures save tokenizers with transformers
 
@@ -463,7 +463,7 @@ def test_lm_predictions_ask_for_the_next_assistant_turn(tmp_path, monkeypatch, g
     from mlx_llm.tasks import RunSettings, get_task
 
     prompts = []  # (the package's `generate` is the function: patch it in its module)
-    monkeypatch.setattr(importlib.import_module("mlx_llm.generate"), "generate",
+    monkeypatch.setattr(importlib.import_module("mlx_llm.generation.generate"), "generate",
                         lambda model, tokenizer, prompt, **options: prompts.append(prompt) or "ok")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the fox?"},
                 {"role": "assistant", "content": "quick brown"}]

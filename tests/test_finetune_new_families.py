@@ -12,9 +12,9 @@ import pytest
 from finetune_fixtures import sentiment_rows, write_tsv
 from tokenizer_fixtures import build_byte_level_bpe
 
-from mlx_llm.distill import DistillConfig, distill, student_from_teacher
+from mlx_llm.distillation.distill import DistillConfig, distill, student_from_teacher
 from mlx_llm.finetune import FinetuneConfig, finetune, fuse
-from mlx_llm.loading import load_model
+from mlx_llm.model_files.loading import load_model
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mlx_llm.loading import load_model  # noqa: E402
+from mlx_llm.model_files.loading import load_model  # noqa: E402
 from mlx_llm.models import bert  # noqa: E402
-from mlx_llm.objectives import SequenceClassificationObjective, TokenClassificationObjective  # noqa: E402
+from mlx_llm.training.objectives import SequenceClassificationObjective, TokenClassificationObjective  # noqa: E402
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

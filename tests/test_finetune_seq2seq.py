@@ -20,9 +20,9 @@ from mlx.utils import tree_flatten
 from tokenizer_fixtures import build_sentencepiece
 
 from mlx_llm import data
-from mlx_llm.loading import load_model
+from mlx_llm.model_files.loading import load_model
 from mlx_llm.models.t5_weights import convert_hf_weights
-from mlx_llm.objectives import Seq2SeqObjective, shift_right
+from mlx_llm.training.objectives import Seq2SeqObjective, shift_right
 from mlx_llm.tasks import TASKS, RunSettings, get_task
 from mlx_llm.tokenization import Tokenizer
 from mlx_llm_cli.main import main

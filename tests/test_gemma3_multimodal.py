@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.export import export_to_hf
-from mlx_llm.loading import convert, describe, load_model
+from mlx_llm.model_files.export import export_to_hf
+from mlx_llm.model_files.loading import convert, describe, load_model
 from mlx_llm.models import gemma3
 
 from test_models_gemma import ATTENTION_MASK, INPUT_IDS, PROMPT, with_tokenizer

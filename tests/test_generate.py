@@ -8,8 +8,8 @@ import torch
 import transformers
 from tokenizer_fixtures import build_byte_level_bpe, build_sentencepiece
 
-from mlx_llm.generate import _prefill, batch_generate, generate, stream_generate
-from mlx_llm.loading import load
+from mlx_llm.generation.generate import _prefill, batch_generate, generate, stream_generate
+from mlx_llm.model_files.loading import load
 
 PROMPT = "the quick brown fox"
 VOCAB = 400  # the byte-level BPE of tokenizer_fixtures
@@ -55,7 +55,7 @@ def llama(tmp_path_factory):
 def t5(tmp_path_factory):
     folder = tmp_path_factory.mktemp("t5") / "model"
     build_sentencepiece(folder, "t5")  # </s> = 1, <pad> = 0
-    from mlx_llm.tokenizer import Tokenizer
+    from mlx_llm.tokenization import Tokenizer
 
     config = transformers.T5Config(
         vocab_size=Tokenizer.from_pretrained(folder).vocab_size,

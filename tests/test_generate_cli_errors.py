@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from test_generation_config import REFUSING_TEMPLATE, encoders, tiny_gpt2  # noqa: F401 (fixture)
 from tokenizer_fixtures import update_json
 
-from mlx_llm.generate import generate
-from mlx_llm.generation_config import read_generation_defaults, resolve_sampling
-from mlx_llm.loading import load
+from mlx_llm.generation.generate import generate
+from mlx_llm.generation.generation_config import read_generation_defaults, resolve_sampling
+from mlx_llm.model_files.loading import load
 from mlx_llm_cli.generate import unescape_stop
 from mlx_llm_cli.main import main
 
@@ -131,7 +131,7 @@ def test_stop_in_the_shell_form_stops(chat_model):
 
 
 def demo_available() -> bool:
-    from mlx_llm.demo import demo_model_path
+    from mlx_llm.model_files.demo import demo_model_path
 
     try:
         return (demo_model_path() / "generation_config.json").is_file()

@@ -11,12 +11,12 @@ import torch
 import transformers
 from tokenizer_fixtures import LLAMA2_TEMPLATE, build_byte_level_bpe, build_wordpiece_bert
 
-from mlx_llm.chat import ChatSession
-from mlx_llm.generate import batch_generate, generate, stream_generate
-from mlx_llm.generation_config import GenerationDefaults, read_generation_defaults, resolve_sampling
-from mlx_llm.loading import load
-from mlx_llm.sampling import SamplingConfig
-from mlx_llm.tokenizer import ChatTemplateError
+from mlx_llm.generation.chat import ChatSession
+from mlx_llm.generation.generate import batch_generate, generate, stream_generate
+from mlx_llm.generation.generation_config import GenerationDefaults, read_generation_defaults, resolve_sampling
+from mlx_llm.model_files.loading import load
+from mlx_llm.generation.sampling import SamplingConfig
+from mlx_llm.tokenization import ChatTemplateError
 
 CONTEXT = 48
 

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from tokenizer_fixtures import build_chat_llama
 
-from mlx_llm.chat import ChatSession
-from mlx_llm.generate import batch_generate, stream_generate
-from mlx_llm.loading import load
-from mlx_llm.sampling import SamplingConfig, SamplingError
+from mlx_llm.generation.chat import ChatSession
+from mlx_llm.generation.generate import batch_generate, stream_generate
+from mlx_llm.model_files.loading import load
+from mlx_llm.generation.sampling import SamplingConfig, SamplingError
 from mlx_llm.serve.prepare import prompt_ids
 from mlx_llm.serve.protocol import parse_chat
-from mlx_llm.stopping import SequenceText
+from mlx_llm.generation.stopping import SequenceText
 from mlx_llm_cli.main import main
 
 SETTINGS = {"temperature": 0.9, "top_k": 20, "top_p": 0.95, "min_p": 0.02, "repetition_penalty": 1.3,
@@ -96,7 +96,7 @@ def test_one_chat_prompt_for_chat_generate_and_serve(chat_model, loaded, monkeyp
     assert session._cached_ids == expected
     # mlx-llm generate: the prompt stream_generate receives.
     seen = []
-    module = importlib.import_module("mlx_llm.generate")  # the package's `generate` attribute is the function
+    module = importlib.import_module("mlx_llm.generation.generate")  # the package's `generate` attribute is the function
     real = module.stream_generate
 
     def spy(model, tokenizer, prompt, *args, **kwargs):

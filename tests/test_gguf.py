@@ -18,9 +18,9 @@ gguf = pytest.importorskip("gguf")
 sentencepiece = pytest.importorskip("sentencepiece")
 import tokenizers  # noqa: E402
 
-from mlx_llm.gguf import unpermute  # noqa: E402
-from mlx_llm.gguf_tokenizer import load_gguf_tokenizer, merges_from_scores  # noqa: E402
-from mlx_llm.loading import convert, describe, load, load_model  # noqa: E402
+from mlx_llm.model_files.gguf import unpermute  # noqa: E402
+from mlx_llm.model_files.gguf_tokenizer import load_gguf_tokenizer, merges_from_scores  # noqa: E402
+from mlx_llm.model_files.loading import convert, describe, load, load_model  # noqa: E402
 from mlx_llm_cli.main import main  # noqa: E402
 
 Q = gguf.GGMLQuantizationType

@@ -1,4 +1,4 @@
-"""Tests of mlx_llm.hub: local paths, the Hugging Face cache and Hub (offline,
+"""Tests of mlx_llm.model_files.hub: local paths, the Hugging Face cache and Hub (offline,
 through a hand-built cache and a loopback server), safetensors I/O and atomic
 output folders."""
 
@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.hub import (
+from mlx_llm.model_files.hub import (
     DEFAULT_ALLOW_PATTERNS,
     HubConnectionError,
     ModelAccessError,
@@ -28,7 +28,7 @@ from mlx_llm.hub import (
     read_json,
     resolve_model_path,
 )
-from mlx_llm.weight_files import UnsafeCheckpointError, find_weight_files, load_safetensors, save_safetensors
+from mlx_llm.model_files.weight_files import UnsafeCheckpointError, find_weight_files, load_safetensors, save_safetensors
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_hub import FakeHub, commit_hash  # noqa: E402
@@ -68,7 +68,7 @@ def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                  "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     constants = huggingface_hub.constants
-    # huggingface_hub reads these once at import; mlx_llm.hub passes the live values itself, and
+    # huggingface_hub reads these once at import; mlx_llm.model_files.hub passes the live values itself, and
     # these patches keep huggingface_hub's own side requests and files inside the test.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     point_constants_at(monkeypatch, "http://127.0.0.1:9")  # the discard port: refused at once
@@ -497,7 +497,7 @@ def test_load_and_convert_from_the_hub(tmp_path: Path, hf_home: Path, monkeypatc
     from tokenizer_fixtures import build_byte_level_bpe
 
     import mlx_llm
-    from mlx_llm.loading import convert
+    from mlx_llm.model_files.loading import convert
 
     source = tmp_path / "source"
     build_byte_level_bpe(source)

@@ -6,9 +6,9 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_llm.cache import make_decoder_cache
-from mlx_llm.masks import causal_mask, decoder_mask, decoder_masks
-from mlx_llm.transformer import TransformerDecoder, TransformerEncoder, run_layers
+from mlx_llm.blocks.cache import make_decoder_cache
+from mlx_llm.blocks.masks import causal_mask, decoder_mask, decoder_masks
+from mlx_llm.blocks.transformer import TransformerDecoder, TransformerEncoder, run_layers
 
 
 class AffineLayer(nn.Module):

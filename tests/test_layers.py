@@ -1,5 +1,5 @@
-"""mlx_llm.layers: input-major products give the same numbers as nn.Linear, forward and backward; weights
-are stored in the order measured faster (mlx_llm.cpu_tuning), and the measurement is kept; with the CPU
+"""mlx_llm.blocks.layers: input-major products give the same numbers as nn.Linear, forward and backward; weights
+are stored in the order measured faster (mlx_llm.cpu.tuning), and the measurement is kept; with the CPU
 branches off (MLX_LLM_CPU_KERNELS=0, as on Metal) products are x @ W.T and weights stay as stored."""
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mlx_llm import backend, cpu_tuning, layers
-from mlx_llm.cpu_tuning import reference_blas_in
-from mlx_llm.layers import Embedding, Linear, relayout
+from mlx_llm.cpu.tuning import reference_blas_in
+from mlx_llm.blocks.layers import Embedding, Linear, relayout
 
 WHEEL = "/venv/lib/python3.11/site-packages/mlx_cpu.libs/libblas-bd8a282c.so.3.10.0"
 NUMPY_OPENBLAS = "/venv/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so"

@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.cache import KVCache, RotatingKVCache
-from mlx_llm.generate import batch_generate, generate_step
-from mlx_llm.loading import load_model
+from mlx_llm.blocks.cache import KVCache, RotatingKVCache
+from mlx_llm.generation.generate import batch_generate, generate_step
+from mlx_llm.model_files.loading import load_model
 from mlx_llm.models import llama, phi3, qwen3
-from mlx_llm.sampling import SamplingConfig
+from mlx_llm.generation.sampling import SamplingConfig
 
 from tokenizer_fixtures import build_byte_level_bpe
 

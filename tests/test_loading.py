@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.weight_files import UnsafeCheckpointError
-from mlx_llm.loading import FORMAT_VERSION, convert, load_model
+from mlx_llm.model_files.weight_files import UnsafeCheckpointError
+from mlx_llm.model_files.loading import FORMAT_VERSION, convert, load_model
 
 INPUT_IDS = mx.array([[5, 17, 33, 2, 64, 9, 11, 70]])
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_llm.layers import Linear
-from mlx_llm.lora import (
+from mlx_llm.blocks.layers import Linear
+from mlx_llm.training.lora import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     LoRAConfig,
@@ -318,7 +318,7 @@ def test_fusing_a_quantized_layer_requantizes_within_one_step():
     assert np.abs(np.array(base_weight) - exact).max() > 3 * step.max()  # so the bound has teeth
 
     dequantized = layer.fuse(dequantize=True)
-    assert type(dequantized) is Linear  # float again, mlx_llm.layers.Linear like every model layer
+    assert type(dequantized) is Linear  # float again, mlx_llm.blocks.layers.Linear like every model layer
     np.testing.assert_allclose(np.array(dequantized.weight), exact, atol=1e-6)
 
 

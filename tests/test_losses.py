@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.losses import bert_pretraining_loss, causal_lm_loss, cross_entropy, masked_lm_loss, next_sentence_loss
+from mlx_llm.training.losses import bert_pretraining_loss, causal_lm_loss, cross_entropy, masked_lm_loss, next_sentence_loss
 
 
 def numpy_cross_entropy(logits, targets):
@@ -59,7 +59,7 @@ def test_bert_pretraining_loss_equals_transformers(tmp_path):
     import torch
     import transformers
 
-    from mlx_llm.loading import load_model
+    from mlx_llm.model_files.loading import load_model
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -90,7 +90,7 @@ def test_bert_pretraining_loss_equals_transformers(tmp_path):
 
 
 def test_binary_cross_entropy_and_mse_match_numpy():
-    from mlx_llm.losses import binary_cross_entropy_with_logits, mean_squared_error
+    from mlx_llm.training.losses import binary_cross_entropy_with_logits, mean_squared_error
 
     logits = np.array([[2.0, -1.0, 0.0], [-30.0, 40.0, 0.5]], dtype=np.float32)
     targets = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=np.float32)

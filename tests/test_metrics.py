@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mlx_llm.metrics import (
+from mlx_llm.training.metrics import (
     accuracy,
     classification_metrics,
     entity_scores,

@@ -13,9 +13,9 @@ import transformers
 
 mlx_lm = pytest.importorskip("mlx_lm")
 
-from mlx_llm.generate import generate_step  # noqa: E402
-from mlx_llm.loading import convert, load_model  # noqa: E402
-from mlx_llm.sampling import SamplingConfig  # noqa: E402
+from mlx_llm.generation.generate import generate_step  # noqa: E402
+from mlx_llm.model_files.loading import convert, load_model  # noqa: E402
+from mlx_llm.generation.sampling import SamplingConfig  # noqa: E402
 
 from tokenizer_fixtures import build_byte_level_bpe  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_mixed_bit_recipes_load_here(checkpoints, tmp_path, recipe):
     assert model.model.layers[1].feed_forward.down_proj.bits == overrides["model.layers.1.mlp.down_proj"]
     from mlx.utils import tree_flatten
 
-    from mlx_llm.loading import describe
+    from mlx_llm.model_files.loading import describe
 
     info = describe(folder)  # counted from the headers: each packed module with its own bits
     float_model, _ = load_model(checkpoints["llama"])
@@ -247,7 +247,7 @@ def test_cli_names_a_mode_this_mlx_cannot_run_and_exits_2(checkpoints, tmp_path)
 @pytest.mark.parametrize("family", ["bert", "t5"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_encoder_families_are_written_with_hugging_face_names(tmp_path, family, quantize):
-    from mlx_llm.loading import quantization_predicate
+    from mlx_llm.model_files.loading import quantization_predicate
 
     torch.manual_seed(0)
     if family == "bert":

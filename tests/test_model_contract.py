@@ -13,9 +13,9 @@ import torch
 import transformers
 
 from mlx_llm import models
-from mlx_llm.feed_forward import ACTIVATIONS, HF_ACTIVATIONS, hf_activation
-from mlx_llm.loading import load_model
-from mlx_llm.model_output import DECODER, ENCODER, ENCODER_DECODER, KINDS, BertOutput, ModelOutput
+from mlx_llm.blocks.feed_forward import ACTIVATIONS, HF_ACTIVATIONS, hf_activation
+from mlx_llm.model_files.loading import load_model
+from mlx_llm.blocks.model_output import DECODER, ENCODER, ENCODER_DECODER, KINDS, BertOutput, ModelOutput
 from mlx_llm.models import bert, gpt2, llama, t5
 
 from test_models_decoder import ATTENTION_MASK, INPUT_IDS, gpt2_config, llama_config, save_tiny

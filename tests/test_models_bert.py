@@ -57,10 +57,10 @@ CASES = {
 
 
 def load_mlx_model(path: Path) -> bert.Model:
-    """Through `mlx_llm.loading.load_model` when it exists, else the family interface by hand."""
+    """Through `mlx_llm.model_files.loading.load_model` when it exists, else the family interface by hand."""
     load_model = None
-    if importlib.util.find_spec("mlx_llm.loading") is not None:
-        load_model = getattr(importlib.import_module("mlx_llm.loading"), "load_model", None)
+    if importlib.util.find_spec("mlx_llm.model_files.loading") is not None:
+        load_model = getattr(importlib.import_module("mlx_llm.model_files.loading"), "load_model", None)
     if load_model is not None:
         model, _ = load_model(path)
         assert not model.training, "load_model must return a model in eval mode (BERT has dropout)"

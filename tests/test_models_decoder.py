@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.loading import load_model
+from mlx_llm.model_files.loading import load_model
 
 INPUT_IDS = [[5, 17, 33, 2, 64, 9, 11], [40, 3, 21, 0, 0, 0, 0]]
 ATTENTION_MASK = [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]]
@@ -174,7 +174,7 @@ def test_causal_lm_checkpoint_loads_as_a_classifier(tmp_path):
     from mlx_llm.models import llama
 
     save_tiny(transformers.LlamaForCausalLM, llama_config(), tmp_path)
-    from mlx_llm.weight_files import find_weight_files, load_safetensors
+    from mlx_llm.model_files.weight_files import find_weight_files, load_safetensors
 
     weights = load_safetensors(find_weight_files(tmp_path))
     config = {key: value for key, value in llama_config().to_dict().items() if key not in ("id2label", "label2id")}

@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.cache import KVCache, RotatingKVCache
-from mlx_llm.generate import batch_generate, generate_step
-from mlx_llm.loading import convert, describe, load_model, quantization_predicate
+from mlx_llm.blocks.cache import KVCache, RotatingKVCache
+from mlx_llm.generation.generate import batch_generate, generate_step
+from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
 from mlx_llm.models import gemma2, gemma3, get_family
-from mlx_llm.sampling import SamplingConfig
+from mlx_llm.generation.sampling import SamplingConfig
 
 from tokenizer_fixtures import build_byte_level_bpe
 

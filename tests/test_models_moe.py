@@ -1,5 +1,5 @@
 """Mixtral and Qwen3-MoE (sparse mixture of experts) against `transformers` and mlx-lm,
-and the switch layers of `mlx_llm.moe` against a NumPy loop over experts.
+and the switch layers of `mlx_llm.blocks.moe` against a NumPy loop over experts.
 
 Tiny random checkpoints (4 experts, top-2) through the real loader: hidden states
 and logits on a padded batch within 1e-4 with every expert reached, 20 greedy
@@ -19,10 +19,10 @@ import torch
 import transformers
 from mlx.utils import tree_flatten
 
-from mlx_llm.generate import generate_step
-from mlx_llm.loading import convert, describe, load_model, quantization_predicate
-from mlx_llm.moe import QuantizedSwitchLinear, SparseMoeBlock, SwitchGLU, SwitchLinear, top_k_routing
-from mlx_llm.sampling import SamplingConfig
+from mlx_llm.generation.generate import generate_step
+from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
+from mlx_llm.blocks.moe import QuantizedSwitchLinear, SparseMoeBlock, SwitchGLU, SwitchLinear, top_k_routing
+from mlx_llm.generation.sampling import SamplingConfig
 
 from test_models_decoder import ATTENTION_MASK, INPUT_IDS, assert_matches
 from tokenizer_fixtures import build_byte_level_bpe
@@ -201,7 +201,7 @@ def test_top_k_routing_equals_numpy():
 
 
 def test_layer_takes_a_feed_forward_module():
-    from mlx_llm.transformer import TransformerEncoderLayer
+    from mlx_llm.blocks.transformer import TransformerEncoderLayer
 
     mx.random.seed(2)
     block = SparseMoeBlock(16, 8, 3, 2, normalize_top_k=True)
@@ -431,7 +431,7 @@ def test_mlx_lm_layout_both_ways(tmp_path, tokenizer, name, bits):
 def test_export_to_transformers(tmp_path, tokenizer, name):
     """A quantized folder exports as a float transformers checkpoint (one tensor per
     expert) that transformers loads with the logits of the dequantized model."""
-    from mlx_llm.export import export_to_hf
+    from mlx_llm.model_files.export import export_to_hf
 
     hf = checkpoint_for_mlx_lm(name, tmp_path / "hf", tokenizer)
     convert(hf, tmp_path / "q8", quantize=True, bits=8, group_size=32)

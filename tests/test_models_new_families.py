@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.generate import generate_step
-from mlx_llm.loading import convert, describe, load_model, quantization_predicate
-from mlx_llm.sampling import SamplingConfig
+from mlx_llm.generation.generate import generate_step
+from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
+from mlx_llm.generation.sampling import SamplingConfig
 
 from test_models_decoder import ATTENTION_MASK, INPUT_IDS, assert_matches, save_tiny
 from tokenizer_fixtures import build_byte_level_bpe

@@ -15,13 +15,13 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.feed_forward import GatedFeedForward
-from mlx_llm.generate import generate_step
-from mlx_llm.loading import convert, describe, load_model, quantization_predicate
+from mlx_llm.blocks.feed_forward import GatedFeedForward
+from mlx_llm.generation.generate import generate_step
+from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
 from mlx_llm.models import get_family
-from mlx_llm.positions import LongRoPE, longrope_attention_factor
-from mlx_llm.sampling import SamplingConfig
-from mlx_llm.transformer import TransformerEncoderLayer
+from mlx_llm.blocks.positions import LongRoPE, longrope_attention_factor
+from mlx_llm.generation.sampling import SamplingConfig
+from mlx_llm.blocks.transformer import TransformerEncoderLayer
 
 from test_models_decoder import assert_matches
 from tokenizer_fixtures import build_byte_level_bpe
@@ -325,7 +325,7 @@ def test_convert_and_mlx_lm_both_ways(tmp_path, name, tokenizer):
 
 
 def test_export_loads_in_transformers(tmp_path):
-    from mlx_llm.export import export_to_hf
+    from mlx_llm.model_files.export import export_to_hf
 
     reference = build("phi3-longrope", tmp_path / "hf")
     convert(tmp_path / "hf", tmp_path / "mlx")

@@ -110,7 +110,7 @@ def _load_locally(path: str) -> Model:
 
 def _load_mlx(path: str) -> Model:
     try:
-        loading = importlib.import_module("mlx_llm.loading")
+        loading = importlib.import_module("mlx_llm.model_files.loading")
     except ModuleNotFoundError:
         loading = None
     if loading is not None and hasattr(loading, "load_model"):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlx_llm.cache import KVCache, RotatingKVCache
-from mlx_llm.generate import generate_step
-from mlx_llm.loading import load_model
+from mlx_llm.blocks.cache import KVCache, RotatingKVCache
+from mlx_llm.generation.generate import generate_step
+from mlx_llm.model_files.loading import load_model
 from mlx_llm.models import llama, mixtral, qwen3_moe, smollm3
-from mlx_llm.sampling import SamplingConfig
+from mlx_llm.generation.sampling import SamplingConfig
 
 import test_models_moe
 import test_models_new_families

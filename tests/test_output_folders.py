@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from mlx_llm.finetune import FinetuneConfig, finetune
 from mlx_llm.pretrain import pretrain
-from mlx_llm.training import Trainer
+from mlx_llm.training.trainer import Trainer
 from mlx_llm_cli.main import main
 
 WORDS = "the king queen lord lady sword crown castle night day".split()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mlx_llm.loading import load
+from mlx_llm.model_files.loading import load
 from mlx_llm.pretrain import evaluate_text, pretrain, pretrain_optimization
-from mlx_llm.training import OptimizationConfig
+from mlx_llm.training.trainer import OptimizationConfig
 from mlx_llm_cli.main import main
 
 WORDS = "the king queen lord lady sword crown castle night day love war peace heart blood fair foul".split()

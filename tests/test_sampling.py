@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.sampling import (
+from mlx_llm.generation.sampling import (
     SamplingConfig,
     SamplingError,
     TokenPicker,

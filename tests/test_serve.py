@@ -29,8 +29,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from mlx_llm.generate import generate  # noqa: E402
-from mlx_llm.loading import load  # noqa: E402
+from mlx_llm.generation.generate import generate  # noqa: E402
+from mlx_llm.model_files.loading import load  # noqa: E402
 from mlx_llm.serve import engine  # noqa: E402
 from mlx_llm.serve.registry import ModelRegistry  # noqa: E402
 from mlx_llm.serve.server import bind, make_server  # noqa: E402
@@ -247,7 +247,7 @@ def test_scheduler_batches_arrivals_and_pipelines_with_solo_results(library):
     """Prompts of different lengths prefilled together (left-padded), one joining a running
     batch, one with a repetition penalty and one stopping at max_tokens=1: each gives its solo text."""
     from mlx_llm.serve.engine import DoneEvent, Scheduler, Sequence, SequenceSettings, TokenEvent
-    from mlx_llm.sampling import SamplingConfig
+    from mlx_llm.generation.sampling import SamplingConfig
     from mlx_llm.serve.prefix_cache import PrefixCache
 
     model, tokenizer = library

@@ -6,12 +6,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_llm.attention import MultiHeadAttention, attention_weights
-from mlx_llm.cache import KVCache, RotatingKVCache, make_decoder_cache
-from mlx_llm.masks import create_attention_mask
-from mlx_llm.norms import UnitOffsetRMSNorm, make_norm
+from mlx_llm.blocks.attention import MultiHeadAttention, attention_weights
+from mlx_llm.blocks.cache import KVCache, RotatingKVCache, make_decoder_cache
+from mlx_llm.blocks.masks import create_attention_mask
+from mlx_llm.blocks.norms import UnitOffsetRMSNorm, make_norm
 from mlx_llm.serve.batch_cache import BatchKVCache
-from mlx_llm.transformer import TransformerEncoderLayer
+from mlx_llm.blocks.transformer import TransformerEncoderLayer
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Parity of `mlx_llm.tokenizer` with Hugging Face transformers, on tokenizers built in the test."""
+"""Parity of `mlx_llm.tokenization` with Hugging Face transformers, on tokenizers built in the test."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tokenizer_fixtures as fx
 
-from mlx_llm.tokenizer import ChatTemplateError, StreamingDetokenizer, TokenizedText, Tokenizer
+from mlx_llm.tokenization import ChatTemplateError, StreamingDetokenizer, TokenizedText, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 # transformers reads SentencePiece .model files through protobuf.

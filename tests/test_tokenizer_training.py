@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_llm.tokenizer import Tokenizer
+from mlx_llm.tokenization import Tokenizer
 from mlx_llm.tokenizer_training import min_vocab_size, train_tokenizer
 
 # Not in the training text: the emoji and CJK characters must come back through byte fallback.

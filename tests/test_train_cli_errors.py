@@ -56,10 +56,10 @@ def test_diverged_train_exits_3_naming_step_checkpoint_and_options(tmp_path):
 
 @pytest.mark.parametrize("command, target, option", [
     ("finetune", "mlx_llm.finetune.finetune", "--warmup-ratio"),
-    ("distill", "mlx_llm.distill.distill", "--warmup-ratio"),
+    ("distill", "mlx_llm.distillation.distill.distill", "--warmup-ratio"),
 ])
 def test_every_training_command_exits_3_when_the_loss_diverges(tmp_path, monkeypatch, command, target, option):
-    from mlx_llm.training import TrainingDiverged
+    from mlx_llm.training.trainer import TrainingDiverged
 
     def diverge(*args, **kwargs):
         raise TrainingDiverged("the loss became inf at step 7", step=7, checkpoint=None, loss=float("inf"))
@@ -259,7 +259,7 @@ def test_library_messages_name_flags_not_only_arguments():
 
     root = Path(__file__).resolve().parents[1] / "mlx_llm"
     data_modules = [str(path.relative_to(root)) for path in sorted((root / "data").glob("*.py"))]
-    for module in (*data_modules, "tokenizer_training.py", "pretrain.py", "corpus_files.py"):
+    for module in (*data_modules, "tokenizer_training.py", "pretrain.py"):
         source = (root / module).read_text()
         for argument in ("label_column=<", "text_column=<", "split_on_blank_lines=True", "next_sentence_probability=1",
                          "vocab_size >="):

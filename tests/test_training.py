@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from mlx_llm.models.gpt2 import Model as GPT2, ModelArgs as GPT2Args
-from mlx_llm.objectives import CausalLMObjective
-from mlx_llm.training import (
+from mlx_llm.training.objectives import CausalLMObjective
+from mlx_llm.training.trainer import (
     AdamWMatrixDecay,
     OptimizationConfig,
     Trainer,
@@ -252,8 +252,8 @@ import json, sys
 import mlx.core as mx
 sys.path.insert(0, sys.argv[2])
 from test_training import ArrayBatches, tiny_gpt
-from mlx_llm.objectives import CausalLMObjective
-from mlx_llm.training import Trainer, TrainingConfig
+from mlx_llm.training.objectives import CausalLMObjective
+from mlx_llm.training.trainer import Trainer, TrainingConfig
 config = TrainingConfig(steps=4, learning_rate=1e-2, warmup_steps=1, log_every=1)
 trainer = Trainer(tiny_gpt(), CausalLMObjective(), ArrayBatches(batch_size=4), config, sys.argv[1], progress=False)
 trainer.fit()

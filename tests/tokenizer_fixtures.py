@@ -1,7 +1,7 @@
 """Tiny tokenizers built from scratch for the tokenizer tests, saved in Hugging Face layouts.
 
 Each builder trains or writes a tokenizer into a folder, the way a model
-repository would hold it, so `mlx_llm.tokenizer.Tokenizer` and
+repository would hold it, so `mlx_llm.tokenization.Tokenizer` and
 ``transformers`` can both load the same files.
 """
 
