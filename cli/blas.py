@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 import click
 
 from mlx_llm.cpu.backend import switched_off
-from mlx_llm.cpu.tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE, OPTIMIZED_BLAS, installed_mkl, slow_blas_hint  # noqa: F401
+from mlx_llm.cpu.tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE  # noqa: F401
+from mlx_llm.cpu.tuning import OPTIMIZED_BLAS, installed_mkl, slow_blas_hint
 
 # Commands whose work is float32 matrix products (training and scoring whole data sets).
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})

@@ -83,7 +83,8 @@ def distill(teacher, task, data, valid, out, student_layers, student_config, lay
     predicts and evaluates like any fine-tuned model. A non-empty OUT is
     refused unless --resume or --overwrite is given; OUT is never the TEACHER folder.
     """
-    from mlx_llm.distillation.distill import DistillConfig, distill as run
+    from mlx_llm.distillation.distill import DistillConfig
+    from mlx_llm.distillation.distill import distill as run
 
     config = DistillConfig(
         task=task, teacher=teacher, data=[str(path) for path in data], out=str(out),

@@ -8,7 +8,6 @@ from typing import Callable
 
 import click
 
-
 # A run whose loss became NaN/inf: not bad input (the same command may work with other
 # settings) and not a crash, so neither 2 nor 1; scripts can tell it apart (README, "Exit codes").
 EXIT_DIVERGED = 3

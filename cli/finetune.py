@@ -72,7 +72,8 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
     evaluate, generate and mlx_llm.load. A non-empty OUT is refused unless
     --resume or --overwrite is given; OUT is never the MODEL folder.
     """
-    from mlx_llm.finetune import FinetuneConfig, finetune as run
+    from mlx_llm.finetune import FinetuneConfig
+    from mlx_llm.finetune import finetune as run
 
     config = FinetuneConfig(
         task=task, model=model, train=str(train_file), out=str(out),
@@ -110,7 +111,8 @@ def finetune(task, model, train_file, valid_file, out, text_column, text_pair_co
 def predict(model_dir, input_file, output, batch_size, max_tokens, temp, text_column, text_pair_column) -> None:
     """Predict with a fine-tuned model: one JSON object per input record
     (label and probabilities, tags per word, a completion, or a generated target)."""
-    from mlx_llm.finetune import predict as run, write_predictions
+    from mlx_llm.finetune import predict as run
+    from mlx_llm.finetune import write_predictions
 
     if output is not None and not output.parent.is_dir():
         # Checked before the model runs; no folder is created that the user did not ask for.

@@ -10,12 +10,12 @@ import click
 import mlx_llm
 
 from .distill import distill
-from .finetune import evaluate as evaluate_task, export, finetune, fuse, predict
+from .finetune import evaluate as evaluate_task
+from .finetune import export, finetune, fuse, predict
 from .generate import chat, generate
 from .models import convert, embed, info
 from .serve import serve
 from .train import evaluate, tokenizer, train
-
 
 # A reader that stops early (`mlx-llm generate ... | head -1`) took what it wanted: exit
 # quietly with 0, as `predict` always has, rather than SIGPIPE's 141, which fails

@@ -9,7 +9,6 @@ import click
 
 from .errors import InputError, library_errors
 
-
 # mlx_llm.tokenizer_training.min_vocab_size() (GPT layout; BERT's needs one more, which the
 # library reports), written out so that --help need not import sentencepiece; a test keeps them equal.
 MIN_VOCAB_SIZE = 262
@@ -183,8 +182,8 @@ def train(arch, data, valid_data, data_glob, split_on_blank_lines, nsp_probabili
 @library_errors
 def evaluate(model, data, data_glob, seq_len, batch_size, dtype, quiet) -> None:
     """Loss, perplexity, nats per character and bits per byte of MODEL on text (one JSON object)."""
-    from mlx_llm.model_files.loading import load
     from mlx_llm.blocks.model_output import DECODER
+    from mlx_llm.model_files.loading import load
     from mlx_llm.pretrain import evaluate_text
 
     files = _corpus_files("--data", data, data_glob, report=False)

@@ -1,7 +1,8 @@
 """mlx_llm: Transformers on MLX, from the textbook building blocks to
 pretrained models, training, fine-tuning, distillation and generation."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from . import _moved
 
@@ -10,7 +11,6 @@ _moved.install()  # the former module names (mlx_llm.generate, mlx_llm.attention
 from .blocks.attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention
 from .blocks.cache import KVCache
 from .blocks.feed_forward import ACTIVATIONS, FeedForward, GatedFeedForward, SwiGLU, get_activation
-from .training.losses import cross_entropy
 from .blocks.masks import causal_mask, combine_masks, create_attention_mask, padding_mask
 from .blocks.model_output import ModelOutput
 from .blocks.positions import (
@@ -19,12 +19,6 @@ from .blocks.positions import (
     SinusoidalPositionalEncoding,
     sinusoidal_table,
 )
-from .generation.chat import ChatSession
-from .embeddings import embed
-from .generation.generate import GenerationResponse, batch_generate, generate, stream_generate
-from .generation.sampling import SamplingConfig
-from .model_files.loading import convert, describe, load, load_model
-from .tokenization import Tokenizer
 from .blocks.transformer import (
     EncoderDecoder,
     TransformerDecoder,
@@ -33,6 +27,13 @@ from .blocks.transformer import (
     TransformerEncoderLayer,
     make_norm,
 )
+from .embeddings import embed
+from .generation.chat import ChatSession
+from .generation.generate import GenerationResponse, batch_generate, generate, stream_generate
+from .generation.sampling import SamplingConfig
+from .model_files.loading import convert, describe, load, load_model
+from .tokenization import Tokenizer
+from .training.losses import cross_entropy
 
 try:
     __version__ = _version("mlx-llm-kit")

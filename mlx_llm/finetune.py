@@ -27,18 +27,26 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import data
-from .model_files.hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
-from .model_files.loading import (ADAPTER_CONFIG, FORMAT_KEY, FORMAT_VERSION, OWN_NAMES_VERSION, load_model,
-                      quantization_predicate, read_config)
-from .training.lora import LoRAConfig, apply_lora, save_adapters
-from .model_files.mlx_lm_layout import mlx_lm_folder
 from .blocks.model_output import DECODER, ENCODER
+from .model_files.hub import copy_tokenizer_files, read_json, resolve_model_path, write_json
+from .model_files.loading import (
+    ADAPTER_CONFIG,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    OWN_NAMES_VERSION,
+    load_model,
+    quantization_predicate,
+    read_config,
+)
+from .model_files.mlx_lm_layout import mlx_lm_folder
+from .model_files.run_folders import RunFolder
 from .models import get_family, model_types_of_kind
 from .pretrain import save_model
-from .model_files.run_folders import RunFolder
-from .tasks import RUN_FILE, TASKS as TASK_REGISTRY, RunSettings, Task, get_task, pad_token_id
+from .tasks import RUN_FILE, RunSettings, Task, get_task, pad_token_id
+from .tasks import TASKS as TASK_REGISTRY
 from .tasks.classify import HF_PROBLEMS  # noqa: F401  (re-exported: its former home)
 from .tokenization import Tokenizer
+from .training.lora import LoRAConfig, apply_lora, save_adapters
 from .training.trainer import OptimizationConfig, Trainer, TrainingConfig, evaluate_objective
 
 TASKS = tuple(TASK_REGISTRY)

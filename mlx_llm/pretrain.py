@@ -17,6 +17,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map_with_path
 
+from .cpu.tuning import warn_if_reference_blas
 from .data import (
     BertPretrainingBatches,
     CausalLMBatches,
@@ -27,18 +28,17 @@ from .data import (
     tokenize_corpus,
     tokenize_documents_for_bert,
 )
-from .cpu.tuning import warn_if_reference_blas
 from .model_files.hub import copy_tokenizer_files, read_json, write_json
 from .model_files.loading import DTYPES, FORMAT_VERSION, OWN_NAMES_VERSION
 from .model_files.mlx_lm_layout import mlx_lm_folder
-from .models import get_family
-from .training.objectives import BertPretrainingObjective, CausalLMObjective
 from .model_files.run_folders import RunFolder
+from .model_files.weight_files import save_safetensors
+from .models import get_family
 from .tokenization import Tokenizer
 from .tokenizer_training import train_tokenizer
+from .training.objectives import BertPretrainingObjective, CausalLMObjective
 from .training.trainer import OptimizationConfig, Trainer, TrainResult
 from .utils import num_parameters
-from .model_files.weight_files import save_safetensors
 
 ARCHITECTURES = ("gpt", "bert")
 

@@ -51,6 +51,7 @@ import mlx.nn as nn
 
 from ..cpu import tuning as cpu_tuning
 from ..cpu.backend import cpu_kernels_enabled
+
 # Also importable from here, where they used to live.
 from ..cpu.tuning import in_out_is_faster, reference_blas_in, weight_order_file  # noqa: F401
 

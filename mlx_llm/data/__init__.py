@@ -28,10 +28,10 @@ per epoch, and resumable: ``state()`` after ``k`` batches, then
 onwards.
 """
 
-from .corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files
 from ..training.losses import IGNORE_INDEX
 from .bert_pairs import BertPretrainingBatches, split_documents, tokenize_documents_for_bert
 from .causal_lm import CausalLMBatches, CausalLMDictBatches
+from .corpus_files import CORPUS_SUFFIXES, describe_files, list_corpus_files
 from .documents import PathLike, jsonl_records, not_utf8, read_documents, split_sentences
 from .epochs import ResumableEpochs, steps_for
 from .example_batches import ClassificationBatches, InstructionBatches, Seq2SeqBatches, TaggingBatches

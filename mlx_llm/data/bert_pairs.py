@@ -15,9 +15,9 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .corpus_files import list_corpus_files
-from ..training.losses import IGNORE_INDEX
 from ..tokenization import Tokenizer
+from ..training.losses import IGNORE_INDEX
+from .corpus_files import list_corpus_files
 from .documents import PathLike, documents_of, split_sentences, tokenizing_progress
 from .epochs import ResumableEpochs, check_positive, check_seed
 

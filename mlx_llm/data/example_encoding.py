@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..training.losses import IGNORE_INDEX
 from ..tokenization import Tokenizer
+from ..training.losses import IGNORE_INDEX
 from .epochs import check_positive
 from .examples import ClassificationExample, InstructionExample, Seq2SeqExample, TaggingExample
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .corpus_files import list_corpus_files
 from ..model_files.hub import TOKENIZER_FILE_NAMES, TOKENIZER_FILE_PATTERNS, write_json
 from ..tokenization import Tokenizer
+from .corpus_files import list_corpus_files
 from .documents import PathLike, documents_of, tokenizing_progress
 
 # Bump when the token file layout or the tokenization rules change: old caches are then ignored.

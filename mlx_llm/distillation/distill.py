@@ -34,6 +34,16 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..blocks.model_output import ENCODER
+from ..model_files.export import dequantize_model
+from ..model_files.hub import read_json, resolve_model_path, write_json
+from ..model_files.loading import DTYPES, load_model
+from ..model_files.run_folders import RunFolder
+from ..pretrain import save_model
+from ..tokenization import Tokenizer
+from ..training.lora import fuse_lora
+from ..training.trainer import OptimizationConfig, Trainer, evaluate_objective
+from ..utils import num_parameters
 from .objective import (
     DIVERGENCES,  # noqa: F401  (re-exported, as the names below)
     DistillationObjective,
@@ -50,16 +60,6 @@ from .students import (
     width,
 )
 from .tasks import DISTILL_TASKS, DistillationTask, get_distillation_task
-from ..model_files.export import dequantize_model
-from ..model_files.hub import read_json, resolve_model_path, write_json
-from ..model_files.loading import DTYPES, load_model
-from ..training.lora import fuse_lora
-from ..blocks.model_output import ENCODER
-from ..pretrain import save_model
-from ..model_files.run_folders import RunFolder
-from ..tokenization import Tokenizer
-from ..training.trainer import OptimizationConfig, Trainer, evaluate_objective
-from ..utils import num_parameters
 
 TASKS = tuple(DISTILL_TASKS)
 RUN_FILE = "distill.json"
@@ -361,7 +361,8 @@ def _cached_teacher_logits(teacher: nn.Module, batches, out: Path) -> mx.array:
 def __getattr__(name: str):
     """The former tables ``ENCODERS``, ``LAYER_KEYS`` and ``WIDTH_KEYS``, still importable from
     here; each is derived on first use from what the families answer."""
-    from . import objective as distill_objective, students as distill_students
+    from . import objective as distill_objective
+    from . import students as distill_students
 
     if name == "ENCODERS":
         return distill_objective.ENCODERS

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .targets import DIVERGENCES
-from .tasks import get_distillation_task
 from ..blocks.layers import Linear
 from ..blocks.model_output import ENCODER
 from ..models import model_types_of_kind
 from ..training.losses import attention_score_mse_loss, cosine_embedding_loss, hidden_mse_loss, pkd_loss
 from ..training.trainer import evaluate_objective
+from .targets import DIVERGENCES
+from .tasks import get_distillation_task
 
 
 class Distiller(nn.Module):

@@ -16,7 +16,6 @@ from ..models import FAMILIES, get_family, model_type_info
 from ..pretrain import build_model
 
 
-
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """Teacher layers a student of ``student_layers`` copies: every other one
     (0, 2, 4, ... as DistilBERT) when that fits, else evenly spaced from the first to the last."""

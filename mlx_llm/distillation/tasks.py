@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import mlx.nn as nn
 
 from .. import data
+from ..blocks.heads import task_of
+from ..tasks import RUN_FILE as FINETUNE_RUN_FILE
+from ..tasks import RunSettings, Task, get_task, pad_token_id
+from ..tasks.tag import infer_scheme
+from ..tokenization import Tokenizer
+from ..training.objectives import CausalLMObjective, MaskedLMObjective
 from .targets import (
     ClassTargets,
     LogitTargets,
@@ -32,15 +38,10 @@ from .targets import (
     TagTargets,
     TokenTargets,
 )
-from ..blocks.heads import task_of
-from ..training.objectives import CausalLMObjective, MaskedLMObjective
-from ..tasks import RUN_FILE as FINETUNE_RUN_FILE, RunSettings, Task, get_task, pad_token_id
-from ..tasks.tag import infer_scheme
-from ..tokenization import Tokenizer
 
 if TYPE_CHECKING:
-    from .distill import DistillConfig
     from ..model_files.run_folders import RunFolder
+    from .distill import DistillConfig
 
 
 @dataclass

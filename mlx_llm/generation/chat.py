@@ -6,7 +6,7 @@ from typing import Iterator
 
 import mlx.nn as nn
 
-from .generate import GenerationResponse, check_text, check_can_generate, is_encoder_decoder, stream_generate
+from .generate import GenerationResponse, check_can_generate, check_text, is_encoder_decoder, stream_generate
 from .sampling import SAMPLING_FIELDS, SamplingConfig, sampling_config
 
 

@@ -11,13 +11,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..blocks.heads import CLASSIFIER_TASKS, task_of
-from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, write_json
-from .weight_files import save_safetensors
 from ..blocks.layers import Embedding, Linear
-from .loading import DTYPES, FORMAT_KEY, load_model
-from ..training.lora import fuse_lora
 from ..blocks.moe import QuantizedSwitchLinear
 from ..models import get_family
+from ..training.lora import fuse_lora
+from .hub import atomic_output_dir, copy_tokenizer_files, resolve_model_path, write_json
+from .loading import DTYPES, FORMAT_KEY, load_model
+from .weight_files import save_safetensors
+
 
 def hf_architecture(model_type: str, task: str) -> str:
     """The transformers class name of ``model_type`` built for ``task`` (the family module's answer)."""

@@ -14,15 +14,15 @@ import mlx.nn as nn
 from .gguf import (
     GROUP_SIZE,
     KEPT_BITS,
-    is_kept_quantized,
-    parameter_name,
-    type_name,
     default_dtype,
     gguf_config,
     gguf_weights,
+    is_kept_quantized,
     open_gguf,
+    parameter_name,
     quantization_config,
     summarize,
+    type_name,
 )
 
 
@@ -53,8 +53,8 @@ def load_gguf_model(path: str | Path, dtype: str | None = None, revision: str | 
         stay quantized), ready to be written as ``config.json``.
     """
     from ..blocks.layers import relayout
-    from .loading import DTYPES, check_weights
     from ..models import get_family
+    from .loading import DTYPES, check_weights
 
     _local_only(path, revision, task_config)
     file = open_gguf(path)

@@ -23,9 +23,9 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
 
-from .gguf import GGUFFile, open_gguf
 from ..tokenization.backends import TokenizersBackend, byte_level_table
 from ..tokenization.tokenizer import Tokenizer
+from .gguf import GGUFFile, open_gguf
 
 TOKENIZER_MODELS = ("gpt2", "llama")
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types (those of SentencePiece)

@@ -11,12 +11,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .hub import atomic_output_dir, copy_tokenizer_files, read_json, resolve_model_path, write_json
-from .gguf import is_gguf_file
 from ..blocks.layers import relayout
-from .mlx_lm_layout import (group_size_of, mlx_lm_folder, quantization_notes, quantization_record,
-                            quantize_as_stored)
 from ..models import get_family
+from .gguf import is_gguf_file
+from .hub import atomic_output_dir, copy_tokenizer_files, read_json, resolve_model_path, write_json
+from .mlx_lm_layout import group_size_of, mlx_lm_folder, quantization_notes, quantization_record, quantize_as_stored
 from .weight_files import find_weight_files, load_safetensors, read_safetensors_header, save_safetensors
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}

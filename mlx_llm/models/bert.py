@@ -28,6 +28,7 @@ from ..blocks.model_output import ENCODER, BertOutput, ModelOutput  # noqa: F401
 from ..blocks.positions import LearnedPositionalEmbedding, sinusoidal_table
 from ..blocks.transformer import TransformerEncoderLayer
 from . import ModelType
+
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
 from .bert_weights import convert_hf_weights, export_hf_weights  # noqa: F401
 

@@ -35,6 +35,7 @@ from ..blocks.masks import causal_mask, combine_masks, padding_mask
 from ..blocks.model_output import ENCODER_DECODER, ModelOutput
 from ..blocks.transformer import TransformerDecoder, TransformerEncoder
 from . import ModelType, check_required_keys
+
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
 from .t5_weights import convert_hf_weights, export_hf_weights  # noqa: F401
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
+from ..blocks.layers import input_major, place_weight, product_groups
 from ..cpu.backend import cpu_kernels_enabled
 from ..cpu.tuning import in_out_is_faster
-from ..blocks.layers import input_major, place_weight, product_groups
 
 BATCH_ROWS = 8  # rows of the timed product: a typical running batch
 _SMALL_BYTES = 2**20  # a shape with less weight in all stays in the caches: its order hardly matters

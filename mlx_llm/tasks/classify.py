@@ -18,9 +18,9 @@ import numpy as np
 
 from .. import data
 from ..blocks.heads import task_logits
-from ..training.objectives import SequenceClassificationObjective
-from ..tokenization import Tokenizer
 from ..blocks.model_output import DECODER, ENCODER
+from ..tokenization import Tokenizer
+from ..training.objectives import SequenceClassificationObjective
 from .base import Task, pad_token_id
 from .settings import RunSettings
 

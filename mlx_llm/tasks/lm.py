@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import mlx.nn as nn
 
 from .. import data
-from ..training.objectives import CausalLMObjective
-from ..tokenization import Tokenizer
 from ..blocks.model_output import DECODER
+from ..tokenization import Tokenizer
+from ..training.objectives import CausalLMObjective
 from .base import Task
 from .settings import RunSettings
 

@@ -17,8 +17,8 @@ import mlx.nn as nn
 
 from .. import data
 from ..blocks.model_output import ENCODER_DECODER
-from ..training.objectives import Seq2SeqObjective
 from ..tokenization import Tokenizer
+from ..training.objectives import Seq2SeqObjective
 from .base import Task
 from .settings import RunSettings
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from .. import data
 from ..blocks.heads import task_logits
-from ..training.objectives import TokenClassificationObjective
-from ..tokenization import Tokenizer
 from ..blocks.model_output import DECODER, ENCODER
+from ..tokenization import Tokenizer
+from ..training.objectives import TokenClassificationObjective
 from .base import Task, pad_token_id
 from .classify import training_labels
 from .settings import RunSettings

@@ -20,9 +20,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ..blocks.layers import Linear
 from ..model_files.hub import read_json, write_json
 from ..model_files.weight_files import load_safetensors
-from ..blocks.layers import Linear
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"

@@ -27,6 +27,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from ..cpu.tuning import warn_if_reference_blas
 from .checkpoints import (
     latest_checkpoint,
     load_trained_weights,
@@ -37,7 +38,6 @@ from .checkpoints import (
     write_best,
     write_checkpoint,
 )
-from ..cpu.tuning import warn_if_reference_blas
 from .optimization import (  # noqa: F401 (defined there, imported from here too)
     SCHEDULES,
     AdamWMatrixDecay,
