@@ -74,6 +74,13 @@ def test_model_output_is_a_tree_with_attributes():
     assert evaluated(logits) and evaluated(hidden)
 
 
+def test_model_output_of_leaves_out_what_a_pass_did_not_produce():
+    logits = mx.zeros((1, 2))
+    output = ModelOutput.of(logits=logits, hidden_states=None, pooler_output=None, last_hidden_state=logits)
+    assert set(output) == {"logits", "last_hidden_state"} and output.hidden_states is None
+    assert isinstance(output, ModelOutput) and output.logits is logits
+
+
 _SIZES = dict(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
               max_position_embeddings=32)
 TINY_CONFIGS = {

@@ -138,17 +138,10 @@ class DecoderTaskModel(nn.Module):
             logits = self.head(hidden_states, attention_mask)
         else:
             logits = self.lm_logits(hidden_states)
-        output = ModelOutput(logits=logits, last_hidden_state=hidden_states)
-        if all_hidden_states is not None:
-            output.hidden_states = all_hidden_states
-        return output
+        return ModelOutput.of(logits=logits, last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
-    def __call__(
-        self,
-        input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        cache: list | None = None,
-    ) -> mx.array:
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array | None = None,
+                 cache: list | None = None) -> mx.array:
         """``forward(...).logits``."""
         return self.forward(input_ids, attention_mask, cache).logits
 

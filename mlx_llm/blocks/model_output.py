@@ -55,6 +55,12 @@ class ModelOutput(dict):
     is a tree MLX enters: ``mx.eval(output)`` evaluates every array in it.
     """
 
+    @classmethod
+    def of(cls, **arrays) -> ModelOutput:
+        """The output holding ``arrays`` less those that are ``None`` (optional keys a pass did not
+        produce, e.g. ``hidden_states`` without ``output_hidden_states``)."""
+        return cls({name: value for name, value in arrays.items() if value is not None})
+
     def __getattr__(self, name: str):
         if name in self:
             return self[name]

@@ -522,11 +522,8 @@ class Model(nn.Module):
 
         all_hidden_states = [] if output_hidden_states else None
         hidden_states, pooler_output = self.model(input_ids, attention_mask, token_type_ids, all_hidden_states)
-        output = ModelOutput(logits=hidden_states, last_hidden_state=hidden_states)
-        if pooler_output is not None:
-            output.pooler_output = pooler_output
-        if all_hidden_states is not None:
-            output.hidden_states = all_hidden_states
+        output = ModelOutput.of(logits=hidden_states, last_hidden_state=hidden_states, pooler_output=pooler_output,
+                                hidden_states=all_hidden_states)
         if self.args.has_nsp_head:
             output.logits = output.nsp_logits = self.nsp_head(pooler_output)
         if self.args.has_mlm_head:  # pretraining: the MLM logits are the logits, NSP's stay in nsp_logits

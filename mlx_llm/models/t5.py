@@ -416,8 +416,16 @@ class Model(nn.Module):
     ) -> mx.array:
         """Decoder output before the head (what transformers calls the decoder's last hidden state).
 
-        Args: as for `decode`; ``all_hidden_states``, when given, receives
-        ``num_decoder_layers + 1`` arrays as transformers' ``decoder_hidden_states``.
+        Args:
+            decoder_input_ids: ``(B, L)`` target ids, starting with
+                ``decoder_start_token_id``; with a ``cache``, only the new ones.
+            encoder_hidden_states: `encode` output ``(B, S, hidden_size)``.
+            attention_mask: ``(B, S)`` source padding mask (1 = token).
+            decoder_attention_mask: ``(B, offset + L)`` target padding mask
+                over the cached and new positions; causal masking is always on.
+            cache: From `make_cache`; filled and advanced in place.
+            all_hidden_states: When given, receives ``num_decoder_layers + 1``
+                arrays as transformers' ``decoder_hidden_states``.
 
         Returns:
             ``(B, L, hidden_size)``, after the decoder's final norm and before
@@ -450,32 +458,10 @@ class Model(nn.Module):
             return self.shared.as_linear(decoder_hidden_states)
         return self.lm_head(decoder_hidden_states)
 
-    def decode(
-        self,
-        decoder_input_ids: mx.array,
-        encoder_hidden_states: mx.array,
-        attention_mask: mx.array | None = None,
-        decoder_attention_mask: mx.array | None = None,
-        cache: list[tuple[KVCache, KVCache]] | None = None,
-    ) -> mx.array:
-        """Next-token logits for decoder inputs, teacher-forced or incremental.
-
-        Args:
-            decoder_input_ids: ``(B, L)`` target ids, starting with
-                ``decoder_start_token_id``; with a ``cache``, only the new ones.
-            encoder_hidden_states: `encode` output ``(B, S, hidden_size)``.
-            attention_mask: ``(B, S)`` source padding mask (1 = token).
-            decoder_attention_mask: ``(B, offset + L)`` target padding mask
-                over the cached and new positions; causal masking is always on.
-            cache: From `make_cache`; filled and advanced in place.
-
-        Returns:
-            ``(B, L, vocab_size)`` logits.
-        """
-        hidden_states = self.decode_hidden_states(
-            decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask, cache
-        )
-        return self.lm_logits(hidden_states)
+    def decode(self, *args, **kwargs) -> mx.array:
+        """Next-token logits ``(B, L, vocab_size)``: `lm_logits` of `decode_hidden_states`
+        (teacher-forced, or incremental with a ``cache``), which takes the same arguments."""
+        return self.lm_logits(self.decode_hidden_states(*args, **kwargs))
 
     def forward(
         self,
@@ -495,7 +481,7 @@ class Model(nn.Module):
 
         Args:
             input_ids, attention_mask: ``(B, S)`` source ids and padding mask.
-            decoder_input_ids, decoder_attention_mask, cache: as for `decode`.
+            decoder_input_ids, decoder_attention_mask, cache: as for `decode_hidden_states`.
             encoder_outputs: An `encode` output ``(B, S, hidden_size)`` to reuse;
                 the encoder then does not run (and ``input_ids`` is not read).
             output_hidden_states: Also return every layer's hidden states.
@@ -513,24 +499,13 @@ class Model(nn.Module):
         decoder_states = [] if output_hidden_states else None
         hidden_states = self.decode_hidden_states(decoder_input_ids, encoder_outputs, attention_mask,
                                                   decoder_attention_mask, cache, decoder_states)
-        output = ModelOutput(logits=self.lm_logits(hidden_states), last_hidden_state=hidden_states,
-                             encoder_last_hidden_state=encoder_outputs)
-        if decoder_states is not None:
-            output.hidden_states = decoder_states
-        if encoder_states is not None:
-            output.encoder_hidden_states = encoder_states
-        return output
+        return ModelOutput.of(logits=self.lm_logits(hidden_states), last_hidden_state=hidden_states,
+                              encoder_last_hidden_state=encoder_outputs, hidden_states=decoder_states,
+                              encoder_hidden_states=encoder_states)
 
-    def __call__(
-        self,
-        input_ids: mx.array,
-        decoder_input_ids: mx.array,
-        attention_mask: mx.array | None = None,
-        decoder_attention_mask: mx.array | None = None,
-        cache: list[tuple[KVCache, KVCache]] | None = None,
-    ) -> mx.array:
-        """``forward(...).logits``: logits ``(B, L, vocab_size)`` (see `encode` and `decode`)."""
-        return self.forward(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, cache).logits
+    def __call__(self, *args, **kwargs) -> mx.array:
+        """``forward(...).logits``: logits ``(B, L, vocab_size)``; the arguments are `forward`'s."""
+        return self.forward(*args, **kwargs).logits
 
     @property
     def layers(self) -> list[nn.Module]:
