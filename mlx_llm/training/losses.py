@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import mlx.core as mx
 
@@ -30,8 +31,7 @@ def cross_entropy(
     Returns:
         A float32 scalar, or an array of the shape of ``targets``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    _check_reduction(reduction)
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits of shape {tuple(logits.shape)} need targets of shape "
@@ -96,8 +96,7 @@ def binary_cross_entropy_with_logits(logits: mx.array, targets: mx.array, reduct
         targets: ``(B, C)`` in ``[0, 1]`` (multi-hot labels).
         reduction: ``"mean"`` over all ``B * C`` outputs, ``"sum"`` or ``"none"``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    _check_reduction(reduction)
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have the same shape")
     logits = logits.astype(mx.float32)
@@ -110,8 +109,7 @@ def binary_cross_entropy_with_logits(logits: mx.array, targets: mx.array, reduct
 def mean_squared_error(predictions: mx.array, targets: mx.array, reduction: str = "mean") -> mx.array:
     """Regression loss ``(prediction - target)^2``; ``(B, 1)`` predictions are squeezed
     to ``(B,)`` targets (as transformers' single-output regression)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    _check_reduction(reduction)
     if predictions.ndim == targets.ndim + 1 and predictions.shape[-1] == 1:
         predictions = predictions.squeeze(-1)
     if predictions.shape != targets.shape:
@@ -138,29 +136,32 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
 
 
-def _check_logit_pair(student_logits: mx.array, teacher_logits: mx.array) -> None:
-    if student_logits.shape == teacher_logits.shape:
+def _check_pair(student: mx.array, teacher: mx.array, named: str, widths: str) -> None:
+    """``ValueError`` unless ``student`` and ``teacher`` have one shape.
+
+    ``named`` and ``widths`` are `str.format` templates over the two shapes ``s`` and
+    ``t`` and their last axes ``s_last`` and ``t_last``: ``named`` names both arrays (the
+    message adds ``differ in shape``); ``widths`` is the message when only the last
+    axis (classes, width) differs.
+    """
+    if student.shape == teacher.shape:
         return
-    student_shape, teacher_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
-    if student_shape[:-1] == teacher_shape[:-1] and student_logits.ndim > 0:
-        raise ValueError(
-            f"student logits {student_shape} and teacher logits {teacher_shape}: student has "
-            f"{student_shape[-1]} classes, teacher {teacher_shape[-1]}: logit losses need the same vocabulary"
-        )
-    raise ValueError(f"student logits {student_shape} and teacher logits {teacher_shape} differ in shape")
+    s, t = tuple(student.shape), tuple(teacher.shape)
+    if s[:-1] == t[:-1] and student.ndim > 0:
+        raise ValueError(widths.format(s=s, t=t, s_last=s[-1], t_last=t[-1]))
+    raise ValueError(named.format(s=s, t=t) + " differ in shape")
+
+
+def _check_logit_pair(student_logits: mx.array, teacher_logits: mx.array) -> None:
+    named = "student logits {s} and teacher logits {t}"
+    _check_pair(student_logits, teacher_logits, named,
+                named + ": student has {s_last} classes, teacher {t_last}: logit losses need the same vocabulary")
 
 
 def _check_hidden_pair(student_hidden: mx.array, teacher_hidden: mx.array, loss_name: str) -> None:
-    if student_hidden.shape == teacher_hidden.shape:
-        return
-    student_shape, teacher_shape = tuple(student_hidden.shape), tuple(teacher_hidden.shape)
-    if student_shape[:-1] == teacher_shape[:-1] and student_hidden.ndim > 0:
-        raise ValueError(
-            f"{loss_name}: student hidden states {student_shape} are {student_shape[-1]} wide, teacher "
-            f"{teacher_shape} {teacher_shape[-1]}: project the student first "
-            f"(nn.Linear({student_shape[-1]}, {teacher_shape[-1]}))"
-        )
-    raise ValueError(f"{loss_name}: student hidden states {student_shape} and teacher {teacher_shape} differ in shape")
+    _check_pair(student_hidden, teacher_hidden, loss_name + ": student hidden states {s} and teacher {t}",
+                loss_name + ": student hidden states {s} are {s_last} wide, teacher {t} {t_last}: project the student "
+                "first (nn.Linear({s_last}, {t_last}))")
 
 
 def _check_temperature(temperature: float) -> None:
@@ -212,24 +213,25 @@ def _kl_from_log_probs(log_p: mx.array, log_q: mx.array) -> mx.array:
     return (p * difference).sum(axis=-1)
 
 
-def _distribution_pair(student_logits, teacher_logits, mask, temperature: float, reduction: str):
-    """Checked inputs of a divergence: the position mask and both log-distributions at
-    ``temperature`` (the teacher's without gradient)."""
+def _position_divergence(divergence: Callable[[mx.array, mx.array], mx.array], student_logits, teacher_logits,
+                         mask, temperature: float, reduction: str) -> mx.array:
+    """A divergence of the two distributions at ``temperature``, reduced over the positions.
+
+    Checks the inputs, computes ``log p_t`` (without gradient) and ``log p_s``,
+    float32 ``(..., C)``, and reduces ``divergence(log p_t, log p_s)``, one
+    value ``(...)`` per position, over the positions ``mask`` keeps.
+    """
     _check_reduction(reduction)
     _check_logit_pair(student_logits, teacher_logits)
     _check_temperature(temperature)
     keep = _position_mask(mask, student_logits.shape[:-1])
     teacher_log_probs = _log_probs(mx.stop_gradient(teacher_logits), temperature)
-    return keep, teacher_log_probs, _log_probs(student_logits, temperature)
+    losses = divergence(teacher_log_probs, _log_probs(student_logits, temperature))
+    return _reduce_positions(losses, keep, reduction)
 
 
-def forward_kl(
-    student_logits: mx.array,
-    teacher_logits: mx.array,
-    mask: mx.array | None = None,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> mx.array:
+def forward_kl(student_logits: mx.array, teacher_logits: mx.array, mask: mx.array | None = None,
+               temperature: float = 1.0, reduction: str = "mean") -> mx.array:
     """Forward KL ``KL(p_t || p_s) = sum_c p_t (log p_t - log p_s)``, ``p = softmax(logits / T)``.
 
     Mode-covering: the student is pushed to put mass wherever the teacher does.
@@ -248,18 +250,11 @@ def forward_kl(
     Returns:
         A float32 scalar, or a ``(...)`` array for ``"none"``.
     """
-    keep, teacher_log_probs, student_log_probs = _distribution_pair(
-        student_logits, teacher_logits, mask, temperature, reduction)
-    return _reduce_positions(_kl_from_log_probs(teacher_log_probs, student_log_probs), keep, reduction)
+    return _position_divergence(_kl_from_log_probs, student_logits, teacher_logits, mask, temperature, reduction)
 
 
-def reverse_kl(
-    student_logits: mx.array,
-    teacher_logits: mx.array,
-    mask: mx.array | None = None,
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> mx.array:
+def reverse_kl(student_logits: mx.array, teacher_logits: mx.array, mask: mx.array | None = None,
+               temperature: float = 1.0, reduction: str = "mean") -> mx.array:
     """Reverse KL ``KL(p_s || p_t) = sum_c p_s (log p_s - log p_t)``, ``p = softmax(logits / T)``.
 
     Mode-seeking (MiniLLM, GKD): the student may drop teacher modes but is
@@ -269,9 +264,10 @@ def reverse_kl(
 
     Args and Returns: as for `forward_kl`.
     """
-    keep, teacher_log_probs, student_log_probs = _distribution_pair(
-        student_logits, teacher_logits, mask, temperature, reduction)
-    return _reduce_positions(_kl_from_log_probs(student_log_probs, teacher_log_probs), keep, reduction)
+    def student_to_teacher(teacher_log_probs: mx.array, student_log_probs: mx.array) -> mx.array:
+        return _kl_from_log_probs(student_log_probs, teacher_log_probs)
+
+    return _position_divergence(student_to_teacher, student_logits, teacher_logits, mask, temperature, reduction)
 
 
 def soft_target_loss(
@@ -337,19 +333,20 @@ def jensen_shannon(
         raise ValueError(
             f"beta must be strictly between 0 and 1, got {beta}; use forward_kl (beta -> 0) or reverse_kl (beta -> 1)"
         )
-    keep, teacher_log_probs, student_log_probs = _distribution_pair(
-        student_logits, teacher_logits, mask, temperature, reduction)
-    # log M = logaddexp(log beta + log P, log(1 - beta) + log Q); where both are
-    # -inf, logaddexp's gradient is NaN, and M is never used there (P = Q = 0).
-    both_zero = mx.isneginf(teacher_log_probs) & mx.isneginf(student_log_probs)
-    log_mixture = mx.logaddexp(
-        mx.where(both_zero, 0.0, teacher_log_probs) + math.log(beta),
-        mx.where(both_zero, 0.0, student_log_probs) + math.log1p(-beta),
-    )
-    divergence = beta * _kl_from_log_probs(teacher_log_probs, log_mixture) + (1 - beta) * _kl_from_log_probs(
-        student_log_probs, log_mixture
-    )
-    return _reduce_positions(divergence, keep, reduction)
+
+    def divergence(teacher_log_probs: mx.array, student_log_probs: mx.array) -> mx.array:
+        # log M = logaddexp(log beta + log P, log(1 - beta) + log Q); where both are
+        # -inf, logaddexp's gradient is NaN, and M is never used there (P = Q = 0).
+        both_zero = mx.isneginf(teacher_log_probs) & mx.isneginf(student_log_probs)
+        log_mixture = mx.logaddexp(
+            mx.where(both_zero, 0.0, teacher_log_probs) + math.log(beta),
+            mx.where(both_zero, 0.0, student_log_probs) + math.log1p(-beta),
+        )
+        return beta * _kl_from_log_probs(teacher_log_probs, log_mixture) + (1 - beta) * _kl_from_log_probs(
+            student_log_probs, log_mixture
+        )
+
+    return _position_divergence(divergence, student_logits, teacher_logits, mask, temperature, reduction)
 
 
 def cosine_embedding_loss(
