@@ -249,16 +249,12 @@ class Model(llama.Model):
 
 # --- Hugging Face weights -----------------------------------------------------------------
 
-RENAMES = {
-    "mlp.": "feed_forward.",
+RENAMES, KNOWN = llama.layer_names({
     "input_layernorm.": "self_attn_norm.",
     "post_attention_layernorm.": "self_attn_output_norm.",
     "pre_feedforward_layernorm.": "feed_forward_norm.",
     "post_feedforward_layernorm.": "feed_forward_output_norm.",
-}
-KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
-         "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.", "input_layernorm.", "post_attention_layernorm.",
-         "pre_feedforward_layernorm.", "post_feedforward_layernorm.")
+})
 
 
 def convert_hf_weights(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:

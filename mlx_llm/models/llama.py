@@ -329,13 +329,20 @@ class Model(DecoderTaskModel):
 
 # --- Hugging Face weights -----------------------------------------------------------------
 
-_RENAMES = {
-    "mlp.": "feed_forward.",
-    "input_layernorm.": "self_attn_norm.",
-    "post_attention_layernorm.": "feed_forward_norm.",
-}
-_KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
-          "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.", "input_layernorm.", "post_attention_layernorm.")
+ATTENTION_TENSORS = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.")
+MLP_TENSORS = ("mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.")
+
+
+def layer_names(norms: dict[str, str], *extra: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``(renames, known)`` of a family on this backbone for `convert_hf_weights`: ``mlp.`` ->
+    ``feed_forward.`` and its block ``norms`` (theirs -> ours); known, the attention and MLP
+    projections (`ATTENTION_TENSORS`, `MLP_TENSORS`), those norms and the ``extra`` prefixes."""
+    return {"mlp.": "feed_forward.", **norms}, (*ATTENTION_TENSORS, *MLP_TENSORS, *norms, *extra)
+
+
+# The two block norms of a Llama layer (theirs -> ours).
+BLOCK_NORMS = {"input_layernorm.": "self_attn_norm.", "post_attention_layernorm.": "feed_forward_norm."}
+_RENAMES, _KNOWN = layer_names(BLOCK_NORMS)
 
 
 def convert_hf_weights(

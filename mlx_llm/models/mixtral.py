@@ -35,13 +35,8 @@ hf_architecture = llama.hf_architecture  # MixtralForCausalLM, MixtralForSequenc
 
 # transformers' per-expert names -> the stacked projections.
 EXPERT_PROJECTIONS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-_RENAMES = {
-    "block_sparse_moe.": "feed_forward.",
-    "input_layernorm.": "self_attn_norm.",
-    "post_attention_layernorm.": "feed_forward_norm.",
-}
-_KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
-          "block_sparse_moe.gate.", "block_sparse_moe.switch_mlp.", "input_layernorm.", "post_attention_layernorm.")
+_RENAMES = {"block_sparse_moe.": "feed_forward.", **llama.BLOCK_NORMS}
+_KNOWN = (*llama.ATTENTION_TENSORS, "block_sparse_moe.gate.", "block_sparse_moe.switch_mlp.", *llama.BLOCK_NORMS)
 
 
 @dataclass

@@ -27,14 +27,10 @@ from . import ModelType, llama
 MODEL_TYPES = {"olmo2": ModelType("OLMo 2", "Olmo2")}
 hf_architecture = llama.hf_architecture  # Olmo2ForCausalLM, Olmo2ForSequenceClassification, ...
 
-_RENAMES = {
-    "mlp.": "feed_forward.",
-    "post_attention_layernorm.": "self_attn_norm.",
-    "post_feedforward_layernorm.": "feed_forward_norm.",
-}
-_KNOWN = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "self_attn.o_proj.",
-          "self_attn.q_norm.", "self_attn.k_norm.", "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj.",
-          "post_attention_layernorm.", "post_feedforward_layernorm.")
+_RENAMES, _KNOWN = llama.layer_names(
+    {"post_attention_layernorm.": "self_attn_norm.", "post_feedforward_layernorm.": "feed_forward_norm."},
+    "self_attn.q_norm.", "self_attn.k_norm.",
+)
 
 
 @dataclass
