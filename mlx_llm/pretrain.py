@@ -4,6 +4,7 @@ any converted checkpoint."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -203,13 +204,6 @@ def pretrain(
     vocab_size: int | None = None,
     seq_len: int = 256,
     batch_size: int = 16,
-    grad_accum: int | None = None,
-    learning_rate: float | None = None,
-    min_learning_rate: float | None = None,
-    warmup_steps: int | None = None,
-    steps: int | None = None,
-    epochs: float | None = None,
-    weight_decay: float | None = None,
     dropout: float = 0.1,
     eval_every: int = 200,
     eval_batches: int = 0,
@@ -225,6 +219,7 @@ def pretrain(
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
     optimization: OptimizationConfig | None = None,
+    **optimizer_keywords,
 ) -> PretrainResult:
     """Pretrain a model on local text and save it to ``out``.
 
@@ -240,9 +235,10 @@ def pretrain(
         seq_len: Tokens per training sequence (the context length).
         batch_size: Sequences per micro-batch.
         optimization: Learning rate, schedule, warmup, weight decay, clipping,
-            accumulation and length (`OptimizationConfig`); or, instead, the keywords
-            grad_accum, learning_rate, min_learning_rate, warmup_steps, steps,
-            epochs, weight_decay (read by `pretrain_optimization`).
+            accumulation and length (`OptimizationConfig`).
+        **optimizer_keywords: Instead of ``optimization``, the keywords of
+            `pretrain_optimization` (grad_accum, learning_rate, min_learning_rate,
+            warmup_steps, steps, epochs, weight_decay), with its defaults.
         validation_fraction: The last part of the token stream held out.
         split_on_blank_lines: Text files hold one document per blank-line
             separated block (BERT's input format) instead of one per file.
@@ -262,9 +258,7 @@ def pretrain(
             this run may write into (see `mlx_llm.model_files.run_folders`), or bad input.
             A fresh run that fails before its first checkpoint leaves no files.
     """
-    optimization = _optimization(optimization, grad_accum=grad_accum, learning_rate=learning_rate,
-                                 min_learning_rate=min_learning_rate, warmup_steps=warmup_steps, steps=steps,
-                                 epochs=epochs, weight_decay=weight_decay)
+    optimization = _optimization(optimization, **optimizer_keywords)
     _check_settings(arch, dtype, tokenizer, vocab_size, resume, next_sentence_probability)
     world = mx.distributed.init()
     leader = world.rank() == 0
@@ -327,6 +321,9 @@ def pretrain_optimization(
 
 def _optimization(optimization: OptimizationConfig | None, **keywords) -> OptimizationConfig:
     """``optimization``, or the one the keywords describe (`pretrain_optimization`); not both."""
+    unknown = set(keywords) - set(inspect.signature(pretrain_optimization).parameters)
+    if unknown:
+        raise TypeError(f"pretrain() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     if optimization is None:
         return pretrain_optimization(**keywords)
     given = [name for name, value in keywords.items() if value is not None]

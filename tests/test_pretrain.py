@@ -147,4 +147,7 @@ def test_pretrain_takes_an_optimization_config_or_its_keywords(corpus, tmp_path)
     with pytest.raises(ValueError, match=r"not both \(learning_rate, steps given as keywords\)"):
         pretrain("gpt", [corpus / "train.txt"], tmp_path / "both", vocab_size=300, learning_rate=1e-3, steps=2,
                  optimization=OptimizationConfig(steps=2))
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "both").exists()  # refused before any file
+    with pytest.raises(TypeError, match="unexpected keyword arguments: learning_rte"):
+        pretrain("gpt", [corpus / "train.txt"], tmp_path / "typo", vocab_size=300, learning_rte=1e-3,
+                 optimization=OptimizationConfig(steps=2))
+    assert not any((tmp_path / name).exists() for name in ("bad", "both", "typo"))  # refused before any file

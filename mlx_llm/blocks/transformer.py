@@ -282,11 +282,14 @@ class TransformerEncoder(nn.Module):
         mask: Mask = None,
         cache: list[KVCache] | None = None,
         all_hidden_states: list | None = None,
+        **layer_inputs,
     ) -> mx.array:
         """``(B, L, hidden_size)`` in and out; ``cache`` holds one `KVCache` per layer.
         ``all_hidden_states``, when given, receives ``num_layers + 1`` arrays as transformers'
-        ``output_hidden_states``: the input of each layer, then the output (after the final norm)."""
-        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.norm)
+        ``output_hidden_states``: the input of each layer, then the output (after the final norm).
+        ``layer_inputs`` go to every layer (a decoder layer's ``memory`` and ``memory_mask``)."""
+        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.norm,
+                          **layer_inputs)
 
     def make_cache(self) -> list[KVCache]:
         """One empty `KVCache` per layer."""
@@ -299,19 +302,12 @@ class TransformerDecoder(TransformerEncoder):
 
     layer_class = TransformerDecoderLayer
 
-    def __call__(
-        self,
-        hidden_states: mx.array,
-        memory: mx.array,
-        mask: Mask = None,
-        memory_mask: Mask = None,
-        cache: list[tuple[KVCache, KVCache]] | None = None,
-        all_hidden_states: list | None = None,
-    ) -> mx.array:
-        """``(B, L, hidden_size)`` target states in and out (see `TransformerDecoderLayer`);
-        ``all_hidden_states`` as in `TransformerEncoder`."""
-        return run_layers(self.layers, hidden_states, [mask] * len(self.layers), cache, all_hidden_states, self.norm,
-                          memory=memory, memory_mask=memory_mask)
+    def __call__(self, hidden_states: mx.array, memory: mx.array, mask: Mask = None, **options) -> mx.array:
+        """``(B, L, hidden_size)`` target states against ``memory`` ``(B, S, memory_size)``, in
+        and out (see `TransformerDecoderLayer`); ``options``: ``memory_mask``, and ``cache`` (one
+        ``(self_attention, cross_attention)`` pair per layer) and ``all_hidden_states`` as in
+        `TransformerEncoder`."""
+        return super().__call__(hidden_states, mask, memory=memory, **options)
 
     def make_cache(self) -> list[tuple[KVCache, KVCache]]:
         """One ``(self_attention, cross_attention)`` cache pair per layer."""

@@ -156,18 +156,9 @@ def resolve_sampling_config(
     return max_tokens, sampling
 
 
-def resolve_sampling(
-    defaults: GenerationDefaults,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float | None = None,
-) -> dict:
-    """`resolve_sampling_config` as keywords for `stream_generate`: ``max_tokens``,
-    ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``
+def resolve_sampling(defaults: GenerationDefaults, *options, **keywords) -> dict:
+    """`resolve_sampling_config` (the same arguments) as keywords for `stream_generate`:
+    ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``
     (the form from before `SamplingConfig` travelled whole; kept for scripts)."""
-    max_tokens, sampling = resolve_sampling_config(defaults, max_tokens, temperature, top_k, top_p, min_p,
-                                                   repetition_penalty)
+    max_tokens, sampling = resolve_sampling_config(defaults, *options, **keywords)
     return {"max_tokens": max_tokens, **{key: getattr(sampling, key) for key in BUILT_IN_DEFAULTS}}
