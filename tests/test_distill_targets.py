@@ -149,6 +149,8 @@ def test_registry_picks_the_targets_of_each_task_and_problem():
     assert lm.teacher_tasks == ("causal_lm",) and lm.targets(divergence="reverse").labels_key == "targets"
     with pytest.raises(ValueError, match="unknown task 'seq2seq'; choose one of mlm, classify, tag, lm"):
         get_distillation_task("seq2seq")
+    with pytest.raises(ValueError, match="unknown task 'mlm'; choose one of classify, tag, lm, seq2seq"):
+        get_task("mlm")
     with pytest.raises(ValueError, match="unknown task 'seq2seq'"):
         DistillConfig(task="seq2seq", teacher="t", data=["d"], out="o", student_layers=1)
 

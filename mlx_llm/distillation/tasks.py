@@ -29,6 +29,7 @@ from ..tasks import RunSettings, Task, get_task, pad_token_id
 from ..tasks.tag import infer_scheme
 from ..tokenization import Tokenizer
 from ..training.objectives import CausalLMObjective, MaskedLMObjective
+from ..utils import registered
 from .targets import (
     ClassTargets,
     LogitTargets,
@@ -244,11 +245,5 @@ DISTILL_TASKS: dict[str, DistillationTask] = {
 
 
 def get_distillation_task(name: str) -> DistillationTask:
-    """The distillation task registered as ``name``.
-
-    Raises:
-        ValueError: naming the known tasks.
-    """
-    if name not in DISTILL_TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(DISTILL_TASKS)}")
-    return DISTILL_TASKS[name]
+    """The distillation task registered as ``name`` (a ``ValueError`` naming the known ones otherwise)."""
+    return registered(DISTILL_TASKS, name, "task")

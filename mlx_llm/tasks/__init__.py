@@ -11,6 +11,7 @@ here with a `Task` subclass and a line in `TASKS`; `finetune`, `distill`,
 
 from __future__ import annotations
 
+from ..utils import registered
 from .base import Task, model_kind, pad_token_id
 from .classify import ClassifyTask
 from .lm import LanguageModelTask
@@ -22,14 +23,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (ClassifyTask(), TagTask()
 
 
 def get_task(name: str) -> Task:
-    """The task registered as ``name``.
-
-    Raises:
-        ValueError: naming the known tasks.
-    """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    return TASKS[name]
+    """The task registered as ``name`` (a ``ValueError`` naming the known tasks otherwise)."""
+    return registered(TASKS, name, "task")
 
 
 __all__ = [

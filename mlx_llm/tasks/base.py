@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import mlx.nn as nn
 
-from ..blocks.model_output import DECODER
+from ..blocks.model_output import DECODER, ENCODER
 from ..models import get_family
 from ..tokenization import Tokenizer
 from .settings import RunSettings
@@ -91,9 +91,9 @@ class Task(ABC):
     def objective(self, settings: RunSettings):
         """The `mlx_llm.training.trainer.Objective`: loss terms and validation metrics."""
 
-    @abstractmethod
     def default_metric(self, settings: RunSettings) -> str:
-        """The validation metric that picks the kept weights when none is named."""
+        """The validation metric that picks the kept weights when none is named (here the loss)."""
+        return "loss"
 
     @abstractmethod
     def predict(self, model: nn.Module, tokenizer: Tokenizer, examples: list, settings: RunSettings,
@@ -134,3 +134,17 @@ class Task(ABC):
             return ()
         names = {name for name, _ in model.named_modules()}
         return tuple(name for name in ("classifier", "head", "model.pooler") if name in names)
+
+
+class LabelTask(Task):
+    """A task that trains a label head on an encoder or a decoder (``classify``, ``tag``)."""
+
+    model_kinds = (ENCODER, DECODER)
+    models_help = "an encoder (BERT family) or a decoder (GPT-2, the Llama family)"
+
+
+class TextTask(Task):
+    """A task that trains the model's own language-model head to write text (``lm``, ``seq2seq``):
+    no fresh head, so LoRA trains adapters only."""
+
+    trains_head = False

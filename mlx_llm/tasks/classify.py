@@ -18,10 +18,9 @@ import numpy as np
 
 from .. import data
 from ..blocks.heads import task_logits
-from ..blocks.model_output import DECODER, ENCODER
 from ..tokenization import Tokenizer
 from ..training.objectives import SequenceClassificationObjective
-from .base import Task, pad_token_id
+from .base import LabelTask, pad_token_id
 from .settings import RunSettings
 
 # transformers' problem_type names.
@@ -38,11 +37,9 @@ def training_labels(values: list, base_config: dict) -> data.LabelSet:
     return labels
 
 
-class ClassifyTask(Task):
+class ClassifyTask(LabelTask):
     name = "classify"
     help = "Text classification or regression (CSV/TSV/JSONL: a text column, a label column)."
-    model_kinds = (ENCODER, DECODER)
-    models_help = "an encoder (BERT family) or a decoder (GPT-2, the Llama family)"
     model_task = "sequence_classification"
     options = ("problem",)
     columns = ("text_column", "text_pair_column", "label_column")

@@ -16,17 +16,16 @@ from .. import data
 from ..blocks.model_output import DECODER
 from ..tokenization import Tokenizer
 from ..training.objectives import CausalLMObjective
-from .base import Task
+from .base import TextTask
 from .settings import RunSettings
 
 
-class LanguageModelTask(Task):
+class LanguageModelTask(TextTask):
     name = "lm"
     help = "Instruction tuning (JSONL text, prompt/completion or chat messages)."
     model_kinds = (DECODER,)
     models_help = "a decoder (GPT-2 or the Llama family)"
     model_task = "causal_lm"
-    trains_head = False
 
     def read(self, path: str, settings: RunSettings, labelled: bool = True) -> list:
         return data.read_instructions(path)
@@ -40,9 +39,6 @@ class LanguageModelTask(Task):
 
     def objective(self, settings: RunSettings):
         return CausalLMObjective()
-
-    def default_metric(self, settings: RunSettings) -> str:
-        return "loss"
 
     def predict(self, model: nn.Module, tokenizer: Tokenizer, examples: list, settings: RunSettings,
                 batch_size: int, max_tokens: int, temperature: float) -> Iterator[dict[str, Any]]:

@@ -19,20 +19,19 @@ from .. import data
 from ..blocks.model_output import ENCODER_DECODER
 from ..tokenization import Tokenizer
 from ..training.objectives import Seq2SeqObjective
-from .base import Task
+from .base import TextTask
 from .settings import RunSettings
 
 INPUT_COLUMN, TARGET_COLUMN = "input", "target"
 
 
-class Seq2SeqTask(Task):
+class Seq2SeqTask(TextTask):
     name = "seq2seq"
     help = "Sequence to sequence, T5 (JSONL/CSV/TSV input and target texts)."
     model_kinds = (ENCODER_DECODER,)
     models_help = "an encoder-decoder (T5)"
     model_task = "seq2seq_lm"
     columns = ("text_column", "label_column")
-    trains_head = False
 
     def read(self, path: str, settings: RunSettings, labelled: bool = True) -> list:
         return data.read_seq2seq(path, settings.text_column or INPUT_COLUMN, settings.label_column or TARGET_COLUMN,
@@ -50,10 +49,6 @@ class Seq2SeqTask(Task):
 
     def objective(self, settings: RunSettings):
         return Seq2SeqObjective()
-
-    def default_metric(self, settings: RunSettings) -> str:
-        return "loss"
-
 
     def predict(self, model: nn.Module, tokenizer: Tokenizer, examples: list, settings: RunSettings,
                 batch_size: int, max_tokens: int, temperature: float) -> Iterator[dict[str, Any]]:

@@ -16,10 +16,9 @@ import numpy as np
 
 from .. import data
 from ..blocks.heads import task_logits
-from ..blocks.model_output import DECODER, ENCODER
 from ..tokenization import Tokenizer
 from ..training.objectives import TokenClassificationObjective
-from .base import Task, pad_token_id
+from .base import LabelTask, pad_token_id
 from .classify import training_labels
 from .settings import RunSettings
 
@@ -29,11 +28,9 @@ def infer_scheme(tags: list[str]) -> str:
     return "IOBES" if {tag.split("-", 1)[0] for tag in tags} & {"S", "E"} else "IOB2"
 
 
-class TagTask(Task):
+class TagTask(LabelTask):
     name = "tag"
     help = "Sequence labelling (CoNLL columns or JSONL tokens/tags)."
-    model_kinds = (ENCODER, DECODER)
-    models_help = "an encoder (BERT family) or a decoder (GPT-2, the Llama family)"
     model_task = "token_classification"
     options = ("scheme",)
 
