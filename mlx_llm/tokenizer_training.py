@@ -85,32 +85,29 @@ def _training_chunks(documents: Iterable[str], max_bytes: int = _MAX_CHUNK_BYTES
             yield "".join(chunk)
 
 
+def _reserved_pieces(tokens: dict[str, str], names: tuple[str, ...]) -> dict:
+    """SentencePiece trainer options giving ``names`` the ids ``0, 1, ...`` in order:
+    ``{name}_id`` and ``{name}_piece`` (the token ``tokens[name]``) for each."""
+    options: dict = {}
+    for index, name in enumerate(names):
+        options.update({f"{name}_id": index, f"{name}_piece": tokens[name]})
+    return options
+
+
 def _special_token_layout(bert_special_tokens: bool) -> tuple[dict, dict[str, str]]:
-    """SentencePiece trainer options for the special pieces, and the named tokens."""
+    """SentencePiece trainer options for the special pieces, and the named tokens.
+
+    BERT: ``[PAD]`` 0, ``[UNK]`` 1, then the control symbols ``[CLS]`` 2, ``[SEP]`` 3,
+    ``[MASK]`` 4, and no BOS/EOS; GPT: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ``<pad>`` 3.
+    """
     if bert_special_tokens:
         tokens = BERT_SPECIAL_TOKENS
-        options = {
-            "pad_id": 0,
-            "pad_piece": tokens["pad"],
-            "unk_id": 1,
-            "unk_piece": tokens["unk"],
-            "bos_id": -1,
-            "eos_id": -1,
-            # Control symbols follow the reserved ids in order: [CLS] = 2, [SEP] = 3, [MASK] = 4.
-            "control_symbols": [tokens["cls"], tokens["sep"], tokens["mask"]],
-        }
+        # Control symbols follow the reserved ids in order: [CLS] = 2, [SEP] = 3, [MASK] = 4.
+        options = {**_reserved_pieces(tokens, ("pad", "unk")), "bos_id": -1, "eos_id": -1,
+                   "control_symbols": [tokens["cls"], tokens["sep"], tokens["mask"]]}
     else:
         tokens = GPT_SPECIAL_TOKENS
-        options = {
-            "unk_id": 0,
-            "unk_piece": tokens["unk"],
-            "bos_id": 1,
-            "bos_piece": tokens["bos"],
-            "eos_id": 2,
-            "eos_piece": tokens["eos"],
-            "pad_id": 3,
-            "pad_piece": tokens["pad"],
-        }
+        options = _reserved_pieces(tokens, ("unk", "bos", "eos", "pad"))
     return options, dict(tokens)
 
 
