@@ -230,6 +230,20 @@ def test_encoder_layer_equals_textbook(norm_first):
     np.testing.assert_allclose(np.array(layer(x, mask=mx.array(mask))), expected, atol=1e-5)
 
 
+def test_layer_norm_layers_are_the_textbook_layer_sized_by_args():
+    from types import SimpleNamespace
+
+    from mlx_llm.blocks.transformer import layer_norm_layers
+
+    args = SimpleNamespace(num_layers=2, hidden_size=12, num_heads=3, intermediate_size=24, activation="relu",
+                           layer_norm_eps=1e-5, dropout=0.0, attention_dropout=0.0)
+    layers = layer_norm_layers(args, norm_first=True)
+    assert len(layers) == 2 and all("bias" in layer.self_attn.q_proj for layer in layers)
+    x = mx.random.normal((1, 4, 12))
+    expected = reference_encoder_layer(layers[1], np.array(x, dtype=np.float64), None, norm_first=True)
+    np.testing.assert_allclose(np.array(layers[1](x)), expected, atol=1e-5)
+
+
 def test_decoder_layer_structure_and_post_ln():
     layer = TransformerDecoderLayer(8, 2, 16, memory_size=6, bias=False, norm="rmsnorm")
     assert layer.cross_attn.key_value_size == 6 and "bias" not in layer.cross_attn.q_proj

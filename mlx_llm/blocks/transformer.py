@@ -223,6 +223,20 @@ class TransformerDecoderLayer(TransformerEncoderLayer):
         return self._residual(hidden_states, self.feed_forward_norm, self.feed_forward)
 
 
+def layer_norm_layers(args, **options) -> list[TransformerEncoderLayer]:
+    """``args.num_layers`` layers as BERT and GPT-2 build them: `TransformerEncoderLayer` with
+    biases and LayerNorm (eps ``args.layer_norm_eps``), sized by ``args.hidden_size``,
+    ``args.num_heads`` and ``args.intermediate_size``, with ``args.activation``,
+    ``args.dropout`` and ``args.attention_dropout``; ``options`` give the rest
+    (``norm_first``, ...)."""
+    return [
+        TransformerEncoderLayer(args.hidden_size, args.num_heads, args.intermediate_size, activation=args.activation,
+                                bias=True, norm="layernorm", norm_eps=args.layer_norm_eps, dropout=args.dropout,
+                                attention_dropout=args.attention_dropout, **options)
+        for _ in range(args.num_layers)
+    ]
+
+
 def run_layers(
     layers: list[nn.Module],
     hidden_states: mx.array,

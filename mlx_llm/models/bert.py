@@ -26,7 +26,7 @@ from ..blocks.layers import Embedding, Linear
 from ..blocks.masks import create_attention_mask
 from ..blocks.model_output import ENCODER, BertOutput, ModelOutput  # noqa: F401  (BertOutput: the former name)
 from ..blocks.positions import LearnedPositionalEmbedding, sinusoidal_table
-from ..blocks.transformer import TransformerEncoderLayer
+from ..blocks.transformer import layer_norm_layers
 from . import ModelType
 
 # The Hugging Face weight-name map: the family interface's convert/export functions, in their own file.
@@ -401,21 +401,7 @@ class BertModel(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embeddings = Embeddings(args)
-        self.layers = [
-            TransformerEncoderLayer(
-                args.hidden_size,
-                args.num_heads,
-                args.intermediate_size,
-                activation=args.activation,
-                bias=True,
-                norm="layernorm",
-                norm_eps=args.layer_norm_eps,
-                norm_first=False,
-                dropout=args.dropout,
-                attention_dropout=args.attention_dropout,
-            )
-            for _ in range(args.num_layers)
-        ]
+        self.layers = layer_norm_layers(args, norm_first=False)
         if args.add_pooling_layer:
             self.pooler = Pooler(args.hidden_size)
 

@@ -19,7 +19,7 @@ from ..blocks.heads import DECODER_TASKS, DecoderTaskModel, decoder_task
 from ..blocks.layers import Embedding
 from ..blocks.masks import decoder_mask
 from ..blocks.positions import LearnedPositionalEmbedding
-from ..blocks.transformer import TransformerEncoderLayer, run_layers
+from ..blocks.transformer import layer_norm_layers, run_layers
 from . import ModelType, check_required_keys
 
 MODEL_TYPES = {"gpt2": ModelType("GPT-2", "GPT2", layers_key="n_layer", width_key="n_embd")}
@@ -109,23 +109,12 @@ class GPT2Model(nn.Module):
             args.vocab_size, args.hidden_size, output_layer=args.task == "causal_lm" and args.tie_word_embeddings
         )
         self.wpe = LearnedPositionalEmbedding(args.max_positions, args.hidden_size)
-        self.layers = [
-            TransformerEncoderLayer(
-                args.hidden_size,
-                args.num_heads,
-                args.intermediate_size,
-                activation=args.activation,
-                bias=True,
-                norm="layernorm",
-                norm_eps=args.layer_norm_eps,
-                norm_first=True,
-                attention_scale=None if args.scale_attention else 1.0,
-                dropout=args.dropout,
-                attention_dropout=args.attention_dropout,
-                fused_qkv=True,  # GPT-2's c_attn: one product for queries, keys and values
-            )
-            for _ in range(args.num_layers)
-        ]
+        self.layers = layer_norm_layers(
+            args,
+            norm_first=True,
+            attention_scale=None if args.scale_attention else 1.0,
+            fused_qkv=True,  # GPT-2's c_attn: one product for queries, keys and values
+        )
         self.dropout = nn.Dropout(args.dropout) if args.dropout > 0 else None
         self.ln_f = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
