@@ -175,23 +175,13 @@ class ClassificationBatches(_ExampleBatches):
 
     Args:
         problem: ``"single_label"``, ``"multi_label"`` or ``"regression"``,
-            as passed to `encode_classification`.
-        Others: as for `TaggingBatches`.
+            as passed to `encode_classification` (a keyword).
+        Others: as for `TaggingBatches` (``encoded``, ``batch_size``, ``pad_token_id``,
+            ``shuffle``, ``seed``, ``drop_last``, ``max_length``, ``pad_to_multiple_of``).
     """
 
-    def __init__(
-        self,
-        encoded: Sequence[dict],
-        batch_size: int,
-        pad_token_id: int | None,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        problem: str = "single_label",
-        max_length: int | None = None,
-        pad_to_multiple_of: int = 8,
-    ):
-        super().__init__(encoded, batch_size, pad_token_id, shuffle, seed, drop_last, max_length, pad_to_multiple_of)
+    def __init__(self, *args, problem: str = "single_label", **kwargs):
+        super().__init__(*args, **kwargs)
         check_problem(problem)
         self.problem = problem
         if "label" in self.encoded[0]:
