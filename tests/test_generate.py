@@ -196,6 +196,9 @@ def test_bad_input(gpt2):
         generate(model, tokenizer, PROMPT, temperature=-1.0)
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         generate(model, tokenizer, PROMPT, max_tokens=0)
+    for run in (generate, lambda *args, **options: batch_generate(model, tokenizer, [PROMPT], **options)):
+        with pytest.raises(ValueError, match="prefill_step_size must be >= 1, got 0"):
+            run(model, tokenizer, PROMPT, prefill_step_size=0)
 
 
 def test_rotating_cache_generation(llama):

@@ -306,12 +306,7 @@ def stream_generate(
         ValueError: bad options, a prompt too long for the context, or a
             model that cannot generate text (see `check_can_generate`).
     """
-    sampling = sampling_config(sampling, **sampling_options)
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if prefill_step_size < 1:
-        raise ValueError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
-    check_can_generate(model)
+    sampling = _checked_run(model, max_tokens, prefill_step_size, sampling, sampling_options)
     ids = _prompt_ids(tokenizer, prompt, add_special_tokens)
     warn = _default_warning if on_warning is None else on_warning
     ids, max_tokens, steps = _token_steps(model, ids, sampling, max_tokens, truncate_prompt, warn, cache,
@@ -320,6 +315,20 @@ def stream_generate(
         mx.random.seed(seed)
     text = SequenceText(tokenizer, max_tokens, stop, tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
     yield from _responses(steps, text, len(ids))
+
+
+def _checked_run(model: nn.Module, max_tokens: int, prefill_step_size: int, sampling: SamplingConfig | None,
+                 sampling_options: dict) -> SamplingConfig:
+    """The run's `SamplingConfig` (`sampling_config` of ``sampling`` or its fields as keywords),
+    after refusing ``max_tokens`` or ``prefill_step_size`` below 1 and a model that cannot
+    generate text (`check_can_generate`)."""
+    sampling = sampling_config(sampling, **sampling_options)
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if prefill_step_size < 1:
+        raise ValueError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
+    check_can_generate(model)
+    return sampling
 
 
 def _token_steps(model: nn.Module, ids: list[int], sampling: SamplingConfig, max_tokens: int, truncate: bool,
@@ -404,12 +413,9 @@ def batch_generate(
     Returns:
         The completions, in prompt order.
     """
-    sampling = sampling_config(sampling, **sampling_options)
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not prompts:
         raise ValueError("no prompts given")
-    check_can_generate(model)
+    sampling = _checked_run(model, max_tokens, prefill_step_size, sampling, sampling_options)
     rows = [_prompt_ids(tokenizer, prompt, add_special_tokens) for prompt in prompts]
     limit = context_length(model)
     longest = max(len(ids) for ids in rows)
