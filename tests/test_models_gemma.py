@@ -5,7 +5,6 @@ greedy tokens, and the same logits with and without the (rotating) cache; folder
 written by `convert` load here and in mlx-lm, and mlx-lm's conversions load here."""
 
 import json
-import shutil
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -15,12 +14,12 @@ import torch
 import transformers
 
 from mlx_llm.blocks.cache import KVCache, RotatingKVCache
-from mlx_llm.generation.generate import batch_generate, generate_step
+from mlx_llm.generation.generate import batch_generate
 from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
 from mlx_llm.models import gemma2, gemma3, get_family
-from mlx_llm.generation.sampling import SamplingConfig
 
-from tokenizer_fixtures import build_byte_level_bpe
+from decoder_parity import (assert_chunked_cache_matches, assert_greedy_matches, assert_left_padded_batch_matches,
+                            assert_padded_batch_matches, tokenizer, with_tokenizer)  # noqa: F401 (fixture)
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 # Right-padded: a 12-token row (3 windows) and a 5-token one.
@@ -64,28 +63,13 @@ def build(name: str, path, **extra):
     return reference
 
 
-def torch_forward(reference, input_ids, attention_mask, **options):
-    with torch.no_grad():
-        out = reference(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(attention_mask),
-                        output_hidden_states=True, **options)
-    return [state.numpy() for state in out.hidden_states], out.logits.numpy()
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_padded_batch_matches_transformers(tmp_path, name):
     reference = build(name, tmp_path)
     model, config = load_model(tmp_path)
     assert model.args.model_type == config["model_type"]
-    hidden_ref, logits_ref = torch_forward(reference, INPUT_IDS, ATTENTION_MASK)
-    output = model.forward(mx.array(INPUT_IDS), mx.array(ATTENTION_MASK), output_hidden_states=True)
-    real = np.array(ATTENTION_MASK, dtype=bool)  # padded positions are not compared
-    assert len(output.hidden_states) == len(hidden_ref)
-    for ours, theirs in zip(output.hidden_states, hidden_ref):
-        assert np.abs(np.array(ours)[real] - theirs[real]).max() <= 1e-4
-    assert np.abs(np.array(output.logits)[real] - logits_ref[real]).max() <= 1e-4
-    # The padded row equals the same input run alone.
-    alone = np.array(model(mx.array([INPUT_IDS[1][:5]])))
-    np.testing.assert_allclose(np.array(output.logits)[1, :5], alone[0], atol=1e-4)
+    # Hidden states and logits within 1e-4 on real positions; the padded row equals it alone.
+    assert_padded_batch_matches(model, reference, INPUT_IDS, ATTENTION_MASK, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -93,41 +77,23 @@ def test_left_padded_batch_matches_transformers(tmp_path, name):
     """Left padding (as `batch_generate` pads): positions count from each row's first token."""
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    ids = [PROMPT, [0] * 4 + PROMPT[:8]]
-    mask = [[1] * 12, [0] * 4 + [1] * 8]
-    positions = torch.tensor([list(range(12)), [0] * 4 + list(range(8))])
-    _, logits_ref = torch_forward(reference, ids, mask, position_ids=positions)
-    cache = model.make_cache(left_padding=mx.array([0, 4]))
-    logits = np.array(model(mx.array(ids), mx.array(mask), cache=cache))
-    real = np.array(mask, dtype=bool)
-    assert np.abs(logits[real] - logits_ref[real]).max() <= 1e-4
+    assert_left_padded_batch_matches(model, reference, PROMPT, pad=4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_greedy_tokens_and_cache_match(tmp_path, name):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    prompt = torch.tensor([PROMPT])
-    with torch.no_grad():
-        expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20,
-                                      min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = expected[0, len(PROMPT):].tolist()
-    tokens = [int(token) for token, _ in generate_step(model, mx.array(PROMPT), SamplingConfig(temperature=0.0),
-                                                        max_tokens=20)]
-    assert len(tokens) == 20 and tokens == expected
+    expected = assert_greedy_matches(model, reference, PROMPT, n=20)
     # The cache: sliding layers rotate (window 4), global ones keep everything.
     cache = model.make_cache()
     sliding = model.args.sliding_layers
     assert [isinstance(layer, RotatingKVCache) for layer in cache] == list(sliding)
     assert all(layer.max_size == WINDOW for layer, slides in zip(cache, sliding) if slides)
     # Prompt, chunks longer and shorter than the window, then one token at a time, equals one pass.
-    sequence = mx.array([PROMPT + expected])
-    full = np.array(model(sequence))
-    steps, start = [], 0
-    for size in [5, 6, 2, 3] + [1] * (sequence.shape[1] - 16):
-        steps.append(np.array(model(sequence[:, start:start + size], cache=cache)))
-        start += size
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    sequence = PROMPT + expected
+    assert_chunked_cache_matches(model, sequence, [5, 6, 2, 3] + [1] * (len(sequence) - 16), atol=1e-5,
+                                 cache=cache)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -172,17 +138,6 @@ def test_config_spellings_and_errors(tmp_path):
         gemma2.ModelArgs.from_config({**two, "hidden_activation": "relu6"})
     with pytest.raises(ValueError, match="unsupported model_type 'gemma7'.*gemma2, gemma3, gemma3_text"):
         get_family("gemma7")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))
-
-
-def with_tokenizer(path, tokenizer):
-    for file in tokenizer.iterdir():
-        shutil.copy(file, path)
-    return path
 
 
 def info_window(name: str) -> int:

@@ -14,17 +14,16 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 
 from mlx_llm.blocks.cache import KVCache, RotatingKVCache
-from mlx_llm.generation.generate import generate_step
 from mlx_llm.model_files.loading import load_model
 from mlx_llm.models import llama, mixtral, qwen3_moe, smollm3
-from mlx_llm.generation.sampling import SamplingConfig
 
 import test_models_moe
 import test_models_new_families
-from test_llama_sliding_window import ATTENTION_MASK, INPUT_IDS, PROMPT, WINDOW, torch_forward
+from decoder_parity import assert_chunked_cache_matches, assert_greedy_matches, assert_left_padded_batch_matches
+from decoder_parity import assert_padded_batch_matches
+from test_llama_sliding_window import ATTENTION_MASK, INPUT_IDS, PROMPT, WINDOW
 
 # name -> (builder of tests/test_models_moe.py or test_models_new_families.py, its family, config keys
 # turning the window on; {window} is filled in).
@@ -74,45 +73,21 @@ def test_windows_are_read_per_layer(tmp_path, name):
 def test_padded_batches_match_transformers(tmp_path, name):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    # Right padded: a 12-token row (3 windows) and a 5-token one; padded positions are not compared.
-    hidden_ref, logits_ref = torch_forward(reference, INPUT_IDS, ATTENTION_MASK)
-    output = model.forward(mx.array(INPUT_IDS), mx.array(ATTENTION_MASK), output_hidden_states=True)
-    real = np.array(ATTENTION_MASK, dtype=bool)
-    assert len(output.hidden_states) == len(hidden_ref)
-    for ours, theirs in zip(output.hidden_states, hidden_ref):
-        assert np.abs(np.array(ours)[real] - theirs[real]).max() <= 1e-4
-    assert np.abs(np.array(output.logits)[real] - logits_ref[real]).max() <= 1e-4
+    # Right padded: a 12-token row (3 windows) and a 5-token one; padded positions are not compared,
+    # the padded row equals it alone.
+    assert_padded_batch_matches(model, reference, INPUT_IDS, ATTENTION_MASK, atol=1e-4)
     # Left padded (as batch_generate pads), through the per-layer caches.
-    ids = [PROMPT, [0] * 4 + PROMPT[:8]]
-    mask = [[1] * 12, [0] * 4 + [1] * 8]
-    positions = torch.tensor([list(range(12)), [0] * 4 + list(range(8))])
-    _, logits_ref = torch_forward(reference, ids, mask, position_ids=positions)
-    logits = np.array(model(mx.array(ids), mx.array(mask), cache=model.make_cache(left_padding=mx.array([0, 4]))))
-    real = np.array(mask, dtype=bool)
-    assert np.abs(logits[real] - logits_ref[real]).max() <= 1e-4
+    assert_left_padded_batch_matches(model, reference, PROMPT, pad=4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_greedy_tokens_and_cache_match(tmp_path, name):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    prompt = torch.tensor([PROMPT])
-    with torch.no_grad():
-        expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20,
-                                      min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = expected[0, len(PROMPT):].tolist()
-    tokens = [int(token) for token, _ in generate_step(model, mx.array(PROMPT), SamplingConfig(temperature=0.0),
-                                                        max_tokens=20)]
-    assert len(tokens) == 20 and tokens == expected
+    expected = assert_greedy_matches(model, reference, PROMPT, n=20)
     # Chunks longer and shorter than the window, then one token at a time, equal one pass.
-    sequence = mx.array([PROMPT + expected])
-    full = np.array(model(sequence))
-    cache = model.make_cache()
-    steps, start = [], 0
-    for size in [5, 6, 2, 3] + [1] * (sequence.shape[1] - 16):
-        steps.append(np.array(model(sequence[:, start:start + size], cache=cache)))
-        start += size
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    sequence = PROMPT + expected
+    assert_chunked_cache_matches(model, sequence, [5, 6, 2, 3] + [1] * (len(sequence) - 16), atol=1e-5)
 
 
 def without_window(path):
