@@ -22,3 +22,11 @@ def _weight_order_cache(tmp_path_factory):
         os.environ.pop("MLX_LLM_CACHE", None)
     else:
         os.environ["MLX_LLM_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer folder (tests/tokenizer_fixtures.py), built once per test module."""
+    from tokenizer_fixtures import build_byte_level_bpe
+
+    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))

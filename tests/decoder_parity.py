@@ -11,19 +11,18 @@ random checkpoint:
 - ``assert_greedy_matches``: 20 greedy tokens equal ``transformers``' ``generate``;
 - ``assert_chunked_cache_matches``: feeding ``tokens`` in chunks through the cache gives
   the logits of one full pass (``atol``).
+
+The ``tokenizer`` fixture these tests copy in with ``with_tokenizer`` is in ``conftest.py``.
 """
 
 import shutil
 
 import mlx.core as mx
 import numpy as np
-import pytest
 import torch
 
 from mlx_llm.generation.generate import generate_step
 from mlx_llm.generation.sampling import SamplingConfig
-
-from tokenizer_fixtures import build_byte_level_bpe
 
 
 def torch_forward(reference, input_ids, attention_mask, **options):
@@ -105,12 +104,6 @@ def assert_chunked_cache_matches(model, tokens, chunks, atol=1e-5, cache=None):
         start += size
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=atol)
     return full
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    """A byte-level BPE tokenizer folder, built once per test module."""
-    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))
 
 
 def with_tokenizer(path, tokenizer):

@@ -13,13 +13,13 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.blocks.cache import KVCache, RotatingKVCache
+from mlx_llm.blocks.cache import RotatingKVCache
 from mlx_llm.generation.generate import batch_generate
 from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
 from mlx_llm.models import gemma2, gemma3, get_family
 
 from decoder_parity import (assert_chunked_cache_matches, assert_greedy_matches, assert_left_padded_batch_matches,
-                            assert_padded_batch_matches, tokenizer, with_tokenizer)  # noqa: F401 (fixture)
+                            assert_padded_batch_matches, with_tokenizer)
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 # Right-padded: a 12-token row (3 windows) and a 5-token one.

@@ -25,7 +25,8 @@ from mlx_llm.blocks.moe import QuantizedSwitchLinear, SparseMoeBlock, SwitchGLU,
 from mlx_llm.generation.sampling import SamplingConfig
 
 from test_models_decoder import ATTENTION_MASK, INPUT_IDS, assert_matches
-from tokenizer_fixtures import build_byte_level_bpe
+from decoder_parity import assert_chunked_cache_matches, assert_greedy_matches
+from decoder_parity import with_tokenizer
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 NUM_EXPERTS, TOP_K = 4, 2
@@ -233,24 +234,14 @@ def test_padded_batch_matches_transformers(tmp_path, name):
 def test_greedy_tokens_and_cache_match(tmp_path, name):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    prompt = torch.tensor([PROMPT])
-    with torch.no_grad():
-        expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20,
-                                      min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = expected[0, len(PROMPT):].tolist()
-    tokens = [int(token) for token, _ in generate_step(model, mx.array(PROMPT), SamplingConfig(temperature=0.0),
-                                                        max_tokens=20)]
-    assert len(tokens) == 20 and tokens == expected
+    expected = assert_greedy_matches(model, reference, PROMPT, n=20)
     # 32 tokens x top-2 = 64 (token, expert) pairs: one pass runs the sorted gather ...
-    sequence = mx.array([PROMPT + expected])
-    full = np.array(model(sequence))
+    # ... equal to transformers' (1e-4), and the cache (prompt, then one token at a time, unsorted)
+    # gives the same logits (1e-5).
+    sequence = PROMPT + expected
+    full = assert_chunked_cache_matches(model, sequence, [5] + [1] * (len(sequence) - 5), atol=1e-5)
     with torch.no_grad():
-        np.testing.assert_allclose(full, reference(torch.tensor([PROMPT + expected])).logits.numpy(), atol=1e-4)
-    # ... and the cache (prompt, then one token at a time, unsorted) gives the same logits.
-    cache = model.make_cache()
-    steps = [np.array(model(sequence[:, :5], cache=cache))]
-    steps += [np.array(model(sequence[:, t:t + 1], cache=cache)) for t in range(5, sequence.shape[1])]
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+        np.testing.assert_allclose(full, reference(torch.tensor([sequence])).logits.numpy(), atol=1e-4)
 
 
 def dequantized_copy(quantized: nn.Module, float_model: nn.Module) -> nn.Module:
@@ -360,11 +351,6 @@ def test_info_names_family_and_features(tmp_path, name, feature):
 FLOAT_TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))
-
-
 def checkpoint_for_mlx_lm(name, path, tokenizer):
     """A transformers checkpoint with a tokenizer, and the config keys mlx-lm reads that
     transformers 5 spells otherwise (``rope_theta``; Qwen3-MoE's ``num_experts``)."""
@@ -373,9 +359,7 @@ def checkpoint_for_mlx_lm(name, path, tokenizer):
     config.setdefault("rope_theta", config["rope_parameters"]["rope_theta"])
     config.setdefault("num_experts", config.get("num_local_experts"))
     (path / "config.json").write_text(json.dumps(config))
-    for file in tokenizer.iterdir():
-        shutil.copy(file, path)
-    return path
+    return with_tokenizer(path, tokenizer)
 
 
 def assert_same_as_mlx_lm(folder):

@@ -4,7 +4,6 @@ the real loader give the same hidden states and logits on a padded batch, the sa
 `convert` (float and quantized) load here and in mlx-lm."""
 
 import json
-import shutil
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,12 +12,11 @@ import pytest
 import torch
 import transformers
 
-from mlx_llm.generation.generate import generate_step
 from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
-from mlx_llm.generation.sampling import SamplingConfig
 
-from test_models_decoder import ATTENTION_MASK, INPUT_IDS, assert_matches, save_tiny
-from tokenizer_fixtures import build_byte_level_bpe
+from test_models_decoder import assert_matches
+from decoder_parity import assert_chunked_cache_matches, assert_greedy_matches
+from decoder_parity import with_tokenizer
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
@@ -78,21 +76,10 @@ def test_padded_batch_matches_transformers(tmp_path, name):
 def test_greedy_tokens_and_cache_match(tmp_path, name):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
-    prompt = torch.tensor([PROMPT])
-    with torch.no_grad():
-        expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20,
-                                      min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = expected[0, len(PROMPT):].tolist()
-    tokens = [int(token) for token, _ in generate_step(model, mx.array(PROMPT), SamplingConfig(temperature=0.0),
-                                                        max_tokens=20)]
-    assert len(tokens) == 20 and tokens == expected
+    expected = assert_greedy_matches(model, reference, PROMPT, n=20)
     # The cache: prompt, then one token at a time, equals one pass over everything.
-    sequence = mx.array([PROMPT + expected])
-    full = np.array(model(sequence))
-    cache = model.make_cache()
-    steps = [np.array(model(sequence[:, :5], cache=cache))]
-    steps += [np.array(model(sequence[:, t:t + 1], cache=cache)) for t in range(5, sequence.shape[1])]
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    sequence = PROMPT + expected
+    assert_chunked_cache_matches(model, sequence, [5] + [1] * (len(sequence) - 5), atol=1e-5)
 
 
 def test_config_spellings_and_errors(tmp_path):
@@ -116,17 +103,6 @@ def test_qwen3_sliding_window_is_read(tmp_path):
     build("qwen3", tmp_path, use_sliding_window=True, sliding_window=4, max_window_layers=1)
     model, _ = load_model(tmp_path)
     assert model.args.windows == [None, 4, 4]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))
-
-
-def with_tokenizer(path, tokenizer):
-    for file in tokenizer.iterdir():
-        shutil.copy(file, path)
-    return path
 
 
 def test_smollm3_rope_layers_in_both_spellings(tmp_path):
