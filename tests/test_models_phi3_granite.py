@@ -6,7 +6,6 @@ residual scale against their formulas; folders load in mlx-lm and transformers b
 
 import json
 import math
-import shutil
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,15 +15,13 @@ import torch
 import transformers
 
 from mlx_llm.blocks.feed_forward import GatedFeedForward
-from mlx_llm.generation.generate import generate_step
 from mlx_llm.model_files.loading import convert, describe, load_model, quantization_predicate
 from mlx_llm.models import get_family
 from mlx_llm.blocks.positions import LongRoPE, longrope_attention_factor
-from mlx_llm.generation.sampling import SamplingConfig
 from mlx_llm.blocks.transformer import TransformerEncoderLayer
 
 from test_models_decoder import assert_matches
-from tokenizer_fixtures import build_byte_level_bpe
+from decoder_parity import assert_greedy_matches, with_tokenizer
 
 PROMPT = [5, 17, 33, 2, 64, 9, 11, 70, 120, 99, 3, 50]  # 12 tokens: past ORIGINAL
 ORIGINAL = 8  # LongRoPE's original_max_position_embeddings in the tiny Phi-3
@@ -163,14 +160,6 @@ def test_longer_padded_batch_uses_the_long_factors(tmp_path):
     assert np.abs(logits[0, :7] - np.array(model(mx.array([PROMPT[:7]])))[0]).max() > 1e-2
 
 
-def greedy_reference(reference, prompt):
-    prompt_ids = torch.tensor([prompt])
-    with torch.no_grad():
-        expected = reference.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=20,
-                                      min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return expected[0, len(prompt):].tolist()
-
-
 @pytest.mark.parametrize("name, prompt_length", [("phi3-longrope", 5), ("phi3-longrope", 12), ("phi3-window", 12),
                                                  ("granite", 12), ("granite-tied", 12)])
 def test_greedy_tokens_and_cache_match(tmp_path, name, prompt_length):
@@ -180,10 +169,7 @@ def test_greedy_tokens_and_cache_match(tmp_path, name, prompt_length):
     reference = build(name, tmp_path)
     model, _ = load_model(tmp_path)
     prompt = PROMPT[:prompt_length]
-    expected = greedy_reference(reference, prompt)
-    tokens = [int(token) for token, _ in generate_step(model, mx.array(prompt), SamplingConfig(temperature=0.0),
-                                                        max_tokens=20)]
-    assert len(tokens) == 20 and tokens == expected
+    expected = assert_greedy_matches(model, reference, prompt, n=20)
     sequence = mx.array([prompt + expected])
     for chunk in (1, 3):
         cache = model.make_cache()
@@ -267,17 +253,6 @@ def test_info_names_family_and_features(tmp_path, name):
 
 
 # --- conversion, mlx-lm and transformers both ways -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_byte_level_bpe(tmp_path_factory.mktemp("tokenizer"))
-
-
-def with_tokenizer(path, tokenizer):
-    for file in tokenizer.iterdir():
-        shutil.copy(file, path)
-    return path
 
 
 def in_4x_spelling(path):
