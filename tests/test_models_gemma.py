@@ -130,7 +130,7 @@ def test_config_spellings_and_errors(tmp_path):
     # A multimodal config reads as its text model, tied as the outer config says (tests/test_gemma3_multimodal.py).
     assert gemma3.ModelArgs.from_config({"model_type": "gemma3", "text_config": config,
                                          "tie_word_embeddings": False}) == new
-    with pytest.raises(ValueError, match="layer_types holds \\['chunked_attention'\\]"):
+    with pytest.raises(ValueError, match="layer_types must list 4 entries of .*got \\['chunked_attention'"):
         gemma2.ModelArgs.from_config({**two, "layer_types": ["chunked_attention"] * 4})
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         gemma3.ModelArgs.from_config({**config, "use_bidirectional_attention": True})

@@ -42,7 +42,6 @@ from . import ModelType, check_required_keys, llama
 
 MODEL_TYPES = {"gemma2": ModelType("Gemma 2", "Gemma2")}
 hf_architecture = llama.hf_architecture  # Gemma2ForCausalLM, Gemma2ForSequenceClassification, ...
-LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 @dataclass
@@ -112,10 +111,10 @@ def common_fields(config: dict, pattern: int, softcaps: tuple[float | None, floa
     num_layers, num_heads = config["num_hidden_layers"], config["num_attention_heads"]
     layer_types = config.get("layer_types") or [
         "full_attention" if (index + 1) % pattern == 0 else "sliding_attention" for index in range(num_layers)]
-    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-    if unknown:
-        raise ValueError(f"{model_type} layer_types holds {unknown}; supported: {LAYER_TYPES}")
     window = config.get("sliding_window", 4096)
+    # A null window makes every layer global, as in transformers.
+    sliding = (llama.sliding_flags(layer_types, window, num_layers, model_type) if window is not None
+               else (False,) * num_layers)
     return dict(
         model_type=model_type,
         vocab_size=config["vocab_size"],
@@ -137,7 +136,7 @@ def common_fields(config: dict, pattern: int, softcaps: tuple[float | None, floa
         attn_logit_softcap=config.get("attn_logit_softcapping", softcaps[0]),
         final_logit_softcap=config.get("final_logit_softcapping", softcaps[1]),
         sliding_window=window,
-        sliding_layers=tuple(kind == "sliding_attention" and window is not None for kind in layer_types),
+        sliding_layers=sliding,
         activation=activation,
     )
 
