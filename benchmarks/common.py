@@ -39,3 +39,17 @@ def save_random_checkpoint(model_class: str, config_class: str, options: dict, p
                             {name.removeprefix("transformer."): value for name, value in weights.items()},
                             metadata={"format": "pt"})
     return path
+
+
+def torch_training_step(model, batch: dict, optimizer, scheduler, max_grad_norm: float = 1.0):
+    """One PyTorch step as the benchmarks' transformers side runs it: forward with labels,
+    backward, global-norm clipping, optimizer and schedule step; returns the detached loss."""
+    import torch
+
+    output = model(**batch)
+    output.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return output.loss.detach()

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import blas_in_use
+from common import blas_in_use, torch_training_step
 
 from mlx_llm import data
 from mlx_llm.training.metrics import accuracy, entity_scores
@@ -220,13 +220,7 @@ def run_transformers(options, model_path: Path, train: list, valid: list, labels
         for first in range(0, len(order), options.batch_size):
             batch = torch_batch(options.task, [train_items[i] for i in order[first : first + options.batch_size]],
                                 pad_id)
-            output = model(**batch)
-            output.loss.backward()
-            loss = output.loss.detach()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            loss = torch_training_step(model, batch, optimizer, scheduler)
     seconds = time.perf_counter() - start
 
     model.eval()

@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import blas_in_use, save_random_checkpoint
+from common import blas_in_use, save_random_checkpoint, torch_training_step
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = "../shared/data/tinyshakespeare/input.txt"
@@ -276,13 +276,7 @@ def run_transformers(options, checkpoint: Path, train_items: list[dict], valid_i
         order = np.random.default_rng([options.seed, epoch]).permutation(len(train_items)).tolist()
         for first in range(0, len(order), options.batch_size):
             batch = torch_batch([train_items[i] for i in order[first : first + options.batch_size]], longest_train)
-            output = model(**batch)
-            output.loss.backward()
-            loss = output.loss.detach()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            loss = torch_training_step(model, batch, optimizer, scheduler)
     seconds = time.perf_counter() - start
     load_after = load_average()
 
