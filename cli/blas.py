@@ -27,7 +27,8 @@ import click
 
 from mlx_llm.cpu.backend import switched_off
 from mlx_llm.cpu.tuning import AUTO_MKL_VARIABLE as AUTO_VARIABLE  # noqa: F401
-from mlx_llm.cpu.tuning import OPTIMIZED_BLAS, installed_mkl, slow_blas_hint
+from mlx_llm.cpu.tuning import OPTIMIZED_BLAS, installed_mkl
+from mlx_llm.cpu.tuning import slow_blas_hint  # noqa: F401  (re-exported: tests and scripts read it from here)
 
 # Commands whose work is float32 matrix products (training and scoring whole data sets).
 HEAVY_COMMANDS = frozenset({"train", "eval", "finetune", "distill", "evaluate", "predict"})
